@@ -1,0 +1,1 @@
+"""bnconf.adapters"""

@@ -1,0 +1,114 @@
+"""Hypothesis strategies for batch-norm inputs: shapes, conditioning, parameters.
+
+Values are drawn per channel as x = mean + std * z, with the conditioning |mean|/std drawn explicitly
+(log-uniform up to `max_log10_condition`), the scale drawn over many decades, and constant channels
+(std = 0) included. z comes from a NumPy generator seeded by a drawn integer, so large inputs stay
+cheap while the parameters that matter (shape, mean, std, eps, momentum) shrink to simple values.
+"""
+
+import numpy as np
+from hypothesis import strategies as st
+
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+
+
+@st.composite
+def shapes(draw, ranks=(2, 3, 4, 5), max_batch: int = 8, max_channels: int = 4, max_spatial: int = 5, max_size: int = 4096):
+    """Input shapes (N, C, *spatial), logical NCHW order: batch from 1, spatial dims of 1 included."""
+    rank = draw(st.sampled_from(ranks))
+    n = draw(st.integers(1, max_batch))
+    c = draw(st.integers(1, max_channels))
+    spatial = draw(st.lists(st.integers(1, max_spatial), min_size=rank - 2, max_size=rank - 2))
+    shape = (n, c, *spatial)
+    if int(np.prod(shape)) > max_size:
+        shape = (n, c, *[1] * len(spatial))
+    return shape
+
+
+def channel_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, C, *spatial) -> (N, *spatial, C)."""
+    return (shape[0], *shape[2:], shape[1])
+
+
+@st.composite
+def layouts(draw, shape: tuple[int, ...]):
+    """(shape, axis): the channel axis at 1 (NCHW), last (NHWC), or anywhere else."""
+    kind = draw(st.sampled_from(["first", "last", "other"]))
+    if kind == "first" or len(shape) == 2:
+        return shape, 1
+    if kind == "last":
+        return channel_last(shape), -1
+    axis = draw(st.integers(0, len(shape) - 1))
+    moved = list(shape)
+    moved.insert(axis, moved.pop(1))
+    return tuple(moved), axis
+
+
+@st.composite
+def channel_moments(draw, channels: int, max_log10_condition: float = 4.0, allow_constant: bool = True):
+    """Per-channel (mean, std): std log-uniform over 1e-3..1e3, |mean|/std log-uniform up to 10**max_log10_condition."""
+    means, stds = [], []
+    for _ in range(channels):
+        std = 10.0 ** draw(st.floats(-3, 3))
+        kind = draw(st.sampled_from(["unit", "offset", "constant"] if allow_constant else ["unit", "offset"]))
+        if kind == "unit":
+            mean = draw(st.floats(-1, 1)) * std
+        else:
+            mean = draw(st.sampled_from([-1.0, 1.0])) * std * 10.0 ** draw(st.floats(0, max_log10_condition))
+        means.append(mean)
+        stds.append(0.0 if kind == "constant" else std)
+    return np.array(means), np.array(stds)
+
+
+def values_with_moments(shape, axis: int, means, stds, seed: int, dtype: str = "float64") -> np.ndarray:
+    """x = mean + std * z per channel, z ~ N(0, 1) from `seed`, rounded to `dtype`."""
+    z = np.random.default_rng(seed).standard_normal(shape)
+    bshape = [1] * len(shape)
+    bshape[axis % len(shape)] = -1
+    x = np.reshape(means, bshape) + np.reshape(stds, bshape) * z
+    return round_to(x, dtype)
+
+
+def round_to(x, dtype: str) -> np.ndarray:
+    """x rounded to `dtype` (bfloat16 through ml_dtypes)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.asarray(x).astype(ml_dtypes.bfloat16)
+    return np.asarray(x).astype(dtype)
+
+
+@st.composite
+def batches(draw, shape, axis: int, dtype: str = "float64", max_log10_condition: float = 4.0, allow_constant: bool = True):
+    """An input array of `shape` with per-channel conditioning drawn by `channel_moments`."""
+    channels = shape[axis % len(shape)]
+    means, stds = draw(channel_moments(channels, max_log10_condition, allow_constant))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return values_with_moments(shape, axis, means, stds, seed, dtype)
+
+
+def eps_values():
+    """eps: the frameworks' defaults, and a log-uniform range around them."""
+    return st.one_of(st.sampled_from([1e-5, 1e-3]), st.floats(-8, -1).map(lambda e: 10.0**e))
+
+
+def momenta():
+    """A momentum in [0, 1], in either convention (the convention decides what it weights)."""
+    return st.one_of(st.sampled_from([0.0, 0.1, 0.9, 0.99, 1.0]), st.floats(0, 1))
+
+
+@st.composite
+def affine_params(draw, channels: int):
+    """(gamma, beta) with zeros, negatives and a range of scales."""
+    element = st.one_of(st.just(0.0), st.just(1.0), st.floats(-10, 10, allow_subnormal=False))
+    gamma = np.array(draw(st.lists(element, min_size=channels, max_size=channels)))
+    beta = np.array(draw(st.lists(element, min_size=channels, max_size=channels)))
+    return gamma, beta
+
+
+@st.composite
+def running_stats_values(draw, channels: int):
+    """Running (mean, variance) vectors: near the initial (0, 1) and arbitrary positive ones."""
+    mean = np.array(draw(st.lists(st.floats(-100, 100), min_size=channels, max_size=channels)))
+    var = np.array(draw(st.lists(st.floats(-4, 4).map(lambda e: 10.0**e), min_size=channels, max_size=channels)))
+    return mean, var

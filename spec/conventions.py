@@ -1,0 +1,317 @@
+"""Every framework's batch-norm convention, written down as data.
+
+A `Convention` says how an API turns (batch statistics, momentum, eps) into outputs and running
+statistics. The oracle reads these fields; it never branches on a framework's name. Each record names
+the source it was read from, so that a reader can check it against the installed version.
+"""
+
+from dataclasses import dataclass, replace
+from enum import Enum
+
+
+class MomentumStyle(Enum):
+    """Which term the momentum parameter weights in the moving-average update."""
+
+    NEW_WEIGHT = "new_weight"  # running = (1 - m) * running + m * batch      (PyTorch, cuDNN, TF fused)
+    OLD_WEIGHT = "old_weight"  # running = m * running + (1 - m) * batch      (TF/Keras/Flax/ONNX/Haiku)
+
+
+class Variance(Enum):
+    """Which estimator of the per-channel variance is meant."""
+
+    BIASED = "biased"  # sum((x - mean)**2) / n       (population variance)
+    UNBIASED = "unbiased"  # sum((x - mean)**2) / (n - 1)  (Bessel-corrected)
+
+
+class EpsPlacement(Enum):
+    """Where eps enters the inverse standard deviation."""
+
+    INSIDE_SQRT = "inside_sqrt"  # 1 / sqrt(var + eps)   (every framework)
+    OUTSIDE_SQRT = "outside_sqrt"  # 1 / (sqrt(var) + eps)  (a known bug, e.g. keras PR #10427)
+
+
+@dataclass(frozen=True)
+class Convention:
+    """The semantics one batch-norm API implements.
+
+    Training forward normalizes with the `normalize_with` variance of the current batch;
+    the running statistics are updated with a weight w on the new batch statistic:
+        running <- (1 - w) * running + w * batch,
+    where w = momentum (NEW_WEIGHT) or 1 - momentum (OLD_WEIGHT); w = 1/t for the cumulative average
+    (`cumulative_average`, momentum None, t = batches seen); zero-debiasing turns a constant w into
+    w / (1 - (1 - w)**t), the weight that `tf.train.ExponentialMovingAverage(zero_debias=True)` and
+    Haiku's moving average effectively give the t-th batch. The running variance averages the
+    `running_var` estimator of the batch variance.
+    """
+
+    name: str
+    api: str
+    source: str  # repository, file and function the record was read from
+    source_url: str
+    default_eps: float | None  # None: the API has no default, the caller must pass one
+    default_momentum: float | None  # in this API's own convention; None: none or required
+    momentum_style: MomentumStyle
+    channel_axis: int
+    ranks: tuple[int, ...] = (2, 3, 4, 5)
+    tracks_running_stats: bool = True
+    running_var: Variance = Variance.BIASED
+    normalize_with: Variance = Variance.BIASED
+    eps_placement: EpsPlacement = EpsPlacement.INSIDE_SQRT
+    eps_min: float = 0.0  # eps is clamped to at least this value before use
+    cumulative_average: bool = False  # momentum None selects the cumulative moving average
+    zero_debias: bool = False
+    notes: str = ""
+
+
+_TORCH_BASE = Convention(
+    name="torch.nn.BatchNorm",
+    api="torch.nn.BatchNorm1d/2d/3d",
+    source=(
+        "pytorch/pytorch v2.13.0: torch/nn/modules/batchnorm.py::_BatchNorm.forward; "
+        "aten/src/ATen/native/Normalization.cpp::batch_norm_cpu_update_stats_template"
+    ),
+    source_url="https://github.com/pytorch/pytorch/blob/v2.13.0/torch/nn/modules/batchnorm.py",
+    default_eps=1e-5,
+    default_momentum=0.1,
+    momentum_style=MomentumStyle.NEW_WEIGHT,
+    channel_axis=1,
+    running_var=Variance.UNBIASED,
+    cumulative_average=True,
+    notes=(
+        "running_var averages the Bessel-corrected batch variance while the output is normalized "
+        "with the biased one (documented in the BatchNorm1d docstring); momentum=None gives the "
+        "cumulative average with factor 1/num_batches_tracked."
+    ),
+)
+
+TORCH_BATCHNORM1D = replace(
+    _TORCH_BASE, name="torch.nn.BatchNorm1d", api="torch.nn.BatchNorm1d", ranks=(2, 3)
+)
+TORCH_BATCHNORM2D = replace(
+    _TORCH_BASE, name="torch.nn.BatchNorm2d", api="torch.nn.BatchNorm2d", ranks=(4,)
+)
+TORCH_BATCHNORM3D = replace(
+    _TORCH_BASE, name="torch.nn.BatchNorm3d", api="torch.nn.BatchNorm3d", ranks=(5,)
+)
+TORCH_FUNCTIONAL = replace(
+    _TORCH_BASE,
+    name="torch.nn.functional.batch_norm",
+    api="torch.nn.functional.batch_norm",
+    source=(
+        "pytorch/pytorch v2.13.0: torch/nn/functional.py::batch_norm; "
+        "aten/src/ATen/native/Normalization.cpp::batch_norm_cpu_update_stats_template"
+    ),
+    source_url="https://github.com/pytorch/pytorch/blob/v2.13.0/torch/nn/functional.py",
+    cumulative_average=False,
+    notes="Takes a float momentum only (the modules compute the cumulative factor themselves).",
+)
+
+TF_NN_BATCH_NORMALIZATION = Convention(
+    name="tf.nn.batch_normalization",
+    api="tf.nn.moments + tf.nn.batch_normalization",
+    source=(
+        "tensorflow/tensorflow v2.21.0: tensorflow/python/ops/nn_impl.py::moments, "
+        "::batch_normalization"
+    ),
+    source_url="https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/python/ops/nn_impl.py",
+    default_eps=None,
+    default_momentum=None,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=-1,
+    tracks_running_stats=False,
+    notes=(
+        "No running statistics: the caller keeps them. moments returns the biased variance; "
+        "variance_epsilon has no default; output is x*inv + (offset - mean*inv), inv = rsqrt(var+eps)*scale."
+    ),
+)
+
+TF_FUSED_BATCH_NORM = Convention(
+    name="tf.nn.fused_batch_norm",
+    api="tf.compat.v1.nn.fused_batch_norm",
+    source=(
+        "tensorflow/tensorflow v2.21.0: tensorflow/python/ops/nn_impl.py::fused_batch_norm; "
+        "tensorflow/core/kernels/fused_batch_norm_op.cc::FusedBatchNorm<CPUDevice>"
+    ),
+    source_url=(
+        "https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+        "tensorflow/core/kernels/fused_batch_norm_op.cc"
+    ),
+    default_eps=1e-3,
+    default_momentum=1.0,  # exponential_avg_factor: weight on the new batch
+    momentum_style=MomentumStyle.NEW_WEIGHT,
+    channel_axis=-1,  # data_format="NHWC"
+    ranks=(4, 5),
+    running_var=Variance.UNBIASED,
+    notes=(
+        "Returns the running variance updated with the Bessel-corrected batch variance "
+        "(n/(n-1), with n-1 floored at 1), normalizes with the biased one; with the default "
+        "exponential_avg_factor=1 the returned variance is the unbiased batch variance."
+    ),
+)
+
+TF_V1_LAYERS_FUSED = Convention(
+    name="tf.compat.v1.layers.batch_normalization[fused]",
+    api="tf.compat.v1.layers.batch_normalization (4-D/5-D input, fused path)",
+    source=(
+        "keras-team/tf-keras: tf_keras/legacy_tf_layers/normalization.py::batch_normalization; "
+        "tf_keras/layers/normalization/batch_normalization.py::BatchNormalizationBase._fused_batch_norm"
+    ),
+    source_url=(
+        "https://github.com/keras-team/tf-keras/blob/master/"
+        "tf_keras/layers/normalization/batch_normalization.py"
+    ),
+    default_eps=1e-3,
+    default_momentum=0.99,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=-1,
+    ranks=(4, 5),
+    running_var=Variance.UNBIASED,
+    notes=(
+        "Moving statistics update only when the UPDATE_OPS collection is run. The fused kernel "
+        "returns the Bessel-corrected variance, which the layer averages as is."
+    ),
+)
+
+TF_V1_LAYERS_NONFUSED = replace(
+    TF_V1_LAYERS_FUSED,
+    name="tf.compat.v1.layers.batch_normalization[non-fused]",
+    api="tf.compat.v1.layers.batch_normalization (2-D/3-D input or fused=False)",
+    ranks=(2, 3, 4, 5),
+    running_var=Variance.BIASED,
+    notes=(
+        "Moving statistics update only when the UPDATE_OPS collection is run. The non-fused path "
+        "averages the biased variance from tf.nn.moments."
+    ),
+)
+
+KERAS3_BATCHNORM = Convention(
+    name="keras.layers.BatchNormalization",
+    api="keras.layers.BatchNormalization (Keras 3)",
+    source="keras-team/keras v3: keras/src/layers/normalization/batch_normalization.py::BatchNormalization.call",
+    source_url=(
+        "https://github.com/keras-team/keras/blob/master/"
+        "keras/src/layers/normalization/batch_normalization.py"
+    ),
+    default_eps=1e-3,
+    default_momentum=0.99,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=-1,
+    running_var=Variance.BIASED,
+    notes="moving_variance averages the biased batch variance from ops.moments on every backend.",
+)
+
+FLAX_LINEN_BATCHNORM = Convention(
+    name="flax.linen.BatchNorm",
+    api="flax.linen.BatchNorm",
+    source="google/flax v0.12.8: flax/linen/normalization.py::BatchNorm.__call__, _compute_stats, _normalize",
+    source_url="https://github.com/google/flax/blob/v0.12.8/flax/linen/normalization.py",
+    default_eps=1e-5,
+    default_momentum=0.99,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=-1,
+    running_var=Variance.BIASED,
+    notes=(
+        "use_fast_variance=True (default) computes max(0, E[x^2] - E[x]^2); running averages are "
+        "not updated during init."
+    ),
+)
+
+FLAX_NNX_BATCHNORM = replace(
+    FLAX_LINEN_BATCHNORM,
+    name="flax.nnx.BatchNorm",
+    api="flax.nnx.BatchNorm",
+    source="google/flax v0.12.8: flax/nnx/nn/normalization.py::BatchNorm.__call__",
+    source_url="https://github.com/google/flax/blob/v0.12.8/flax/nnx/nn/normalization.py",
+    notes="Same statistics as linen; running statistics are updated on every training call.",
+)
+
+HAIKU_BATCHNORM = Convention(
+    name="haiku.BatchNorm",
+    api="hk.BatchNorm",
+    source=(
+        "google-deepmind/dm-haiku: haiku/_src/batch_norm.py::BatchNorm.__call__; "
+        "haiku/_src/moving_averages.py::ExponentialMovingAverage"
+    ),
+    source_url="https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py",
+    default_eps=1e-5,
+    default_momentum=None,  # decay_rate is a required argument
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=-1,
+    running_var=Variance.BIASED,
+    zero_debias=True,
+    notes="Moving averages are zero-debiased: after one step they equal the batch statistics.",
+)
+
+ONNX_BATCHNORM = Convention(
+    name="onnx.BatchNormalization-15",
+    api="ONNX BatchNormalization (opset 15, training_mode=1)",
+    source="onnx/onnx: onnx/defs/nn/defs.cc (BatchNormalization ver15); onnx/reference/ops/op_batch_normalization.py",
+    source_url="https://github.com/onnx/onnx/blob/main/docs/Operators.md#BatchNormalization",
+    default_eps=1e-5,
+    default_momentum=0.9,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=1,
+    running_var=Variance.BIASED,
+    notes="The spec's running variance uses the population (biased) variance.",
+)
+
+CONVENTIONS: dict[str, Convention] = {
+    c.name: c
+    for c in (
+        TORCH_BATCHNORM1D,
+        TORCH_BATCHNORM2D,
+        TORCH_BATCHNORM3D,
+        TORCH_FUNCTIONAL,
+        TF_NN_BATCH_NORMALIZATION,
+        TF_FUSED_BATCH_NORM,
+        TF_V1_LAYERS_FUSED,
+        TF_V1_LAYERS_NONFUSED,
+        KERAS3_BATCHNORM,
+        FLAX_LINEN_BATCHNORM,
+        FLAX_NNX_BATCHNORM,
+        HAIKU_BATCHNORM,
+        ONNX_BATCHNORM,
+    )
+}
+
+
+def convention(name: str) -> Convention:
+    """The record called `name`, with an error that lists the known names."""
+    try:
+        return CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown convention {name!r}; known: {', '.join(sorted(CONVENTIONS))}"
+        ) from None
+
+
+def _swapped(v: Variance) -> Variance:
+    return Variance.UNBIASED if v is Variance.BIASED else Variance.BIASED
+
+
+def _swapped_style(s: MomentumStyle) -> MomentumStyle:
+    return MomentumStyle.OLD_WEIGHT if s is MomentumStyle.NEW_WEIGHT else MomentumStyle.NEW_WEIGHT
+
+
+def variants(conv: Convention) -> dict[str, Convention]:
+    """Deliberately wrong versions of `conv`, keyed by the mistake each one models.
+
+    A backend whose outputs match one of these is diagnosed by that name rather than just failed.
+    """
+    out = {
+        "eps outside the square root": replace(conv, eps_placement=EpsPlacement.OUTSIDE_SQRT),
+        f"normalized with the {_swapped(conv.normalize_with).value} variance": replace(
+            conv, normalize_with=_swapped(conv.normalize_with)
+        ),
+    }
+    if conv.tracks_running_stats:
+        out[f"running variance {_swapped(conv.running_var).value} instead of {conv.running_var.value}"] = (
+            replace(conv, running_var=_swapped(conv.running_var))
+        )
+        out["momentum applied the wrong way round"] = replace(
+            conv, momentum_style=_swapped_style(conv.momentum_style)
+        )
+        out["zero-debiased moving average" if not conv.zero_debias else "moving average not zero-debiased"] = (
+            replace(conv, zero_debias=not conv.zero_debias)
+        )
+    return {name: replace(v, name=f"{conv.name} with {name}") for name, v in out.items()}

@@ -1,0 +1,363 @@
+"""How far a correct float64/32/16/bfloat16 batch norm may be from the float64 oracle, element by element.
+
+First-order rounding-error bounds (derivation in SPEC.md, "The error model"). Per channel, with n values,
+u_c the unit roundoff of the compute format, u_a that of the accumulator, f(n) the summation's error
+factor (n - 1 recursive, ceil(log2 n) pairwise) and g = f(n) u_a + u_c:
+
+    d_mean        = (g + 2 u_c) * mean|x|
+    d_var  (2-pass) = (g + 4 u_c) * (var + d_mean**2) + d_mean**2
+    d_var (Welford) = (g + 4 u_c) * var + g * sqrt(var * (var + mean**2)) + d_mean**2
+    d_var (1-pass)  = (g + 2 u_c) * (var + mean**2) + 2 |mean| d_mean + d_mean**2 + u_c * var
+
+The one-pass E[x^2] - E[x]^2 bound loses u * (mean/std)**2 relative accuracy; the stable ones do not.
+Every per-element bound below follows from these by first-order propagation; a channel whose relative
+variance error reaches 1/2, or whose intermediate sums overflow the compute or accumulator format, is
+*ill-conditioned*: no first-order bound holds there, and comparisons say so instead of widening.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .conventions import Convention, Variance
+from .formats import FloatFormat, float_format, wider
+from .oracle import (
+    BatchStats,
+    RunningStats,
+    broadcast,
+    channels_first,
+    effective_eps,
+    inverse_std,
+    inverse_std_derivative,
+    update_weight,
+)
+
+
+class Summation(Enum):
+    """The order a reduction adds its terms in, which sets its error factor f(n)."""
+
+    RECURSIVE = "recursive"  # one running sum: f(n) = n - 1 (valid for any order)
+    PAIRWISE = "pairwise"  # a balanced tree: f(n) = ceil(log2 n)
+
+
+class VarianceAlgorithm(Enum):
+    """The stable algorithm a correct implementation uses for the batch variance."""
+
+    TWO_PASS = "two_pass"  # mean first, then sum((x - mean)**2)
+    WELFORD = "welford"  # running (mean, M2) updates and Chan's pairwise merge
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How an implementation rounds.
+
+    `dtype` is the format of x, y, dy and dx; `compute` the format of its elementwise arithmetic and
+    statistics; `accumulate` the format of its reduction accumulators; `stats` the format it returns
+    running statistics, saved statistics, dgamma and dbeta in.
+    """
+
+    dtype: str
+    compute: str
+    accumulate: str
+    stats: str
+    summation: Summation = Summation.RECURSIVE
+    variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS
+
+
+def precision_for(
+    dtype,
+    *,
+    compute=None,
+    accumulate=None,
+    stats=None,
+    summation: Summation = Summation.RECURSIVE,
+    variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS,
+) -> Precision:
+    """The usual precision for `dtype` inputs: float16/bfloat16 computed in float32, others in their own format.
+
+    The default summation is RECURSIVE, whose bound holds for any order of additions; an
+    implementation known to reduce by a tree may declare PAIRWISE for a tighter bound.
+    """
+    fmt = float_format(dtype)
+    compute = float_format(compute) if compute is not None else wider(fmt, float_format("float32"))
+    accumulate = float_format(accumulate) if accumulate is not None else compute
+    stats = float_format(stats) if stats is not None else compute
+    return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance)
+
+
+# The oracle's own rounding: float64, NumPy's blocked pairwise sums bounded by the recursive factor.
+ORACLE_PRECISION = precision_for("float64")
+
+
+def reduction_factor(n: int, summation: Summation) -> float:
+    """f(n): a sum of n terms computed in format u is off by at most f(n) * u * sum|terms| (first order)."""
+    if n <= 1:
+        return 0.0
+    return float(n - 1) if summation is Summation.RECURSIVE else float(np.ceil(np.log2(n)))
+
+
+@dataclass(frozen=True)
+class _Roundoff:
+    """The unit roundoffs of one precision, and g = f(n) u_a + u_c for its reductions of length n."""
+
+    compute: float
+    out: float
+    stats: float
+    reduction: float
+    tiny_out: float
+    tiny_stats: float
+    compute_max: float
+    accumulate_max: float
+
+    @classmethod
+    def of(cls, p: Precision, n: int) -> "_Roundoff":
+        c, a, o, s = (float_format(name) for name in (p.compute, p.accumulate, p.dtype, p.stats))
+        return cls(
+            compute=c.unit_roundoff,
+            out=o.unit_roundoff,
+            stats=s.unit_roundoff,
+            reduction=reduction_factor(n, p.summation) * a.unit_roundoff + c.unit_roundoff,
+            tiny_out=o.smallest_subnormal,
+            tiny_stats=s.smallest_subnormal,
+            compute_max=c.max_value,
+            accumulate_max=a.max_value,
+        )
+
+
+@dataclass(frozen=True)
+class StatisticsError:
+    """Per-channel bounds on the computed batch statistics, under the stable and the one-pass algorithm."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    var_one_pass: np.ndarray
+    overflow: np.ndarray  # bool: an intermediate of the stable algorithm exceeds its format
+    overflow_one_pass: np.ndarray
+
+
+def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) -> StatisticsError:
+    """Bounds on |computed - exact| for the batch mean and (biased) variance, per channel."""
+    rows = channels_first(x, axis)
+    r = _Roundoff.of(p, stats.count)
+    n, mu, var = stats.count, np.abs(stats.mean), stats.var
+    with np.errstate(invalid="ignore", over="ignore"):
+        d_mean = (r.reduction + 2 * r.compute) * np.abs(rows).mean(axis=1)
+        if p.variance is VarianceAlgorithm.TWO_PASS:
+            d_var = (r.reduction + 4 * r.compute) * (var + d_mean**2) + d_mean**2
+        else:
+            d_var = (r.reduction + 4 * r.compute) * var + r.reduction * np.sqrt(var * (var + mu**2)) + d_mean**2
+        d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var
+        max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
+        max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
+        overflow = (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
+        overflow_one_pass = (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
+    return StatisticsError(d_mean, d_var, d_var_one_pass, overflow, overflow_one_pass)
+
+
+@dataclass(frozen=True)
+class _Normalizer:
+    """The inverse standard deviation s a forward normalizes with, and a bound on its error."""
+
+    s: np.ndarray
+    d_s: np.ndarray
+    d_var: np.ndarray  # bound on the error of the variance s is computed from
+    ill: np.ndarray  # first-order model invalid: relative variance error >= 1/2, or overflow
+
+
+def _normalizer(var, d_var, overflow, eps: float, convention: Convention, r: _Roundoff) -> _Normalizer:
+    """s = s(var) with `var` known to within d_var; eps enters in the compute format."""
+    s = inverse_std(var, eps, convention.eps_placement)
+    slope = np.abs(inverse_std_derivative(var, eps, convention.eps_placement))
+    with np.errstate(invalid="ignore", over="ignore"):
+        d_sum = d_var + r.compute * (var + eps) + r.compute * eps
+        d_s = slope * d_sum + 3 * r.compute * s
+        ill = overflow | ~np.isfinite(d_s) | ~(d_sum < 0.5 * (var + eps))
+    return _Normalizer(s, np.where(np.isfinite(d_s), d_s, np.inf), d_var, ill)
+
+
+def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundoff) -> tuple[np.ndarray, np.ndarray]:
+    """(z, bound on its error) for z = (x - mean) * s, direct or folded as x * s - mean * s."""
+    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    z = (x - b(mean)) * b(norm.s)
+    d_z = (
+        b(norm.s * d_mean)
+        + np.abs(x - b(mean)) * b(norm.d_s)
+        + 3 * r.compute * np.abs(z)
+        + 2 * r.compute * b(norm.s) * (np.abs(x) + b(np.abs(mean)))
+    )
+    return z, d_z
+
+
+def _affine_output_error(z, d_z, gamma, beta, y, axis: int, r: _Roundoff) -> np.ndarray:
+    """Bound on the error of y = gamma * z + beta rounded to the output format."""
+    b = lambda v: broadcast(v, z.ndim, axis)  # noqa: E731
+    return (
+        b(np.abs(gamma)) * d_z
+        + 2 * r.compute * (np.abs(b(gamma) * z) + b(np.abs(beta)))
+        + r.out * np.abs(y)
+        + r.tiny_out
+    )
+
+
+def _stored(value, error, r: _Roundoff) -> np.ndarray:
+    """Add the rounding of a statistic to the format it is returned in."""
+    return error + r.stats * np.abs(value) + r.tiny_stats
+
+
+def _running_error(old, old_error, batch, batch_error, w: float, new, r: _Roundoff) -> np.ndarray:
+    """Bound for new = (1 - w) * old + w * batch, given bounds on old and batch."""
+    return _stored(
+        new,
+        abs(1 - w) * old_error + abs(w) * batch_error + 4 * r.compute * (np.abs((1 - w) * old) + np.abs(w * batch)),
+        r,
+    )
+
+
+def _bessel(convention_var: Variance, n: int) -> float:
+    return 1.0 if convention_var is Variance.BIASED else (n / (n - 1) if n > 1 else np.nan)
+
+
+@dataclass(frozen=True)
+class TrainBounds:
+    """Per-element bounds for every training-mode quantity, and the channels where none holds."""
+
+    bounds: dict[str, np.ndarray]
+    ill: dict[str, np.ndarray]
+
+
+def _ill_per_element(ill_channels: np.ndarray, shape, axis: int) -> np.ndarray:
+    return np.broadcast_to(broadcast(ill_channels, len(shape), axis), shape)
+
+
+def train_bounds(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    stats: BatchStats,
+    oracle_out,
+    running: RunningStats | None,
+    running_error: RunningStats | None,
+    dy: np.ndarray | None,
+    *,
+    convention: Convention,
+    axis: int,
+    eps: float,
+    momentum,
+    precision: Precision,
+    one_pass: bool = False,
+) -> TrainBounds:
+    """Bounds for the training forward (and backward, when dy is given) of a correct implementation.
+
+    `one_pass` selects the E[x^2] - E[x]^2 variance model instead of the declared stable algorithm.
+    `running_error` bounds the error already present in the running statistics the step starts from.
+    """
+    n = stats.count
+    r = _Roundoff.of(precision, n)
+    err = statistics_error(x, stats, axis, precision)
+    d_var_b = err.var_one_pass if one_pass else err.var
+    overflow = err.overflow_one_pass if one_pass else err.overflow
+    k = _bessel(convention.normalize_with, n)
+    var = oracle_out.saved_var
+    e = effective_eps(convention, eps)
+    norm = _normalizer(var, k * d_var_b + 2 * r.compute * var, overflow, e, convention, r)
+    z, d_z = _normalized_error(x, stats.mean, err.mean, norm, axis, r)
+    bounds = {
+        "y": _affine_output_error(z, d_z, gamma, beta, oracle_out.y, axis, r),
+        "saved_mean": _stored(stats.mean, err.mean, r),
+        "saved_var": _stored(var, norm.d_var, r),
+        "saved_invstd": _stored(norm.s, norm.d_s, r),
+    }
+    # The variance bounds hold however large they are; s, y and the gradients need d_var < (var + eps) / 2.
+    no_ill = np.zeros_like(norm.ill)
+    ill = {"saved_mean": no_ill, "saved_var": overflow, "saved_invstd": norm.ill}
+    ill["y"] = _ill_per_element(norm.ill, x.shape, axis)
+    if running is not None:
+        w = update_weight(convention, momentum, running.count + 1)
+        c = _bessel(convention.running_var, n)
+        batch_var = c * stats.var
+        old_err = running_error or RunningStats(np.zeros_like(running.mean), np.zeros_like(running.var))
+        new = oracle_out.running
+        bounds["running_mean"] = _running_error(running.mean, old_err.mean, stats.mean, err.mean, w, new.mean, r)
+        bounds["running_var"] = _running_error(
+            running.var, old_err.var, batch_var, c * d_var_b + 2 * r.compute * np.abs(batch_var), w, new.var, r
+        )
+        ill.update(running_mean=no_ill, running_var=overflow)
+    if dy is not None:
+        bounds.update(_train_backward_bounds(dy, gamma, z, d_z, norm, axis, r))
+        ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=no_ill)
+    return TrainBounds(bounds, ill)
+
+
+def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _Roundoff) -> dict[str, np.ndarray]:
+    """Bounds for dx = gamma s (dy - mean(dy) - z mean(dy z)), dgamma = sum(dy z), dbeta = sum(dy).
+
+    Bounds are on magnitudes of the terms, never relative to dx, which cancels to ~0 when dy is
+    constant or proportional to z.
+    """
+    b = lambda v: broadcast(v, dy.ndim, axis)  # noqa: E731
+    rows = lambda a: channels_first(a, axis)  # noqa: E731
+    g, gz = rows(dy), rows(dy * z)
+    n = g.shape[1]
+    mean_g, mean_gz = g.mean(axis=1), gz.mean(axis=1)
+    d_mean_g = (r.reduction + r.compute) * np.abs(g).mean(axis=1)
+    d_mean_gz = (r.reduction + 2 * r.compute) * np.abs(gz).mean(axis=1) + (np.abs(g) * rows(d_z)).mean(axis=1)
+    dx = b(gamma * norm.s) * (dy - b(mean_g) - z * b(mean_gz))
+    with np.errstate(invalid="ignore", over="ignore"):
+        d_dx = (
+            b(np.abs(gamma) * norm.s)
+            * (
+                b(d_mean_g)
+                + np.abs(z) * b(d_mean_gz)
+                + d_z * b(np.abs(mean_gz))
+                + 3 * r.compute * (np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
+            )
+            + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
+            + r.out * np.abs(dx)
+            + r.tiny_out
+        )
+    d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1)
+    d_dbeta = r.reduction * np.abs(g).sum(axis=1)
+    return {
+        "dx": d_dx,
+        "dgamma": _stored(gz.sum(axis=1), d_dgamma, r),
+        "dbeta": _stored(g.sum(axis=1), d_dbeta, r),
+    }
+
+
+def eval_bounds(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    running: RunningStats,
+    y: np.ndarray,
+    dy: np.ndarray | None,
+    *,
+    convention: Convention,
+    axis: int,
+    eps: float,
+    precision: Precision,
+) -> TrainBounds:
+    """Bounds for the eval forward y = gamma (x - running.mean) s(running.var) + beta and its gradients.
+
+    The running statistics are exact inputs here; only the elementwise arithmetic rounds.
+    """
+    r = _Roundoff.of(precision, int(np.prod(x.shape)) // x.shape[axis])
+    e = effective_eps(convention, eps)
+    no_overflow = np.zeros(len(running.var), dtype=bool)
+    norm = _normalizer(running.var, np.zeros_like(running.var), no_overflow, e, convention, r)
+    z, d_z = _normalized_error(x, running.mean, np.zeros_like(running.mean), norm, axis, r)
+    bounds = {"y": _affine_output_error(z, d_z, gamma, beta, y, axis, r)}
+    ill = {"y": _ill_per_element(norm.ill, x.shape, axis)}
+    if dy is not None:
+        b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+        rows = lambda a: channels_first(a, axis)  # noqa: E731
+        dx = dy * b(gamma * norm.s)
+        g, gz = rows(dy), rows(dy * z)
+        bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.tiny_out
+        bounds["dgamma"] = _stored(
+            gz.sum(axis=1), (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1), r
+        )
+        bounds["dbeta"] = _stored(g.sum(axis=1), r.reduction * np.abs(g).sum(axis=1), r)
+        ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=np.zeros_like(norm.ill))
+    return TrainBounds(bounds, ill)

@@ -1,0 +1,124 @@
+"""What a correct implementation must return for one set of inputs: oracle values with per-element bounds.
+
+`expected(mode, inputs, convention, precision)` runs the oracle under `convention` and the error model
+for `precision`, and returns one `Expected` per output quantity of the mode.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from . import error_model, oracle
+from .conventions import Convention
+from .error_model import ORACLE_PRECISION, Precision
+from .oracle import RunningStats
+
+
+class Mode(Enum):
+    """What is run, and the quantities it returns."""
+
+    TRAIN_FORWARD = "train_forward"
+    EVAL_FORWARD = "eval_forward"
+    TRAIN_BACKWARD = "train_backward"
+    EVAL_BACKWARD = "eval_backward"
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        return {
+            Mode.TRAIN_FORWARD: ("y", "saved_mean", "saved_var", "saved_invstd", "running_mean", "running_var"),
+            Mode.EVAL_FORWARD: ("y",),
+            Mode.TRAIN_BACKWARD: ("dx", "dgamma", "dbeta"),
+            Mode.EVAL_BACKWARD: ("dx", "dgamma", "dbeta"),
+        }[self]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One batch-norm problem, with momentum and eps in the convention's own terms.
+
+    `running` holds the running statistics before the step (required in eval modes);
+    `running_error` an optional bound on the error they already carry (from earlier steps).
+    """
+
+    x: np.ndarray
+    axis: int
+    eps: float
+    gamma: np.ndarray | None = None
+    beta: np.ndarray | None = None
+    running: RunningStats | None = None
+    momentum: float | None = None
+    dy: np.ndarray | None = None
+    running_error: RunningStats | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The oracle's value of one quantity and the bounds a correct implementation stays within.
+
+    `bound` assumes the declared stable variance algorithm, `bound_one_pass` the E[x^2] - E[x]^2 one;
+    `ill` / `ill_one_pass` mark elements where that model gives no bound (see error_model).
+    """
+
+    value: np.ndarray
+    bound: np.ndarray
+    bound_one_pass: np.ndarray
+    ill: np.ndarray
+    ill_one_pass: np.ndarray
+
+
+def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Precision) -> dict[str, Expected]:
+    """Oracle values and bounds for each quantity `mode` returns.
+
+    A bound is the implementation's error bound plus the oracle's own (float64) one.
+    """
+    i = inputs
+    x = oracle.as_float64(i.x, "x")
+    channels = x.shape[oracle.channel_axis(x.ndim, i.axis)]
+    gamma, beta = oracle.affine(i.gamma, i.beta, channels)
+    dy = None if i.dy is None else oracle.check_dy(i.dy, x)
+    if mode in (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD) and dy is None:
+        raise ValueError(f"{mode.value} needs an upstream gradient dy")
+    common = dict(convention=convention, axis=i.axis, eps=i.eps)
+    if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD):
+        out = oracle.forward_train(x, gamma, beta, i.running, momentum=i.momentum, **common)
+        stats = oracle.batch_stats(x, i.axis)
+
+        def bounds(p: Precision, one_pass: bool):
+            running_error = None if p is ORACLE_PRECISION else i.running_error
+            return error_model.train_bounds(
+                x, gamma, beta, stats, out, i.running, running_error, dy,
+                momentum=i.momentum, one_pass=one_pass, precision=p, **common,
+            )
+
+        if mode is Mode.TRAIN_FORWARD:
+            values = {"y": out.y, "saved_mean": out.saved_mean, "saved_var": out.saved_var,
+                      "saved_invstd": out.saved_invstd}
+            if out.running is not None:
+                values.update(running_mean=out.running.mean, running_var=out.running.var)
+        else:
+            grads = oracle.backward_train(dy, x, gamma, **common)
+            values = {"dx": grads.dx, "dgamma": grads.dgamma, "dbeta": grads.dbeta}
+    else:
+        y = oracle.forward_eval(x, gamma, beta, i.running, **common)
+
+        def bounds(p: Precision, one_pass: bool):
+            return error_model.eval_bounds(x, gamma, beta, i.running, y, dy, precision=p, **common)
+
+        if mode is Mode.EVAL_FORWARD:
+            values = {"y": y}
+        else:
+            grads = oracle.backward_eval(dy, x, gamma, i.running, **common)
+            values = {"dx": grads.dx, "dgamma": grads.dgamma, "dbeta": grads.dbeta}
+
+    stable, one_pass, own = bounds(precision, False), bounds(precision, True), bounds(ORACLE_PRECISION, False)
+    return {
+        q: Expected(
+            value=v,
+            bound=stable.bounds[q] + own.bounds[q],
+            bound_one_pass=one_pass.bounds[q] + own.bounds[q],
+            ill=np.broadcast_to(stable.ill[q], v.shape),
+            ill_one_pass=np.broadcast_to(one_pass.ill[q], v.shape),
+        )
+        for q, v in values.items()
+    }

@@ -1,0 +1,308 @@
+"""The float64 reference for batch normalization: small pure NumPy functions that read like the formulas.
+
+Per channel c (every axis but `axis` is reduced, n values per channel):
+    mean = sum(x) / n,   var = sum((x - mean)**2) / n,   var_unbiased = var * n / (n - 1)
+    s = 1 / sqrt(V + eps)           V: the variance the convention normalizes with (biased everywhere)
+    y = gamma * (x - mean) * s + beta
+Training updates running statistics, eval normalizes with them. Inputs of any real dtype are upcast
+to float64 exactly; every result is float64. Conventions (`spec.conventions`) choose the variants.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conventions import Convention, EpsPlacement, MomentumStyle, Variance
+from .formats import FORMATS
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def as_float64(a, name: str) -> np.ndarray:
+    """`a` as a float64 array; a clear error for non-real dtypes."""
+    arr = np.asarray(a)
+    if not (arr.dtype.kind in "fiu" or arr.dtype.name in FORMATS):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def channel_axis(ndim: int, axis: int) -> int:
+    """`axis` as a non-negative index into an array of rank `ndim`."""
+    if ndim < 2:
+        raise ValueError(f"x must have rank 2 or more (batch and channel axes), got rank {ndim}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"channel axis {axis} is out of range for an input of rank {ndim}")
+    return axis % ndim
+
+
+def _per_channel(a, name: str, channels: int) -> np.ndarray:
+    arr = as_float64(a, name)
+    if arr.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), got {arr.shape}")
+    return arr
+
+
+def _check_eps(eps: float) -> float:
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def channels_first(x: np.ndarray, axis: int) -> np.ndarray:
+    """x rearranged to shape (C, n): one contiguous row per channel."""
+    axis = channel_axis(x.ndim, axis)
+    return np.ascontiguousarray(np.moveaxis(x, axis, 0)).reshape(x.shape[axis], -1)
+
+
+def broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast against an input of rank `ndim`."""
+    shape = [1] * ndim
+    shape[channel_axis(ndim, axis)] = -1
+    return np.reshape(v, shape)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Per-channel statistics of one batch; arrays of shape (C,)."""
+
+    mean: np.ndarray
+    var: np.ndarray  # biased: sum((x - mean)**2) / n
+    var_unbiased: np.ndarray  # Bessel-corrected: sum((x - mean)**2) / (n - 1); NaN for n = 1
+    count: int  # n, values per channel
+
+
+def batch_stats(x, axis: int) -> BatchStats:
+    """Mean and variances over every axis but `axis`, by the corrected two-pass algorithm."""
+    rows = channels_first(as_float64(x, "x"), axis)
+    n = rows.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = rows.sum(axis=1) / n
+        d = rows - mean[:, None]
+        # sum(d)**2 / n removes the first-order error of the computed mean (Chan, Golub, LeVeque 1983)
+        sum_sq = np.maximum((d * d).sum(axis=1) - d.sum(axis=1) ** 2 / n, 0.0)
+        var = sum_sq / n
+        var_unbiased = sum_sq / (n - 1) if n > 1 else np.full_like(var, np.nan)
+    return BatchStats(mean, var, var_unbiased, n)
+
+
+def selected_variance(stats: BatchStats, which: Variance) -> np.ndarray:
+    return stats.var if which is Variance.BIASED else stats.var_unbiased
+
+
+def effective_eps(convention: Convention, eps: float) -> float:
+    """eps after the convention's clamp: max(eps, eps_min)."""
+    return max(_check_eps(eps), convention.eps_min)
+
+
+def inverse_std(var, eps: float, placement: EpsPlacement = EpsPlacement.INSIDE_SQRT) -> np.ndarray:
+    """s = 1 / sqrt(var + eps), or 1 / (sqrt(var) + eps) for the outside-the-root placement."""
+    var = np.asarray(var, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if placement is EpsPlacement.INSIDE_SQRT:
+            return 1.0 / np.sqrt(var + eps)
+        return 1.0 / (np.sqrt(var) + eps)
+
+
+def inverse_std_derivative(var, eps: float, placement: EpsPlacement = EpsPlacement.INSIDE_SQRT) -> np.ndarray:
+    """ds/dvar of `inverse_std`: -s**3 / 2 inside the root, -s**2 / (2 sqrt(var)) outside."""
+    s = inverse_std(var, eps, placement)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if placement is EpsPlacement.INSIDE_SQRT:
+            return -0.5 * s**3
+        return -0.5 * s**2 / np.sqrt(np.asarray(var, dtype=np.float64))
+
+
+def normalize(x, mean, invstd, gamma, beta, axis: int) -> np.ndarray:
+    """y = gamma * (x - mean) * invstd + beta, per channel."""
+    x = as_float64(x, "x")
+    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    return b(gamma) * (x - b(mean)) * b(invstd) + b(beta)
+
+
+# ---------------------------------------------------------------- running statistics
+
+
+@dataclass(frozen=True)
+class RunningStats:
+    """Running mean and variance, and the number of training batches they have seen."""
+
+    mean: np.ndarray
+    var: np.ndarray
+    count: int = 0
+
+    @classmethod
+    def initial(cls, channels: int) -> "RunningStats":
+        """Every framework's starting point: mean 0, variance 1, no batches."""
+        return cls(np.zeros(channels), np.ones(channels), 0)
+
+
+def update_weight(convention: Convention, momentum: float | None, step: int) -> float:
+    """w, the weight of the step-th batch (step >= 1) in running <- (1 - w) * running + w * batch."""
+    if momentum is None:
+        if not convention.cumulative_average:
+            raise ValueError(f"{convention.name} needs a numeric momentum (None is not a cumulative average there)")
+        return 1.0 / step
+    if not np.isfinite(momentum):
+        raise ValueError(f"momentum must be a finite number, got {momentum!r}")
+    w = momentum if convention.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - momentum
+    if convention.zero_debias:
+        decay = 1.0 - w
+        # (1 - d) / (1 - d**t); its limit as d -> 1 is 1/t
+        return w / (1.0 - decay**step) if decay != 1.0 else 1.0 / step
+    return w
+
+
+def update_running_stats(
+    running: RunningStats, stats: BatchStats, convention: Convention, momentum: float | None
+) -> RunningStats:
+    """One training step's update: each statistic moves toward the batch's by the weight w."""
+    step = running.count + 1
+    w = update_weight(convention, momentum, step)
+    batch_var = selected_variance(stats, convention.running_var)
+    return RunningStats(
+        (1.0 - w) * running.mean + w * stats.mean,
+        (1.0 - w) * running.var + w * batch_var,
+        step,
+    )
+
+
+# ---------------------------------------------------------------- forward
+
+
+@dataclass(frozen=True)
+class TrainForward:
+    """Outputs of a training-mode forward."""
+
+    y: np.ndarray
+    saved_mean: np.ndarray  # batch mean, saved for the backward
+    saved_var: np.ndarray  # the variance the output was normalized with
+    saved_invstd: np.ndarray  # 1 / sqrt(saved_var + eps)
+    running: RunningStats | None  # updated running statistics; None when not tracked
+
+
+def affine(gamma, beta, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta as float64 vectors; an absent one is the identity (1 or 0)."""
+    g = np.ones(channels) if gamma is None else _per_channel(gamma, "gamma", channels)
+    b = np.zeros(channels) if beta is None else _per_channel(beta, "beta", channels)
+    return g, b
+
+
+def _checked_running(running: RunningStats, channels: int) -> RunningStats:
+    return RunningStats(
+        _per_channel(running.mean, "running mean", channels),
+        _per_channel(running.var, "running variance", channels),
+        running.count,
+    )
+
+
+def forward_train(
+    x,
+    gamma=None,
+    beta=None,
+    running: RunningStats | None = None,
+    *,
+    convention: Convention,
+    axis: int,
+    eps: float,
+    momentum: float | None = None,
+) -> TrainForward:
+    """Normalize with the batch statistics; update `running` (if given) by the convention's rule."""
+    x = as_float64(x, "x")
+    channels = x.shape[channel_axis(x.ndim, axis)]
+    g, b = affine(gamma, beta, channels)
+    stats = batch_stats(x, axis)
+    var = selected_variance(stats, convention.normalize_with)
+    s = inverse_std(var, effective_eps(convention, eps), convention.eps_placement)
+    new_running = None
+    if running is not None:
+        new_running = update_running_stats(_checked_running(running, channels), stats, convention, momentum)
+    return TrainForward(normalize(x, stats.mean, s, g, b, axis), stats.mean, var, s, new_running)
+
+
+def forward_eval(
+    x, gamma=None, beta=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
+) -> np.ndarray:
+    """Normalize with the running statistics: y = gamma * (x - running.mean) * s(running.var) + beta."""
+    if running is None:
+        raise ValueError("eval mode needs running statistics (running mean and variance)")
+    x = as_float64(x, "x")
+    channels = x.shape[channel_axis(x.ndim, axis)]
+    g, b = affine(gamma, beta, channels)
+    running = _checked_running(running, channels)
+    s = inverse_std(running.var, effective_eps(convention, eps), convention.eps_placement)
+    return normalize(x, running.mean, s, g, b, axis)
+
+
+# ---------------------------------------------------------------- backward
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """dL/dx, dL/dgamma, dL/dbeta for an upstream gradient dy = dL/dy.
+
+    dgamma and dbeta are the gradients with respect to the scale and shift the output was computed
+    with (1 and 0 when the API has no affine parameters).
+    """
+
+    dx: np.ndarray
+    dgamma: np.ndarray
+    dbeta: np.ndarray
+
+
+def check_dy(dy, x: np.ndarray) -> np.ndarray:
+    dy = as_float64(dy, "dy")
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    return dy
+
+
+def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps: float) -> Gradients:
+    """Gradients through the batch statistics.
+
+    With V = k * var (k = 1 biased, n/(n-1) Bessel-corrected) and s = s(V):
+        dx = gamma * s * (dy - mean(dy)) + gamma * s'(V) * (2k/n) * (x - mean) * sum(dy * (x - mean))
+    which for the usual V = var, s = (var + eps)**-1/2 is gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    """
+    x = as_float64(x, "x")
+    dy = check_dy(dy, x)
+    channels = x.shape[channel_axis(x.ndim, axis)]
+    g, _ = affine(gamma, None, channels)
+    stats = batch_stats(x, axis)
+    n = stats.count
+    k = 1.0 if convention.normalize_with is Variance.BIASED else n / (n - 1)
+    var = k * stats.var
+    e = effective_eps(convention, eps)
+    s = inverse_std(var, e, convention.eps_placement)
+    ds = inverse_std_derivative(var, e, convention.eps_placement)
+    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    centered = x - b(stats.mean)
+    dy_rows, centered_rows = channels_first(dy, axis), channels_first(centered, axis)
+    sum_dy = dy_rows.sum(axis=1)
+    sum_dy_centered = (dy_rows * centered_rows).sum(axis=1)
+    dx = b(g * s) * (dy - b(sum_dy / n)) + b(g * ds * (2.0 * k / n) * sum_dy_centered) * centered
+    return Gradients(dx, s * sum_dy_centered, sum_dy)
+
+
+def backward_eval(
+    dy, x, gamma=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
+) -> Gradients:
+    """Gradients with the running statistics held constant: dx = dy * gamma * s(running.var)."""
+    if running is None:
+        raise ValueError("eval mode needs running statistics (running mean and variance)")
+    x = as_float64(x, "x")
+    dy = check_dy(dy, x)
+    channels = x.shape[channel_axis(x.ndim, axis)]
+    g, _ = affine(gamma, None, channels)
+    running = _checked_running(running, channels)
+    s = inverse_std(running.var, effective_eps(convention, eps), convention.eps_placement)
+    xhat = normalize(x, running.mean, s, np.ones(channels), np.zeros(channels), axis)
+    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    return Gradients(
+        dy * b(g * s),
+        channels_first(dy * xhat, axis).sum(axis=1),
+        channels_first(dy, axis).sum(axis=1),
+    )

@@ -1,0 +1,156 @@
+"""Comparing an implementation's outputs with the oracle: per-element error ratios and a classified verdict.
+
+For each quantity, every element's error |observed - expected| is divided by its bound from the error
+model. The verdict is, in this order of precedence:
+  NONFINITE_MISMATCH     NaN/Inf where the oracle is finite, or the reverse (never masked);
+  CONFORMS               every checkable element within its bound (ill-conditioned ones reported apart);
+  ILL_CONDITIONED        every finite element lies where no first-order bound exists;
+  CONVENTION_DIFFERENCE  outside the bound, but within it of a named variant of the convention;
+  UNSTABLE_ALGORITHM     outside the stable bound, inside the E[x^2] - E[x]^2 one;
+  NON_CONFORMANT         none of the above.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .conventions import Convention, variants
+from .error_model import Precision
+from .expect import Expected, Inputs, Mode, expected
+from .formats import float_format
+
+
+class Verdict(Enum):
+    CONFORMS = "conforms"
+    CONVENTION_DIFFERENCE = "convention difference"
+    UNSTABLE_ALGORITHM = "unstable algorithm"
+    NONFINITE_MISMATCH = "non-finite mismatch"
+    ILL_CONDITIONED = "ill-conditioned"
+    NON_CONFORMANT = "non-conformant"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How one quantity compares with the oracle."""
+
+    quantity: str
+    verdict: Verdict
+    detail: str  # the named convention difference, or what the non-finite mismatch is
+    max_ratio: float  # max over checked elements of |error| / bound
+    p99_ratio: float
+    max_ulp: float  # max |error| in ULPs of the quantity's format at the expected value
+    worst_index: tuple[int, ...] | None
+    observed: float | None  # at the worst element
+    expected: float | None
+    bound: float | None
+    checked: int  # elements with a bound, finite on both sides
+    ill_conditioned: int  # finite elements without a bound
+    nonfinite_mismatches: int
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.CONFORMS
+
+
+def _nonfinite_mismatch(observed: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Elements where finiteness differs, or both are non-finite but not the same (NaN, +Inf, -Inf)."""
+    obs_f, exp_f = np.isfinite(observed), np.isfinite(value)
+    same_nonfinite = (np.isnan(observed) & np.isnan(value)) | (np.isinf(observed) & (observed == value))
+    return (obs_f != exp_f) | (~obs_f & ~exp_f & ~same_nonfinite)
+
+
+def _ratios(observed, value, bound) -> np.ndarray:
+    err = np.abs(observed - value)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(err == 0, 0.0, err / bound)
+
+
+def _worst_ratio(observed, exp: Expected, one_pass: bool = False) -> float:
+    """Max error/bound over elements finite on both sides where the model gives a bound (0 if none);
+    infinite when finiteness differs anywhere."""
+    if _nonfinite_mismatch(observed, exp.value).any():
+        return float("inf")
+    bound, ill = (exp.bound_one_pass, exp.ill_one_pass) if one_pass else (exp.bound, exp.ill)
+    both = np.isfinite(observed) & np.isfinite(exp.value) & ~ill
+    return float(np.max(_ratios(observed[both], exp.value[both], bound[both]), initial=0.0))
+
+
+def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, Expected] | None = None) -> Comparison:
+    """Classify `observed` against `exp`; `named` maps convention-variant names to their expectations."""
+    observed = np.asarray(observed, dtype=np.float64)
+    if observed.shape != exp.value.shape:
+        raise ValueError(f"{quantity}: expected shape {exp.value.shape}, the implementation returned {observed.shape}")
+    mismatch = _nonfinite_mismatch(observed, exp.value)
+    finite = np.isfinite(observed) & np.isfinite(exp.value)
+    checked = finite & ~exp.ill
+    ratio = np.where(checked, _ratios(observed, exp.value, exp.bound), 0.0)
+    ulp = np.where(checked, np.abs(observed - exp.value) / float_format(fmt).ulp(exp.value), 0.0)
+    n_checked = int(checked.sum())
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if n_checked else None
+
+    detail = ""
+    if mismatch.any():
+        verdict = Verdict.NONFINITE_MISMATCH
+        at = np.unravel_index(int(np.argmax(mismatch)), mismatch.shape)
+        detail = f"{int(mismatch.sum())} element(s), first at {tuple(map(int, at))}: observed {observed[at]}, oracle {exp.value[at]}"
+    elif n_checked == 0 and finite.any():
+        verdict = Verdict.ILL_CONDITIONED
+    elif not (ratio > 1.0).any():
+        verdict = Verdict.CONFORMS
+    else:
+        fits = sorted((r, name) for name, alt in (named or {}).items() if (r := _worst_ratio(observed, alt)) <= 1.0)
+        if fits:
+            verdict, detail = Verdict.CONVENTION_DIFFERENCE, fits[0][1]
+            if len(fits) > 1:
+                detail += f" (also consistent: {', '.join(name for _, name in fits[1:])})"
+        elif _worst_ratio(observed, exp, one_pass=True) <= 1.0:
+            verdict, detail = Verdict.UNSTABLE_ALGORITHM, "consistent with a one-pass E[x^2] - E[x]^2 variance"
+        else:
+            verdict = Verdict.NON_CONFORMANT
+    return Comparison(
+        quantity=quantity,
+        verdict=verdict,
+        detail=detail,
+        max_ratio=float(ratio.max()) if n_checked else 0.0,
+        p99_ratio=float(np.percentile(ratio[checked], 99)) if n_checked else 0.0,
+        max_ulp=float(ulp.max()) if n_checked else 0.0,
+        worst_index=tuple(int(i) for i in worst) if worst is not None else None,
+        observed=float(observed[worst]) if worst is not None else None,
+        expected=float(exp.value[worst]) if worst is not None else None,
+        bound=float(exp.bound[worst]) if worst is not None else None,
+        checked=n_checked,
+        ill_conditioned=int((finite & exp.ill).sum()),
+        nonfinite_mismatches=int(mismatch.sum()),
+    )
+
+
+_STATS_QUANTITIES = {"saved_mean", "saved_var", "saved_invstd", "running_mean", "running_var", "dgamma", "dbeta"}
+
+
+def judge(
+    mode: Mode, observed: dict, inputs: Inputs, convention: Convention, precision: Precision
+) -> dict[str, Comparison]:
+    """Compare every quantity in `observed` with the oracle under `convention`.
+
+    Quantities the implementation did not return (absent or None) are skipped; a quantity that falls
+    outside its bound is also compared with each named variant of the convention, so that a backend
+    implementing a known mistake is diagnosed by that mistake's name.
+    """
+    exp = expected(mode, inputs, convention, precision)
+    unknown = set(k for k, v in observed.items() if v is not None) - set(exp)
+    if unknown:
+        raise ValueError(f"{mode.value} has no quantity {sorted(unknown)}; it returns {list(exp)}")
+    present = [q for q in exp if observed.get(q) is not None]
+    alternatives: dict[str, dict[str, Expected]] | None = None
+    results = {}
+    for q in present:
+        fmt = precision.stats if q in _STATS_QUANTITIES else precision.dtype
+        first = compare(q, observed[q], exp[q], fmt)
+        if first.verdict in (Verdict.NON_CONFORMANT, Verdict.UNSTABLE_ALGORITHM):
+            if alternatives is None:
+                alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
+            named = {name: alt[q] for name, alt in alternatives.items() if q in alt}
+            first = compare(q, observed[q], exp[q], fmt, named)
+        results[q] = first
+    return results

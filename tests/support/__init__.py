@@ -1,0 +1,1 @@
+"""Test-only helpers: independent reference computations and deliberately simple implementations."""
