@@ -7,7 +7,7 @@ The prose and the derivations are in SPEC.md beside this file.
 """
 
 from .conventions import CONVENTIONS, Convention, EpsPlacement, MomentumStyle, Variance, convention, variants
-from .error_model import Precision, Summation, VarianceAlgorithm, precision_for
+from .error_model import NUMPY_PAIRWISE, PAIRWISE, RECURSIVE, Precision, Summation, VarianceAlgorithm, precision_for
 from .expect import Expected, Inputs, Mode, expected
 from .formats import FORMATS, FloatFormat, float_format
 from .oracle import (

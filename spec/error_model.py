@@ -2,7 +2,7 @@
 
 First-order rounding-error bounds (derivation in SPEC.md, "The error model"). Per channel, with n values,
 u_c the unit roundoff of the compute format, u_a that of the accumulator, f(n) the summation's error
-factor (n - 1 recursive, ceil(log2 n) pairwise) and g = f(n) u_a + u_c:
+factor (n - 1 recursive, ceil(log2 n) pairwise, see `Summation`) and g = f(n) u_a + u_c:
 
     d_mean        = (g + 2 u_c) * mean|x|
     d_var  (2-pass) = (g + 4 u_c) * (var + d_mean**2) + d_mean**2
@@ -34,11 +34,28 @@ from .oracle import (
 )
 
 
-class Summation(Enum):
-    """The order a reduction adds its terms in, which sets its error factor f(n)."""
+@dataclass(frozen=True)
+class Summation:
+    """How a reduction orders its additions: runs of `block` terms added one after another, the runs
+    then combined as a balanced tree. Its error factor is f(n) = (block - 1) + ceil(log2(n / block)),
+    or n - 1 for one single run (`block` None, recursive summation, valid for any order)."""
 
-    RECURSIVE = "recursive"  # one running sum: f(n) = n - 1 (valid for any order)
-    PAIRWISE = "pairwise"  # a balanced tree: f(n) = ceil(log2 n)
+    block: int | None = None
+
+    def factor(self, n: int) -> float:
+        """f(n): a sum of n terms in format u is off by at most f(n) * u * sum|terms| (first order)."""
+        if n <= 1:
+            return 0.0
+        if self.block is None or n <= self.block:
+            return float(n - 1)
+        return float(self.block - 1 + np.ceil(np.log2(np.ceil(n / self.block))))
+
+
+RECURSIVE = Summation(None)
+PAIRWISE = Summation(1)
+# NumPy's pairwise sum of a contiguous row: 8 interleaved accumulators over blocks of 128, leftovers
+# added in sequence, blocks combined pairwise; runs of 32 bound it with room to spare.
+NUMPY_PAIRWISE = Summation(32)
 
 
 class VarianceAlgorithm(Enum):
@@ -61,7 +78,7 @@ class Precision:
     compute: str
     accumulate: str
     stats: str
-    summation: Summation = Summation.RECURSIVE
+    summation: Summation = RECURSIVE
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS
 
 
@@ -71,13 +88,13 @@ def precision_for(
     compute=None,
     accumulate=None,
     stats=None,
-    summation: Summation = Summation.RECURSIVE,
+    summation: Summation = RECURSIVE,
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS,
 ) -> Precision:
     """The usual precision for `dtype` inputs: float16/bfloat16 computed in float32, others in their own format.
 
     The default summation is RECURSIVE, whose bound holds for any order of additions; an
-    implementation known to reduce by a tree may declare PAIRWISE for a tighter bound.
+    implementation known to reduce by a tree declares its `Summation` for a tighter bound.
     """
     fmt = float_format(dtype)
     compute = float_format(compute) if compute is not None else wider(fmt, float_format("float32"))
@@ -86,15 +103,8 @@ def precision_for(
     return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance)
 
 
-# The oracle's own rounding: float64, NumPy's blocked pairwise sums bounded by the recursive factor.
-ORACLE_PRECISION = precision_for("float64")
-
-
-def reduction_factor(n: int, summation: Summation) -> float:
-    """f(n): a sum of n terms computed in format u is off by at most f(n) * u * sum|terms| (first order)."""
-    if n <= 1:
-        return 0.0
-    return float(n - 1) if summation is Summation.RECURSIVE else float(np.ceil(np.log2(n)))
+# The oracle's own rounding: float64, NumPy's pairwise sums over contiguous rows.
+ORACLE_PRECISION = precision_for("float64", summation=NUMPY_PAIRWISE)
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,15 @@ class _Roundoff:
     reduction: float
     tiny_out: float
     tiny_stats: float
+    tiny_compute: float
     compute_max: float
     accumulate_max: float
+
+    @property
+    def underflow(self) -> float:
+        """Absolute slack for gradual underflow: each of a handful of compute-format operations on
+        subnormal values may lose up to half the smallest subnormal, then the result is rounded."""
+        return self.tiny_out + 8 * self.tiny_compute
 
     @classmethod
     def of(cls, p: Precision, n: int) -> "_Roundoff":
@@ -117,9 +134,10 @@ class _Roundoff:
             compute=c.unit_roundoff,
             out=o.unit_roundoff,
             stats=s.unit_roundoff,
-            reduction=reduction_factor(n, p.summation) * a.unit_roundoff + c.unit_roundoff,
+            reduction=p.summation.factor(n) * a.unit_roundoff + c.unit_roundoff,
             tiny_out=o.smallest_subnormal,
             tiny_stats=s.smallest_subnormal,
+            tiny_compute=c.smallest_subnormal,
             compute_max=c.max_value,
             accumulate_max=a.max_value,
         )
@@ -136,6 +154,7 @@ class StatisticsError:
     overflow_one_pass: np.ndarray
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) -> StatisticsError:
     """Bounds on |computed - exact| for the batch mean and (biased) variance, per channel."""
     rows = channels_first(x, axis)
@@ -150,8 +169,9 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
         d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var
         max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
         max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
-        overflow = (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
-        overflow_one_pass = (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
+        sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
+        overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
+        overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
     return StatisticsError(d_mean, d_var, d_var_one_pass, overflow, overflow_one_pass)
 
 
@@ -196,22 +216,23 @@ def _affine_output_error(z, d_z, gamma, beta, y, axis: int, r: _Roundoff) -> np.
         b(np.abs(gamma)) * d_z
         + 2 * r.compute * (np.abs(b(gamma) * z) + b(np.abs(beta)))
         + r.out * np.abs(y)
-        + r.tiny_out
+        + r.underflow
     )
 
 
 def _stored(value, error, r: _Roundoff) -> np.ndarray:
     """Add the rounding of a statistic to the format it is returned in."""
-    return error + r.stats * np.abs(value) + r.tiny_stats
+    return error + r.stats * np.abs(value) + r.tiny_stats + 8 * r.tiny_compute
 
 
 def _running_error(old, old_error, batch, batch_error, w: float, new, r: _Roundoff) -> np.ndarray:
-    """Bound for new = (1 - w) * old + w * batch, given bounds on old and batch."""
-    return _stored(
-        new,
-        abs(1 - w) * old_error + abs(w) * batch_error + 4 * r.compute * (np.abs((1 - w) * old) + np.abs(w * batch)),
-        r,
-    )
+    """Bound for new = (1 - w) * old + w * batch, given bounds on old and batch.
+
+    The momentum itself is rounded to the compute format, which moves w and 1 - w by u * max(|w|, |1 - w|).
+    """
+    arithmetic = 4 * r.compute * (np.abs((1 - w) * old) + np.abs(w * batch))
+    momentum_rounding = 2 * r.compute * max(abs(w), abs(1 - w)) * (np.abs(old) + np.abs(batch))
+    return _stored(new, abs(1 - w) * old_error + abs(w) * batch_error + arithmetic + momentum_rounding, r)
 
 
 def _bessel(convention_var: Variance, n: int) -> float:
@@ -230,6 +251,7 @@ def _ill_per_element(ill_channels: np.ndarray, shape, axis: int) -> np.ndarray:
     return np.broadcast_to(broadcast(ill_channels, len(shape), axis), shape)
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def train_bounds(
     x: np.ndarray,
     gamma: np.ndarray,
@@ -314,7 +336,7 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
             )
             + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
             + r.out * np.abs(dx)
-            + r.tiny_out
+            + r.underflow
         )
     d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1)
     d_dbeta = r.reduction * np.abs(g).sum(axis=1)
@@ -325,6 +347,7 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
     }
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def eval_bounds(
     x: np.ndarray,
     gamma: np.ndarray,
@@ -354,7 +377,7 @@ def eval_bounds(
         rows = lambda a: channels_first(a, axis)  # noqa: E731
         dx = dy * b(gamma * norm.s)
         g, gz = rows(dy), rows(dy * z)
-        bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.tiny_out
+        bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.underflow
         bounds["dgamma"] = _stored(
             gz.sum(axis=1), (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1), r
         )

@@ -116,6 +116,7 @@ def inverse_std_derivative(var, eps: float, placement: EpsPlacement = EpsPlaceme
         return -0.5 * s**2 / np.sqrt(np.asarray(var, dtype=np.float64))
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def normalize(x, mean, invstd, gamma, beta, axis: int) -> np.ndarray:
     """y = gamma * (x - mean) * invstd + beta, per channel."""
     x = as_float64(x, "x")
@@ -156,6 +157,7 @@ def update_weight(convention: Convention, momentum: float | None, step: int) -> 
     return w
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def update_running_stats(
     running: RunningStats, stats: BatchStats, convention: Convention, momentum: float | None
 ) -> RunningStats:
@@ -199,6 +201,7 @@ def _checked_running(running: RunningStats, channels: int) -> RunningStats:
     )
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def forward_train(
     x,
     gamma=None,
@@ -223,6 +226,7 @@ def forward_train(
     return TrainForward(normalize(x, stats.mean, s, g, b, axis), stats.mean, var, s, new_running)
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def forward_eval(
     x, gamma=None, beta=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
 ) -> np.ndarray:
@@ -260,6 +264,7 @@ def check_dy(dy, x: np.ndarray) -> np.ndarray:
     return dy
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps: float) -> Gradients:
     """Gradients through the batch statistics.
 
@@ -287,6 +292,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     return Gradients(dx, s * sum_dy_centered, sum_dy)
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def backward_eval(
     dy, x, gamma=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
 ) -> Gradients:

@@ -66,26 +66,42 @@ def _ratios(observed, value, bound) -> np.ndarray:
         return np.where(err == 0, 0.0, err / bound)
 
 
-def _worst_ratio(observed, exp: Expected, one_pass: bool = False) -> float:
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
+def rounded_to_format(value: np.ndarray, fmt: str) -> np.ndarray:
+    """The oracle's value as the format can hold it: beyond max + ulp(max)/2 round-to-nearest gives +-Inf.
+
+    This is the correctly rounded result, not a mask: a finite value where the format must overflow,
+    or Inf where it need not, is still a non-finite mismatch.
+    """
+    f = float_format(fmt)
+    threshold = f.max_value + float(f.ulp(f.max_value)) / 2
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(value) >= threshold, np.sign(value) * np.inf, value)
+
+
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
+def _worst_ratio(observed, value, exp: Expected, one_pass: bool = False) -> float:
     """Max error/bound over elements finite on both sides where the model gives a bound (0 if none);
     infinite when finiteness differs anywhere."""
-    if _nonfinite_mismatch(observed, exp.value).any():
+    if _nonfinite_mismatch(observed, value).any():
         return float("inf")
     bound, ill = (exp.bound_one_pass, exp.ill_one_pass) if one_pass else (exp.bound, exp.ill)
-    both = np.isfinite(observed) & np.isfinite(exp.value) & ~ill
-    return float(np.max(_ratios(observed[both], exp.value[both], bound[both]), initial=0.0))
+    both = np.isfinite(observed) & np.isfinite(value) & ~ill
+    return float(np.max(_ratios(observed[both], value[both], bound[both]), initial=0.0))
 
 
+@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, Expected] | None = None) -> Comparison:
     """Classify `observed` against `exp`; `named` maps convention-variant names to their expectations."""
     observed = np.asarray(observed, dtype=np.float64)
     if observed.shape != exp.value.shape:
         raise ValueError(f"{quantity}: expected shape {exp.value.shape}, the implementation returned {observed.shape}")
-    mismatch = _nonfinite_mismatch(observed, exp.value)
-    finite = np.isfinite(observed) & np.isfinite(exp.value)
+    value = rounded_to_format(exp.value, fmt)
+    mismatch = _nonfinite_mismatch(observed, value)
+    finite = np.isfinite(observed) & np.isfinite(value)
     checked = finite & ~exp.ill
-    ratio = np.where(checked, _ratios(observed, exp.value, exp.bound), 0.0)
-    ulp = np.where(checked, np.abs(observed - exp.value) / float_format(fmt).ulp(exp.value), 0.0)
+    ratio = np.where(checked, _ratios(observed, value, exp.bound), 0.0)
+    ulp = np.where(checked, np.abs(observed - value) / float_format(fmt).ulp(value), 0.0)
     n_checked = int(checked.sum())
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if n_checked else None
 
@@ -93,18 +109,18 @@ def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, E
     if mismatch.any():
         verdict = Verdict.NONFINITE_MISMATCH
         at = np.unravel_index(int(np.argmax(mismatch)), mismatch.shape)
-        detail = f"{int(mismatch.sum())} element(s), first at {tuple(map(int, at))}: observed {observed[at]}, oracle {exp.value[at]}"
+        detail = f"{int(mismatch.sum())} element(s), first at {tuple(map(int, at))}: observed {observed[at]}, oracle {value[at]}"
     elif n_checked == 0 and finite.any():
         verdict = Verdict.ILL_CONDITIONED
     elif not (ratio > 1.0).any():
         verdict = Verdict.CONFORMS
     else:
-        fits = sorted((r, name) for name, alt in (named or {}).items() if (r := _worst_ratio(observed, alt)) <= 1.0)
+        fits = sorted((r, name) for name, alt in (named or {}).items() if (r := _worst_ratio(observed, rounded_to_format(alt.value, fmt), alt)) <= 1.0)
         if fits:
             verdict, detail = Verdict.CONVENTION_DIFFERENCE, fits[0][1]
             if len(fits) > 1:
                 detail += f" (also consistent: {', '.join(name for _, name in fits[1:])})"
-        elif _worst_ratio(observed, exp, one_pass=True) <= 1.0:
+        elif _worst_ratio(observed, value, exp, one_pass=True) <= 1.0:
             verdict, detail = Verdict.UNSTABLE_ALGORITHM, "consistent with a one-pass E[x^2] - E[x]^2 variance"
         else:
             verdict = Verdict.NON_CONFORMANT

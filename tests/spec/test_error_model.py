@@ -1,0 +1,185 @@
+"""The error model, in both directions.
+
+A correct float32/float16/bfloat16 implementation stays inside the bound on every generated input,
+long reductions and large |mean|/std included; a semantically wrong one falls far outside it and is
+named; the unstable one-pass variance is told apart from both.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, target
+from hypothesis.control import currently_in_test_context
+from hypothesis import strategies as st
+
+from bnconf.conformance import strategies as bst
+from bnconf.spec import (
+    NUMPY_PAIRWISE,
+    Inputs,
+    Mode,
+    RunningStats,
+    Verdict,
+    convention,
+    judge,
+    precision_for,
+)
+from support import implementations as impl
+
+TORCH = convention("torch.nn.functional.batch_norm")  # new-weight momentum, Bessel-corrected running var
+ACCEPTABLE = {Verdict.CONFORMS, Verdict.ILL_CONDITIONED}
+
+
+@st.composite
+def problems(draw, dtype, max_log10_condition=4.0, max_size=4096, max_batch=64):
+    shape = draw(bst.shapes(max_batch=max_batch, max_size=max_size))
+    shape, axis = draw(bst.layouts(shape))
+    x = draw(bst.batches(shape, axis, dtype, max_log10_condition))
+    c = shape[axis]
+    # Parameters as the implementation holds them (float32, or float64 for float64 inputs).
+    params = "float64" if dtype == "float64" else "float32"
+    gamma, beta = (bst.round_to(a, params) for a in draw(bst.affine_params(c)))
+    rm, rv = (bst.round_to(a, params) for a in draw(bst.running_stats_values(c)))
+    dy = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(shape)
+    return Inputs(
+        x=x,
+        axis=axis,
+        eps=draw(bst.eps_values()),
+        gamma=gamma,
+        beta=beta,
+        running=RunningStats(rm, rv, 0),
+        momentum=draw(bst.momenta()),
+        dy=bst.round_to(dy, dtype),
+    )
+
+
+def _train(i: Inputs, **switches):
+    return impl.train(
+        i.x, i.gamma, i.beta, i.running.mean, i.running.var, axis=i.axis, eps=i.eps, new_weight=i.momentum, **switches
+    )
+
+
+def _assert_within(results):
+    if currently_in_test_context():
+        target(max(c.max_ratio for c in results.values()), label="max error / bound")
+    bad = {q: (c.verdict.value, c.max_ratio, c.detail) for q, c in results.items() if c.verdict not in ACCEPTABLE}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@given(data=st.data())
+def test_a_correct_two_pass_training_forward_stays_within_the_bound(dtype, data):
+    i = data.draw(problems(dtype))
+    compute = "float64" if dtype == "float64" else "float32"
+    out = _train(i, compute=compute)
+    _assert_within(judge(Mode.TRAIN_FORWARD, out, i, TORCH, precision_for(dtype, summation=NUMPY_PAIRWISE)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@given(data=st.data())
+def test_a_correct_training_backward_stays_within_the_bound(dtype, data):
+    i = data.draw(problems(dtype))
+    compute = "float64" if dtype == "float64" else "float32"
+    out = impl.backward(i.dy, i.x, i.gamma, axis=i.axis, eps=i.eps, compute=compute)
+    _assert_within(judge(Mode.TRAIN_BACKWARD, out, i, TORCH, precision_for(dtype, summation=NUMPY_PAIRWISE)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@given(data=st.data())
+def test_a_correct_folded_eval_forward_stays_within_the_bound(dtype, data):
+    i = data.draw(problems(dtype))
+    out = impl.evaluate(i.x, i.gamma, i.beta, i.running.mean, i.running.var, axis=i.axis, eps=i.eps)
+    _assert_within(judge(Mode.EVAL_FORWARD, out, i, TORCH, precision_for(dtype)))
+
+
+@pytest.mark.parametrize("n", [2**17, 10**6])
+@pytest.mark.parametrize("log10_condition", [0, 2, 3])
+def test_long_reductions_stay_within_the_bound(n, log10_condition):
+    """A million values per channel in float32, well and badly conditioned, by recursive-order bound."""
+    means = np.array([10.0**log10_condition, -(10.0**log10_condition)])
+    x = bst.values_with_moments((n, 2), 1, means, np.ones(2), seed=n + log10_condition, dtype="float32")
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2), beta=np.zeros(2), running=RunningStats.initial(2), momentum=0.1)
+    _assert_within(judge(Mode.TRAIN_FORWARD, _train(i), i, TORCH, precision_for("float32")))
+
+
+# --------------------------------------------------------------- semantic differences stand far outside
+
+
+def _well_conditioned(n=1000, c=3, eps=1e-3, seed=0):
+    x = bst.values_with_moments((n, c), 1, np.array([0.5, -1.0, 2.0])[:c], np.ones(c), seed, "float32")
+    return Inputs(x=x, axis=1, eps=eps, gamma=np.ones(c), beta=np.zeros(c), running=RunningStats.initial(c), momentum=0.1)
+
+
+@pytest.mark.parametrize(
+    "switch, quantity, name",
+    [
+        ({"running_unbiased": False}, "running_var", "running variance biased instead of unbiased"),
+        ({"momentum_reversed": True}, "running_mean", "momentum applied the wrong way round"),
+        ({"eps_outside": True}, "y", "eps outside the square root"),
+    ],
+)
+def test_a_semantic_difference_in_float32_stands_far_outside_the_bound_and_is_named(switch, quantity, name):
+    """1,000 values per channel, eps=1e-3: each mistake is at least 10x its bound (worst-case summation order)."""
+    i = _well_conditioned()
+    result = judge(Mode.TRAIN_FORWARD, _train(i, **switch), i, TORCH, precision_for("float32"))[quantity]
+    assert result.verdict is Verdict.CONVENTION_DIFFERENCE
+    assert result.detail.startswith(name)
+    assert result.max_ratio > 10
+
+
+def test_the_same_mistakes_stand_hundreds_of_bounds_outside_for_a_tree_reduction():
+    i = _well_conditioned()
+    p = precision_for("float32", summation=NUMPY_PAIRWISE)
+    for switch, quantity in [({"running_unbiased": False}, "running_var"), ({"eps_outside": True}, "y")]:
+        assert judge(Mode.TRAIN_FORWARD, _train(i, **switch), i, TORCH, p)[quantity].max_ratio > 100
+
+
+@given(log10_condition=st.floats(2.0, 2.8), seed=st.integers(0, 2**32 - 1))
+def test_a_one_pass_variance_is_classified_as_an_unstable_algorithm(log10_condition, seed):
+    """E[x^2] - E[x]^2 in float32 at |mean|/std ~ 100-600: outside the stable bound, inside the one-pass one."""
+    k = 10.0**log10_condition
+    x = bst.values_with_moments((4096, 2), 1, np.array([k, -k]), np.ones(2), seed, "float32")
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2), beta=np.zeros(2), running=RunningStats.initial(2), momentum=0.1)
+    results = judge(Mode.TRAIN_FORWARD, _train(i, one_pass=True), i, TORCH, precision_for("float32", summation=NUMPY_PAIRWISE))
+    verdicts = {c.verdict for c in results.values()}
+    assert Verdict.NON_CONFORMANT not in verdicts and Verdict.CONVENTION_DIFFERENCE not in verdicts
+    assert results["saved_var"].verdict in (Verdict.UNSTABLE_ALGORITHM, Verdict.NONFINITE_MISMATCH)
+
+
+def test_a_one_pass_variance_is_not_blamed_when_the_channel_is_well_conditioned():
+    i = _well_conditioned()
+    results = judge(Mode.TRAIN_FORWARD, _train(i, one_pass=True), i, TORCH, precision_for("float32"))
+    assert all(c.verdict is Verdict.CONFORMS for c in results.values())
+
+
+def _float16_problem(n, mean):
+    x = bst.values_with_moments((n, 2), 1, np.array([1.0, mean]), np.ones(2), 7, "float16")
+    return Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2), beta=np.zeros(2), running=RunningStats.initial(2), momentum=0.1)
+
+
+def test_float16_accumulation_at_extreme_conditioning_is_ill_conditioned_not_a_wider_bound():
+    """Statistics computed in float16 with |mean|/std = 1e3: no first-order bound exists; said so per element."""
+    i = _float16_problem(32, 1e3)
+    p = precision_for("float16", compute="float16")
+    y = judge(Mode.TRAIN_FORWARD, _train(i, compute="float16"), i, TORCH, p)["y"]
+    assert y.ill_conditioned == 32  # the second channel, every element
+    assert y.checked == 32  # the first channel keeps its bound
+    assert y.verdict is Verdict.CONFORMS
+
+
+def test_a_float16_sum_that_overflows_is_a_nonfinite_mismatch_never_masked():
+    """256 values of ~1000 summed in float16 overflow to Inf: the NaN output is reported, not excused."""
+    i = _float16_problem(256, 1e3)
+    p = precision_for("float16", compute="float16")
+    y = judge(Mode.TRAIN_FORWARD, _train(i, compute="float16"), i, TORCH, p)["y"]
+    assert y.verdict is Verdict.NONFINITE_MISMATCH
+    assert y.nonfinite_mismatches == 256
+
+
+def test_an_output_beyond_the_format_range_is_expected_to_round_to_infinity():
+    """y = -95346 in float16 correctly rounds to -Inf; a finite answer there is the mismatch."""
+    x = np.array([[-1000.0, 0.5]], dtype=np.float16)
+    i = Inputs(x=x, axis=1, eps=1e-5, running=RunningStats(np.zeros(2), np.array([1e-4, 1.0])))
+    ok = impl.evaluate(x, np.ones(2), np.zeros(2), i.running.mean, i.running.var, axis=1, eps=1e-5)
+    assert np.isneginf(ok["y"][0, 0])
+    assert judge(Mode.EVAL_FORWARD, ok, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.CONFORMS
+    saturated = {"y": np.array([[-65504.0, ok["y"][0, 1]]])}
+    assert judge(Mode.EVAL_FORWARD, saturated, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.NONFINITE_MISMATCH
