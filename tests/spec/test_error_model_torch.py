@@ -1,0 +1,96 @@
+"""PyTorch's CPU batch norm, a real correct implementation, stays inside the error model's bounds.
+
+float64, float32, bfloat16 and float16 inputs (float32 parameters and statistics for the half types),
+contiguous and channels_last memory, training forward, backward and eval forward.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from bnconf.conformance import strategies as bst
+from bnconf.spec import Inputs, Mode, RunningStats, Verdict, convention, judge, precision_for
+
+torch = pytest.importorskip("torch")
+
+TORCH = convention("torch.nn.functional.batch_norm")
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _to_numpy(t):
+    return t.detach().to(torch.float64).numpy()
+
+
+@st.composite
+def nchw_problems(draw, dtype):
+    shape = draw(bst.shapes(ranks=(2, 4), max_batch=32, max_size=4096))
+    x = draw(bst.batches(shape, 1, dtype))
+    params = "float64" if dtype == "float64" else "float32"
+    gamma, beta = (bst.round_to(a, params) for a in draw(bst.affine_params(shape[1])))
+    rm, rv = (bst.round_to(a, params) for a in draw(bst.running_stats_values(shape[1])))
+    dy = bst.round_to(np.random.default_rng(draw(st.integers(0, 2**31))).standard_normal(shape), dtype)
+    momentum = float(np.float32(draw(bst.momenta())))
+    eps = draw(bst.eps_values())
+    return Inputs(x=x, axis=1, eps=eps, gamma=gamma, beta=beta, running=RunningStats(rm, rv), momentum=momentum, dy=dy)
+
+
+def _tensor(a, dtype: str, channels_last: bool):
+    t = torch.tensor(np.asarray(a, dtype=np.float64)).to(TORCH_DTYPES[dtype])
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def _run_torch(i: Inputs, dtype: str, channels_last: bool, training: bool, dy_channels_last: bool | None = None):
+    """F.batch_norm forward and backward; dy has x's memory format unless `dy_channels_last` says otherwise."""
+    pdt = torch.float64 if dtype == "float64" else torch.float32
+    x = _tensor(i.x, dtype, channels_last).requires_grad_(True)
+    gamma = torch.tensor(i.gamma, dtype=pdt, requires_grad=True)
+    beta = torch.tensor(i.beta, dtype=pdt, requires_grad=True)
+    rm, rv = torch.tensor(i.running.mean, dtype=pdt), torch.tensor(i.running.var, dtype=pdt)
+    y = torch.nn.functional.batch_norm(x, rm, rv, gamma, beta, training, i.momentum, i.eps)
+    y.backward(_tensor(i.dy, dtype, channels_last if dy_channels_last is None else dy_channels_last))
+    forward = {"y": _to_numpy(y)}
+    if training:
+        forward.update(running_mean=_to_numpy(rm), running_var=_to_numpy(rv))
+    backward = {"dx": _to_numpy(x.grad), "dgamma": _to_numpy(gamma.grad), "dbeta": _to_numpy(beta.grad)}
+    return forward, backward
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@given(data=st.data())
+def test_torch_training_forward_and_backward_stay_within_the_bound(dtype, channels_last, data):
+    i = data.draw(nchw_problems(dtype))
+    assume(i.x.size > i.x.shape[1])  # PyTorch raises for one value per channel in training (a known, separate case)
+    forward, backward = _run_torch(i, dtype, channels_last, training=True)
+    p = precision_for(dtype)
+    results = {**judge(Mode.TRAIN_FORWARD, forward, i, TORCH, p), **judge(Mode.TRAIN_BACKWARD, backward, i, TORCH, p)}
+    bad = {q: (c.verdict.value, c.max_ratio) for q, c in results.items() if c.verdict not in (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)}
+    assert not bad
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@given(data=st.data())
+def test_torch_eval_forward_and_backward_stay_within_the_bound(dtype, data):
+    i = data.draw(nchw_problems(dtype))
+    forward, backward = _run_torch(i, dtype, channels_last=False, training=False)
+    p = precision_for(dtype)
+    results = {**judge(Mode.EVAL_FORWARD, forward, i, TORCH, p), **judge(Mode.EVAL_BACKWARD, backward, i, TORCH, p)}
+    bad = {q: (c.verdict.value, c.max_ratio) for q, c in results.items() if c.verdict not in (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)}
+    assert not bad
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_half_backward_with_channels_last_x_and_contiguous_dy_loses_float32_accuracy(dtype):
+    """Known discrepancy (torch 2.13 CPU): with x channels_last but dy contiguous, the half-precision
+    backward computes dx at half precision: outside the float32-compute bound by several times, while the
+    same inputs with dy in x's memory format conform. Recorded here as evidence, not excused."""
+    rng = np.random.default_rng(0)
+    x = bst.round_to(rng.normal(2, 1, (8, 3, 4, 4)), dtype)
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=bst.round_to(rng.normal(size=3), "float32"), beta=np.zeros(3, np.float32),
+               running=RunningStats.initial(3), momentum=0.1, dy=bst.round_to(rng.normal(size=x.shape), dtype))
+    p = precision_for(dtype)
+    _, mixed = _run_torch(i, dtype, channels_last=True, training=True, dy_channels_last=False)
+    _, matched = _run_torch(i, dtype, channels_last=True, training=True)
+    assert judge(Mode.TRAIN_BACKWARD, mixed, i, TORCH, p)["dx"].verdict is Verdict.NON_CONFORMANT
+    assert judge(Mode.TRAIN_BACKWARD, matched, i, TORCH, p)["dx"].verdict is Verdict.CONFORMS
