@@ -126,11 +126,12 @@ TF_NN_BATCH_NORMALIZATION = Convention(
 )
 
 TF_FUSED_BATCH_NORM = Convention(
-    name="tf.nn.fused_batch_norm",
-    api="tf.compat.v1.nn.fused_batch_norm",
+    name="tf.compat.v1.nn.fused_batch_norm",
+    api="tf.compat.v1.nn.fused_batch_norm (no tf.nn.fused_batch_norm in TF 2)",
     source=(
         "tensorflow/tensorflow v2.21.0: tensorflow/python/ops/nn_impl.py::fused_batch_norm; "
-        "tensorflow/core/kernels/fused_batch_norm_op.cc::FusedBatchNorm<CPUDevice>"
+        "tensorflow/core/kernels/fused_batch_norm_op.cc::FusedBatchNorm<CPUDevice> (Eigen) and "
+        "tensorflow/core/kernels/mkl/mkl_fused_batch_norm_op.cc (oneDNN, the default on x86 CPUs)"
     ),
     source_url=(
         "https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
@@ -153,11 +154,11 @@ TF_V1_LAYERS_FUSED = Convention(
     name="tf.compat.v1.layers.batch_normalization[fused]",
     api="tf.compat.v1.layers.batch_normalization (4-D/5-D input, fused path)",
     source=(
-        "keras-team/tf-keras: tf_keras/legacy_tf_layers/normalization.py::batch_normalization; "
+        "keras-team/tf-keras v2.21.0: tf_keras/legacy_tf_layers/normalization.py::batch_normalization; "
         "tf_keras/layers/normalization/batch_normalization.py::BatchNormalizationBase._fused_batch_norm"
     ),
     source_url=(
-        "https://github.com/keras-team/tf-keras/blob/master/"
+        "https://github.com/keras-team/tf-keras/blob/v2.21.0/"
         "tf_keras/layers/normalization/batch_normalization.py"
     ),
     default_eps=1e-3,
@@ -187,9 +188,9 @@ TF_V1_LAYERS_NONFUSED = replace(
 KERAS3_BATCHNORM = Convention(
     name="keras.layers.BatchNormalization",
     api="keras.layers.BatchNormalization (Keras 3)",
-    source="keras-team/keras v3: keras/src/layers/normalization/batch_normalization.py::BatchNormalization.call",
+    source="keras-team/keras v3.15.1: keras/src/layers/normalization/batch_normalization.py::BatchNormalization.call",
     source_url=(
-        "https://github.com/keras-team/keras/blob/master/"
+        "https://github.com/keras-team/keras/blob/v3.15.1/"
         "keras/src/layers/normalization/batch_normalization.py"
     ),
     default_eps=1e-3,
@@ -229,10 +230,10 @@ HAIKU_BATCHNORM = Convention(
     name="haiku.BatchNorm",
     api="hk.BatchNorm",
     source=(
-        "google-deepmind/dm-haiku: haiku/_src/batch_norm.py::BatchNorm.__call__; "
+        "google-deepmind/dm-haiku v0.0.17: haiku/_src/batch_norm.py::BatchNorm.__call__; "
         "haiku/_src/moving_averages.py::ExponentialMovingAverage"
     ),
-    source_url="https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py",
+    source_url="https://github.com/google-deepmind/dm-haiku/blob/v0.0.17/haiku/_src/batch_norm.py",
     default_eps=1e-5,
     default_momentum=None,  # decay_rate is a required argument
     momentum_style=MomentumStyle.OLD_WEIGHT,
@@ -245,8 +246,11 @@ HAIKU_BATCHNORM = Convention(
 ONNX_BATCHNORM = Convention(
     name="onnx.BatchNormalization-15",
     api="ONNX BatchNormalization (opset 15, training_mode=1)",
-    source="onnx/onnx: onnx/defs/nn/defs.cc (BatchNormalization ver15); onnx/reference/ops/op_batch_normalization.py",
-    source_url="https://github.com/onnx/onnx/blob/main/docs/Operators.md#BatchNormalization",
+    source=(
+        "onnx/onnx v1.23.2: onnx/defs/nn/defs.cc::BatchNormalization ver15; "
+        "onnx/reference/ops/op_batch_normalization.py::_batchnorm_training_mode"
+    ),
+    source_url="https://github.com/onnx/onnx/blob/v1.23.2/docs/Operators.md#BatchNormalization",
     default_eps=1e-5,
     default_momentum=0.9,
     momentum_style=MomentumStyle.OLD_WEIGHT,

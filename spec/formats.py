@@ -29,9 +29,9 @@ class FloatFormat:
     def ulp(self, values) -> np.ndarray:
         """Spacing of this format at |values|: 2**(max(floor(log2|v|), emin) - p + 1)."""
         v = np.abs(np.asarray(values, dtype=np.float64))
-        _, exponent = np.frexp(v)  # v = m * 2**exponent with m in [0.5, 1)
-        exponent = np.maximum(exponent - 1, self.min_exponent)
-        return np.ldexp(1.0, exponent - self.precision + 1)
+        _, exponent = np.frexp(v)  # v = m * 2**exponent with m in [0.5, 1); frexp(0) = (0, 0)
+        exponent = np.where(v == 0, self.min_exponent, np.maximum(exponent - 1, self.min_exponent))
+        return np.where(np.isfinite(v), np.ldexp(1.0, exponent - self.precision + 1), np.nan)
 
 
 FORMATS = {

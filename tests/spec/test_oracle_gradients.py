@@ -1,0 +1,186 @@
+"""The oracle's backward passes are the derivatives of its forward passes.
+
+For L = sum(dy * y), dL/dx, dL/dgamma and dL/dbeta are compared with central finite differences
+(L(v + h) - L(v - h)) / 2h of an independent forward evaluated with mpmath at 80 digits
+(support.exact.hp_train_channel / hp_eval_channel), h = 1e-30, per channel. beta enters L as
+sum(dy) * beta, constant in x and gamma, so the differences in x and gamma leave it out (beta = 0) and
+their 80-digit cancellation error stays relative to the part of L that varies.
+
+Tolerance = float64 bound + finite-difference bound, per value:
+* float64: the derivative formula the oracle documents,
+      dx = gamma s (dy - mean(dy)) + gamma s'(V) (2k/n) (x - mean) sum(dy (x - mean)),
+      dgamma = s sum(dy (x - mean)),  dbeta = sum(dy)     (V = k var, k = 1 or n/(n-1)),
+  replayed with `Bounded` numbers: exact values with a rigorous bound on the float64 error of each
+  operation (mean and variance errors from support.exact's derivations, every product and sum rounded).
+  The replay's bound, not its value, is used: the reference value is the finite difference.
+* finite differences: truncation h**2 |L'''| / 6, and 80-digit rounding of L divided by 2h. Each x-derivative
+  of y scales by at most 1/sqrt(V + eps) <= 1e4 (eps >= 1e-8), or 1/sqrt(V) <= 1e10 where eps sits
+  outside the root (V >= 1e-20 is assumed there), so the truncation is below 1e-60 * 1e20 * poly(n) of
+  L's scale, and the rounding below 1e-78 / 1e-30 of it. 1e-30 of the scale (below) is an ample cap, still
+  14 orders under the float64 bound: the comparison measures the oracle, not the differences.
+Inputs have at most 24 elements so that the 80-digit differences stay cheap.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from bnconf.conformance.strategies import (
+    affine_params,
+    batches,
+    eps_values,
+    layouts,
+    running_stats_values,
+    shapes,
+)
+from bnconf.spec.conventions import CONVENTIONS, EpsPlacement, Variance, variants
+from bnconf.spec.oracle import RunningStats, backward_eval, backward_train
+from support import exact
+from support.exact import FD, HP, Bounded, assert_within, hp
+
+H = FD.mpf(10) ** -30
+FD_CAP = HP.mpf(10) ** -30
+OUTSIDE = "eps outside the square root"
+UNBIASED = "normalized with the unbiased variance"
+
+
+@dataclass
+class Problem:
+    x: np.ndarray
+    dy: np.ndarray
+    axis: int
+    gamma: np.ndarray | None
+    beta: np.ndarray | None
+    eps: float
+
+
+@st.composite
+def problems(draw, allow_constant: bool = True):
+    """Tiny inputs (<= 24 elements) of ranks 2-5 in any layout, an upstream gradient of any scale."""
+    shape, axis = draw(shapes(max_batch=6, max_spatial=3, max_size=24).flatmap(layouts))
+    x = draw(batches(shape, axis, allow_constant=allow_constant))
+    seed, scale = draw(st.integers(0, 2**32 - 1)), 10.0 ** draw(st.floats(-2, 2))
+    dy = np.random.default_rng(seed).standard_normal(shape) * scale
+    gamma, beta = draw(affine_params(shape[axis])) if draw(st.booleans()) else (None, None)
+    return Problem(x, dy, axis, gamma, beta, draw(eps_values()))
+
+
+def flags(conv):
+    return {
+        "eps_outside": conv.eps_placement is EpsPlacement.OUTSIDE_SQRT,
+        "unbiased": conv.normalize_with is Variance.UNBIASED,
+    }
+
+
+def central_difference(f, v):
+    return (f(v + H) - f(v - H)) / (2 * H)
+
+
+def replace_at(values, j, t):
+    return values[:j] + [t] + values[j + 1 :]
+
+
+def channels(p: Problem):
+    """Per channel: (flat positions, x values, dy values, gamma, beta)."""
+    idxs = exact.channel_indices(p.x.shape, p.axis)
+    g, b = exact.per_channel(p.gamma, len(idxs), 1.0), exact.per_channel(p.beta, len(idxs), 0.0)
+    xs, dys = exact.channel_values(p.x, p.axis), exact.channel_values(p.dy, p.axis)
+    return list(zip(idxs, xs, dys, g, b))
+
+
+def train_backward_bounds(values, dys, g, *, eps, eps_outside, unbiased):
+    """The backward formula in Bounded arithmetic: (dx list, dgamma, dbeta, s)."""
+    st_ = exact.channel_stats(values)
+    n = st_.n
+    mean = Bounded(hp(st_.mean), hp(exact.mean_error_bound(st_)))
+    var = Bounded(hp(st_.var), hp(exact.variance_error_bound(st_)))
+    k = Bounded(n) / (n - 1) if unbiased else Bounded(1)
+    v = k * var
+    s = exact.inverse_std_bounded(v, eps, eps_outside)
+    ds = -0.5 * (s.power(2) / v.sqrt()) if eps_outside else -0.5 * s.power(3)
+    centered = [Bounded(x) - mean for x in values]
+    sum_dy = Bounded.sum(dys)
+    sum_dy_centered = Bounded.sum([dy * c for dy, c in zip(dys, centered)])
+    coef = g * ds * (2 * k / n) * sum_dy_centered
+    dx = [(g * s) * (dy - sum_dy / n) + coef * c for dy, c in zip(dys, centered)]
+    return dx, s * sum_dy_centered, sum_dy, s
+
+
+def check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds):
+    """Compare the oracle's Gradients with finite differences; `bounds` holds per-channel
+    (dx Bounded list, dgamma Bounded, dbeta Bounded, fd slack for dx, dgamma, dbeta)."""
+    dx_exact, dx_bound = np.empty(p.x.size, dtype=object), np.empty(p.x.size, dtype=object)
+    for (idx, *_), (dx, _, _, fx, _, _), fds in zip(channels(p), bounds, fd_dx):
+        for i, d, f in zip(idx, dx, fds):
+            dx_exact[i], dx_bound[i] = hp(f), d.err + fx
+    assert_within(got.dx, dx_exact.reshape(p.x.shape), dx_bound.reshape(p.x.shape), "dx")
+    assert_within(got.dgamma, [hp(f) for f in fd_dgamma], [b[1].err + b[4] for b in bounds], "dgamma")
+    assert_within(got.dbeta, [hp(f) for f in fd_dbeta], [b[2].err + b[5] for b in bounds], "dbeta")
+
+
+@pytest.mark.parametrize("variant", ["as recorded", OUTSIDE, UNBIASED])
+@given(base=st.sampled_from(list(CONVENTIONS.values())), data=st.data())
+def test_training_backward_is_the_derivative_of_the_training_forward(variant, base, data):
+    """backward_train(dy) = d/d(x, gamma, beta) of sum(dy * y), y normalized by the batch's statistics;
+    also for the variants with eps outside the root (non-constant channels: sqrt(var) has no derivative
+    at var = 0) and with the unbiased variance (n >= 2)."""
+    conv = base if variant == "as recorded" else variants(base)[variant]
+    f = flags(conv)
+    p = data.draw(problems(allow_constant=variant != OUTSIDE), label="problem")
+    stats = exact.batch_stats(p.x, p.axis)
+    if variant != "as recorded":
+        assume(all(s.n > 1 for s in stats))
+    if variant == OUTSIDE:
+        assume(all(s.var >= 1e-20 for s in stats))
+    eps = max(p.eps, conv.eps_min)
+    got = backward_train(p.dy, p.x, p.gamma, convention=conv, axis=p.axis, eps=p.eps)
+
+    fd_dx, fd_dgamma, fd_dbeta, bounds = [], [], [], []
+    for (_, xs, dys, g, b), st_ in zip(channels(p), stats):
+        def loss(values, gg, bb):
+            ys = exact.hp_train_channel(values, gg, bb, eps=eps, **f)
+            return FD.fsum(hp(d, FD) * y for d, y in zip(dys, ys))
+
+        fd_dx.append([central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))])
+        fd_dgamma.append(central_difference(lambda t: loss(xs, t, 0), hp(g, FD)))
+        fd_dbeta.append(central_difference(lambda t: loss(xs, g, t), hp(b, FD)))
+
+        dx, dgamma, dbeta, s = train_backward_bounds(xs, dys, g, eps=eps, **f)
+        # the scale of sum(dy * y) in x, gamma and beta (see the module docstring)
+        z = sum(abs(hp(d)) for d in dys) * (1 + (hp(st_.abs_mean) + max(abs(hp(x) - hp(st_.mean)) for x in xs)) * s.value)
+        bounds.append((dx, dgamma, dbeta, FD_CAP * abs(g) * s.value * z, FD_CAP * z, FD_CAP * (z * (1 + abs(g)) + abs(b))))
+    check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds)
+
+
+@pytest.mark.parametrize("variant", ["as recorded", OUTSIDE])
+@given(base=st.sampled_from(list(CONVENTIONS.values())), data=st.data())
+def test_eval_backward_is_the_derivative_of_the_eval_forward(variant, base, data):
+    """backward_eval(dy) = d/d(x, gamma, beta) of sum(dy * y), y normalized by running statistics that
+    do not depend on x: dx = dy gamma s(running_var)."""
+    conv = base if variant == "as recorded" else variants(base)[variant]
+    f = flags(conv)
+    p = data.draw(problems(), label="problem")
+    chans = channels(p)
+    rm, rv = data.draw(running_stats_values(len(chans)), label="running (mean, var)")
+    eps = max(p.eps, conv.eps_min)
+    got = backward_eval(p.dy, p.x, p.gamma, RunningStats(rm, rv), convention=conv, axis=p.axis, eps=p.eps)
+
+    fd_dx, fd_dgamma, fd_dbeta, bounds = [], [], [], []
+    for c, (_, xs, dys, g, b) in enumerate(chans):
+        def loss(values, gg, bb):
+            ys = exact.hp_eval_channel(values, gg, bb, rm[c], rv[c], eps=eps, eps_outside=f["eps_outside"])
+            return FD.fsum(hp(d, FD) * y for d, y in zip(dys, ys))
+
+        fd_dx.append([central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))])
+        fd_dgamma.append(central_difference(lambda t: loss(xs, t, 0), hp(g, FD)))
+        fd_dbeta.append(central_difference(lambda t: loss(xs, g, t), hp(b, FD)))
+
+        s = exact.inverse_std_bounded(Bounded(rv[c]), eps, f["eps_outside"])
+        dx = [dy * (g * s) for dy in dys]
+        dgamma = Bounded.sum([dy * ((1.0 * (Bounded(x) - rm[c])) * s + 0.0) for dy, x in zip(dys, xs)])
+        z = sum(abs(hp(d)) for d in dys) * (1 + max(abs(hp(x)) + abs(hp(rm[c])) for x in xs) * s.value)
+        bounds.append((dx, dgamma, Bounded.sum(dys), FD_CAP * abs(g) * s.value * z, FD_CAP * z, FD_CAP * (z * (1 + abs(g)) + abs(b))))
+    check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds)
