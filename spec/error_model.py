@@ -121,11 +121,11 @@ class _Roundoff:
     compute_max: float
     accumulate_max: float
 
-    @property
-    def underflow(self) -> float:
-        """Absolute slack for gradual underflow: each of a handful of compute-format operations on
-        subnormal values may lose up to half the smallest subnormal, then the result is rounded."""
-        return self.tiny_out + 8 * self.tiny_compute
+    def underflow(self, factors) -> np.ndarray:
+        """Absolute slack for gradual underflow: a coefficient that underflows (gamma * s, say) is off by
+        up to half the smallest subnormal, then multiplied by `factors` (the magnitudes it later scales);
+        the result is rounded to the output format once more."""
+        return self.tiny_out + 4 * self.tiny_compute * (1 + factors)
 
     @classmethod
     def of(cls, p: Precision, n: int) -> "_Roundoff":
@@ -209,15 +209,20 @@ def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundof
     return z, d_z
 
 
-def _affine_output_error(z, d_z, gamma, beta, y, axis: int, r: _Roundoff) -> np.ndarray:
-    """Bound on the error of y = gamma * z + beta rounded to the output format."""
+def _affine_output_error(z, d_z, gamma, beta, y, scaled, axis: int, r: _Roundoff) -> np.ndarray:
+    """Bound on the error of y = gamma * z + beta rounded to the output format; `scaled` is |x| + |mean|,
+    what a folded coefficient gamma * s multiplies."""
     b = lambda v: broadcast(v, z.ndim, axis)  # noqa: E731
     return (
         b(np.abs(gamma)) * d_z
         + 2 * r.compute * (np.abs(b(gamma) * z) + b(np.abs(beta)))
         + r.out * np.abs(y)
-        + r.underflow
+        + r.underflow(scaled)
     )
+
+
+def _scaled(x, mean, axis: int) -> np.ndarray:
+    return np.abs(x) + broadcast(np.abs(mean), x.ndim, axis)
 
 
 def _stored(value, error, r: _Roundoff) -> np.ndarray:
@@ -285,7 +290,7 @@ def train_bounds(
     norm = _normalizer(var, k * d_var_b + 2 * r.compute * var, overflow, e, convention, r)
     z, d_z = _normalized_error(x, stats.mean, err.mean, norm, axis, r)
     bounds = {
-        "y": _affine_output_error(z, d_z, gamma, beta, oracle_out.y, axis, r),
+        "y": _affine_output_error(z, d_z, gamma, beta, oracle_out.y, _scaled(x, stats.mean, axis), axis, r),
         "saved_mean": _stored(stats.mean, err.mean, r),
         "saved_var": _stored(var, norm.d_var, r),
         "saved_invstd": _stored(norm.s, norm.d_s, r),
@@ -336,7 +341,7 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
             )
             + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
             + r.out * np.abs(dx)
-            + r.underflow
+            + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
         )
     d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1)
     d_dbeta = r.reduction * np.abs(g).sum(axis=1)
@@ -370,14 +375,14 @@ def eval_bounds(
     no_overflow = np.zeros(len(running.var), dtype=bool)
     norm = _normalizer(running.var, np.zeros_like(running.var), no_overflow, e, convention, r)
     z, d_z = _normalized_error(x, running.mean, np.zeros_like(running.mean), norm, axis, r)
-    bounds = {"y": _affine_output_error(z, d_z, gamma, beta, y, axis, r)}
+    bounds = {"y": _affine_output_error(z, d_z, gamma, beta, y, _scaled(x, running.mean, axis), axis, r)}
     ill = {"y": _ill_per_element(norm.ill, x.shape, axis)}
     if dy is not None:
         b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
         rows = lambda a: channels_first(a, axis)  # noqa: E731
         dx = dy * b(gamma * norm.s)
         g, gz = rows(dy), rows(dy * z)
-        bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.underflow
+        bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.underflow(np.abs(dy))
         bounds["dgamma"] = _stored(
             gz.sum(axis=1), (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1), r
         )

@@ -10,7 +10,7 @@ model. The verdict is, in this order of precedence:
   NON_CONFORMANT         none of the above.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -91,8 +91,12 @@ def _worst_ratio(observed, value, exp: Expected, one_pass: bool = False) -> floa
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
-def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, Expected] | None = None) -> Comparison:
-    """Classify `observed` against `exp`; `named` maps convention-variant names to their expectations."""
+def compare(quantity: str, observed, exp: Expected, fmt: str) -> Comparison:
+    """Compare `observed` with the oracle's value element by element; `fmt` is the quantity's format.
+
+    The verdict here is CONFORMS, NONFINITE_MISMATCH, ILL_CONDITIONED or NON_CONFORMANT; `judge`
+    then looks for what explains a non-conformant quantity.
+    """
     observed = np.asarray(observed, dtype=np.float64)
     if observed.shape != exp.value.shape:
         raise ValueError(f"{quantity}: expected shape {exp.value.shape}, the implementation returned {observed.shape}")
@@ -115,15 +119,7 @@ def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, E
     elif not (ratio > 1.0).any():
         verdict = Verdict.CONFORMS
     else:
-        fits = sorted((r, name) for name, alt in (named or {}).items() if (r := _worst_ratio(observed, rounded_to_format(alt.value, fmt), alt)) <= 1.0)
-        if fits:
-            verdict, detail = Verdict.CONVENTION_DIFFERENCE, fits[0][1]
-            if len(fits) > 1:
-                detail += f" (also consistent: {', '.join(name for _, name in fits[1:])})"
-        elif _worst_ratio(observed, value, exp, one_pass=True) <= 1.0:
-            verdict, detail = Verdict.UNSTABLE_ALGORITHM, "consistent with a one-pass E[x^2] - E[x]^2 variance"
-        else:
-            verdict = Verdict.NON_CONFORMANT
+        verdict = Verdict.NON_CONFORMANT
     return Comparison(
         quantity=quantity,
         verdict=verdict,
@@ -144,29 +140,65 @@ def compare(quantity: str, observed, exp: Expected, fmt: str, named: dict[str, E
 _STATS_QUANTITIES = {"saved_mean", "saved_var", "saved_invstd", "running_mean", "running_var", "dgamma", "dbeta"}
 
 
+def quantity_format(quantity: str, precision: Precision) -> str:
+    """Statistics and parameter gradients come back in the stats format, the rest in the input's."""
+    return precision.stats if quantity in _STATS_QUANTITIES else precision.dtype
+
+
 def judge(
     mode: Mode, observed: dict, inputs: Inputs, convention: Convention, precision: Precision
 ) -> dict[str, Comparison]:
-    """Compare every quantity in `observed` with the oracle under `convention`.
+    """Compare every quantity in `observed` with the oracle under `convention`, and explain failures.
 
-    Quantities the implementation did not return (absent or None) are skipped; a quantity that falls
-    outside its bound is also compared with each named variant of the convention, so that a backend
-    implementing a known mistake is diagnosed by that mistake's name.
+    Quantities the implementation did not return (absent or None) are skipped. Quantities outside their
+    bound are explained, in this order, by: one named variant of the convention that accounts for every
+    returned quantity; the one-pass variance model, if it accounts for every failing quantity; else, per
+    quantity, the best-fitting variant, the one-pass model, or nothing (non-conformant).
     """
     exp = expected(mode, inputs, convention, precision)
     unknown = set(k for k, v in observed.items() if v is not None) - set(exp)
     if unknown:
         raise ValueError(f"{mode.value} has no quantity {sorted(unknown)}; it returns {list(exp)}")
-    present = [q for q in exp if observed.get(q) is not None]
-    alternatives: dict[str, dict[str, Expected]] | None = None
-    results = {}
-    for q in present:
-        fmt = precision.stats if q in _STATS_QUANTITIES else precision.dtype
-        first = compare(q, observed[q], exp[q], fmt)
-        if first.verdict in (Verdict.NON_CONFORMANT, Verdict.UNSTABLE_ALGORITHM):
-            if alternatives is None:
-                alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
-            named = {name: alt[q] for name, alt in alternatives.items() if q in alt}
-            first = compare(q, observed[q], exp[q], fmt, named)
-        results[q] = first
+    obs = {q: np.asarray(observed[q], dtype=np.float64) for q in exp if observed.get(q) is not None}
+    results = {q: compare(q, obs[q], exp[q], quantity_format(q, precision)) for q in obs}
+    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT]
+    if not failing:
+        return results
+
+    def fit(q: str, e: Expected, one_pass: bool = False) -> float:
+        fmt = quantity_format(q, precision)
+        return _worst_ratio(obs[q], rounded_to_format(e.value, fmt), e, one_pass)
+
+    alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
+    whole = sorted(
+        (max(fit(q, alt[q]) for q in obs), name)
+        for name, alt in alternatives.items()
+        if all(fit(q, alt[q]) <= 1.0 for q in obs)
+    )
+    if whole:
+        return _explained(results, failing, Verdict.CONVENTION_DIFFERENCE, _named(whole))
+    if all(fit(q, exp[q], one_pass=True) <= 1.0 for q in failing):
+        return _explained(results, failing, Verdict.UNSTABLE_ALGORITHM, _ONE_PASS)
+    for q in failing:
+        partial = sorted((r, name) for name, alt in alternatives.items() if (r := fit(q, alt[q])) <= 1.0)
+        if partial:
+            results[q] = replace(results[q], verdict=Verdict.CONVENTION_DIFFERENCE,
+                                 detail=_named(partial) + " (explains this quantity only)")
+        elif fit(q, exp[q], one_pass=True) <= 1.0:
+            results[q] = replace(results[q], verdict=Verdict.UNSTABLE_ALGORITHM, detail=_ONE_PASS)
     return results
+
+
+_ONE_PASS = "consistent with a one-pass E[x^2] - E[x]^2 variance"
+
+
+def _named(fits: list[tuple[float, str]]) -> str:
+    """The best-fitting name, and any others that fit too."""
+    detail = fits[0][1]
+    if len(fits) > 1:
+        detail += f" (also consistent: {', '.join(name for _, name in fits[1:])})"
+    return detail
+
+
+def _explained(results: dict, failing: list[str], verdict: Verdict, detail: str) -> dict[str, Comparison]:
+    return {q: replace(c, verdict=verdict, detail=detail) if q in failing else c for q, c in results.items()}
