@@ -336,12 +336,12 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
             * (
                 b(d_mean_g)
                 + np.abs(z) * b(d_mean_gz)
-                + d_z * b(np.abs(mean_gz))
+                + d_z * b(np.abs(mean_gz) + d_mean_gz)  # the last: second order, large where z ~ 0 and s is big
                 + 3 * r.compute * (np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
             )
             + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
             + r.out * np.abs(dx)
-            + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
+            + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)) + np.abs(z / b(norm.s)))
         )
     d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1)
     d_dbeta = r.reduction * np.abs(g).sum(axis=1)

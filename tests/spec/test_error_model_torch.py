@@ -94,3 +94,35 @@ def test_torch_half_backward_with_channels_last_x_and_contiguous_dy_loses_float3
     _, matched = _run_torch(i, dtype, channels_last=True, training=True)
     assert judge(Mode.TRAIN_BACKWARD, mixed, i, TORCH, p)["dx"].verdict is Verdict.NON_CONFORMANT
     assert judge(Mode.TRAIN_BACKWARD, matched, i, TORCH, p)["dx"].verdict is Verdict.CONFORMS
+
+
+def _check_training(i: Inputs, dtype: str, channels_last: bool):
+    forward, backward = _run_torch(i, dtype, channels_last, training=True)
+    p = precision_for(dtype)
+    results = {**judge(Mode.TRAIN_FORWARD, forward, i, TORCH, p), **judge(Mode.TRAIN_BACKWARD, backward, i, TORCH, p)}
+    return {q: (c.verdict.value, c.max_ratio) for q, c in results.items() if c.verdict not in (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)}
+
+
+def test_a_gamma_at_the_smallest_normal_number_underflows_within_the_bound():
+    """Found by the thorough profile: gamma = 2.2e-308 makes gamma * invstd * k subnormal, and the
+    kernel multiplies that coefficient by x - mean, not by z (1.37x the bound before the model knew)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 3, (5, 3))
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.array([0.0, 0.0, 2.2250738585072014e-308]), beta=np.zeros(3),
+               running=RunningStats.initial(3), momentum=0.0, dy=rng.normal(size=x.shape))
+    assert not _check_training(i, "float64", channels_last=False)
+
+
+@pytest.mark.parametrize("seed, batch, side", [(37, 6, 3), (109, 19, 2), (176, 8, 3)])
+def test_a_constant_channel_with_a_large_offset_keeps_dx_within_the_bound(seed, batch, side):
+    """Found by the thorough profile: a constant channel at -316.2 has z = 0 exactly, but the kernel's
+    mean is off by a few ulps, so its z and mean(dy z) are both off and their product (second order)
+    matters because invstd = 316 (up to 18x the bound before the model had that term)."""
+    rng = np.random.default_rng(seed)
+    n, h = int(rng.integers(2, 33)), int(rng.integers(1, 4))
+    assert (n, h) == (batch, side)
+    x = rng.normal(size=(n, 4, h, h)).astype(np.float32)
+    x[:, 2] = np.float32(-316.227753)
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(4, np.float32), beta=np.zeros(4, np.float32),
+               running=RunningStats.initial(4), momentum=0.1, dy=rng.normal(size=x.shape).astype(np.float32))
+    assert not _check_training(i, "float32", channels_last=True)
