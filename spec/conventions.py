@@ -58,6 +58,7 @@ class Convention:
     normalize_with: Variance = Variance.BIASED
     eps_placement: EpsPlacement = EpsPlacement.INSIDE_SQRT
     eps_min: float = 0.0  # eps is clamped to at least this value before use
+    bessel_divisor_min: int = 0  # the Bessel correction divides by max(n - 1, this): 1 keeps n = 1 finite
     cumulative_average: bool = False  # momentum None selects the cumulative moving average
     zero_debias: bool = False
     notes: str = ""
@@ -143,6 +144,7 @@ TF_FUSED_BATCH_NORM = Convention(
     channel_axis=-1,  # data_format="NHWC"
     ranks=(4, 5),
     running_var=Variance.UNBIASED,
+    bessel_divisor_min=1,  # rest_size_minus_one = max(rest_size - 1, 1): one value per channel gives 0
     notes=(
         "Returns the running variance updated with the Bessel-corrected batch variance "
         "(n/(n-1), with n-1 floored at 1), normalizes with the biased one; with the default "
@@ -256,7 +258,11 @@ ONNX_BATCHNORM = Convention(
     momentum_style=MomentumStyle.OLD_WEIGHT,
     channel_axis=1,
     running_var=Variance.BIASED,
-    notes="The spec's running variance uses the population (biased) variance.",
+    notes=(
+        "The spec's running variance uses the population (biased) variance. epsilon and momentum are "
+        "float attributes (float32): 1e-5 is 9.999999747e-06, and onnx.reference computes 1 - momentum "
+        "in float32."
+    ),
 )
 
 CONVENTIONS: dict[str, Convention] = {

@@ -20,7 +20,7 @@ from enum import Enum
 
 import numpy as np
 
-from .conventions import Convention, Variance
+from .conventions import Convention
 from .formats import FloatFormat, float_format, wider
 from .oracle import (
     BatchStats,
@@ -31,6 +31,7 @@ from .oracle import (
     inverse_std,
     inverse_std_derivative,
     update_weight,
+    variance_factor,
 )
 
 
@@ -240,10 +241,6 @@ def _running_error(old, old_error, batch, batch_error, w: float, new, r: _Roundo
     return _stored(new, abs(1 - w) * old_error + abs(w) * batch_error + arithmetic + momentum_rounding, r)
 
 
-def _bessel(convention_var: Variance, n: int) -> float:
-    return 1.0 if convention_var is Variance.BIASED else (n / (n - 1) if n > 1 else np.nan)
-
-
 @dataclass(frozen=True)
 class TrainBounds:
     """Per-element bounds for every training-mode quantity, and the channels where none holds."""
@@ -284,7 +281,7 @@ def train_bounds(
     err = statistics_error(x, stats, axis, precision)
     d_var_b = err.var_one_pass if one_pass else err.var
     overflow = err.overflow_one_pass if one_pass else err.overflow
-    k = _bessel(convention.normalize_with, n)
+    k = variance_factor(convention.normalize_with, n, convention.bessel_divisor_min)
     var = oracle_out.saved_var
     e = effective_eps(convention, eps)
     norm = _normalizer(var, k * d_var_b + 2 * r.compute * var, overflow, e, convention, r)
@@ -301,7 +298,7 @@ def train_bounds(
     ill["y"] = _ill_per_element(norm.ill, x.shape, axis)
     if running is not None:
         w = update_weight(convention, momentum, running.count + 1)
-        c = _bessel(convention.running_var, n)
+        c = variance_factor(convention.running_var, n, convention.bessel_divisor_min)
         batch_var = c * stats.var
         old_err = running_error or RunningStats(np.zeros_like(running.mean), np.zeros_like(running.var))
         new = oracle_out.running

@@ -89,8 +89,17 @@ def batch_stats(x, axis: int) -> BatchStats:
     return BatchStats(mean, var, var_unbiased, n)
 
 
-def selected_variance(stats: BatchStats, which: Variance) -> np.ndarray:
-    return stats.var if which is Variance.BIASED else stats.var_unbiased
+def variance_factor(which: Variance, n: int, divisor_min: int = 0) -> float:
+    """k with (chosen variance) = k * (biased variance): 1, or n / max(n - 1, divisor_min) (inf at n = 1)."""
+    if which is Variance.BIASED:
+        return 1.0
+    with np.errstate(divide="ignore"):
+        return float(np.float64(n) / max(n - 1, divisor_min))
+
+
+def selected_variance(stats: BatchStats, which: Variance, convention: Convention) -> np.ndarray:
+    """The biased variance scaled to the estimator `which`, with the convention's Bessel divisor floor."""
+    return stats.var * variance_factor(which, stats.count, convention.bessel_divisor_min)
 
 
 def effective_eps(convention: Convention, eps: float) -> float:
@@ -121,7 +130,8 @@ def normalize(x, mean, invstd, gamma, beta, axis: int) -> np.ndarray:
     """y = gamma * (x - mean) * invstd + beta, per channel."""
     x = as_float64(x, "x")
     b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
-    return b(gamma) * (x - b(mean)) * b(invstd) + b(beta)
+    # gamma multiplies last: a tiny gamma must not turn an intermediate subnormal and lose its digits
+    return (x - b(mean)) * b(invstd) * b(gamma) + b(beta)
 
 
 # ---------------------------------------------------------------- running statistics
@@ -151,9 +161,8 @@ def update_weight(convention: Convention, momentum: float | None, step: int) -> 
         raise ValueError(f"momentum must be a finite number, got {momentum!r}")
     w = momentum if convention.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - momentum
     if convention.zero_debias:
-        decay = 1.0 - w
-        # (1 - d) / (1 - d**t); its limit as d -> 1 is 1/t
-        return w / (1.0 - decay**step) if decay != 1.0 else 1.0 / step
+        # w / (1 - (1 - w)**t), with 1 - (1 - w)**t = -expm1(t log1p(-w)) free of cancellation; limit 1/t as w -> 0
+        return w / -np.expm1(step * np.log1p(-w)) if w != 0.0 else 1.0 / step
     return w
 
 
@@ -164,7 +173,7 @@ def update_running_stats(
     """One training step's update: each statistic moves toward the batch's by the weight w."""
     step = running.count + 1
     w = update_weight(convention, momentum, step)
-    batch_var = selected_variance(stats, convention.running_var)
+    batch_var = selected_variance(stats, convention.running_var, convention)
     return RunningStats(
         (1.0 - w) * running.mean + w * stats.mean,
         (1.0 - w) * running.var + w * batch_var,
@@ -218,7 +227,7 @@ def forward_train(
     channels = x.shape[channel_axis(x.ndim, axis)]
     g, b = affine(gamma, beta, channels)
     stats = batch_stats(x, axis)
-    var = selected_variance(stats, convention.normalize_with)
+    var = selected_variance(stats, convention.normalize_with, convention)
     s = inverse_std(var, effective_eps(convention, eps), convention.eps_placement)
     new_running = None
     if running is not None:
@@ -278,7 +287,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     g, _ = affine(gamma, None, channels)
     stats = batch_stats(x, axis)
     n = stats.count
-    k = 1.0 if convention.normalize_with is Variance.BIASED else n / (n - 1)
+    k = variance_factor(convention.normalize_with, n, convention.bessel_divisor_min)
     var = k * stats.var
     e = effective_eps(convention, eps)
     s = inverse_std(var, e, convention.eps_placement)
@@ -288,7 +297,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     dy_rows, centered_rows = channels_first(dy, axis), channels_first(centered, axis)
     sum_dy = dy_rows.sum(axis=1)
     sum_dy_centered = (dy_rows * centered_rows).sum(axis=1)
-    dx = b(g * s) * (dy - b(sum_dy / n)) + b(g * ds * (2.0 * k / n) * sum_dy_centered) * centered
+    dx = (b(s) * (dy - b(sum_dy / n)) + b(ds * (2.0 * k / n) * sum_dy_centered) * centered) * b(g)
     return Gradients(dx, s * sum_dy_centered, sum_dy)
 
 
@@ -308,7 +317,7 @@ def backward_eval(
     xhat = normalize(x, running.mean, s, np.ones(channels), np.zeros(channels), axis)
     b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
     return Gradients(
-        dy * b(g * s),
+        dy * b(s) * b(g),
         channels_first(dy * xhat, axis).sum(axis=1),
         channels_first(dy, axis).sum(axis=1),
     )

@@ -92,7 +92,7 @@ def channels(p: Problem):
 
 
 def train_backward_bounds(values, dys, g, *, eps, eps_outside, unbiased):
-    """The backward formula in Bounded arithmetic: (dx list, dgamma, dbeta, s)."""
+    """The backward formula (module docstring) in Bounded arithmetic: (dx list, dgamma, dbeta, s)."""
     st_ = exact.channel_stats(values)
     n = st_.n
     mean = Bounded(hp(st_.mean), hp(exact.mean_error_bound(st_)))
@@ -109,16 +109,43 @@ def train_backward_bounds(values, dys, g, *, eps, eps_outside, unbiased):
     return dx, s * sum_dy_centered, sum_dy, s
 
 
-def check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds):
-    """Compare the oracle's Gradients with finite differences; `bounds` holds per-channel
-    (dx Bounded list, dgamma Bounded, dbeta Bounded, fd slack for dx, dgamma, dbeta)."""
-    dx_exact, dx_bound = np.empty(p.x.size, dtype=object), np.empty(p.x.size, dtype=object)
-    for (idx, *_), (dx, _, _, fx, _, _), fds in zip(channels(p), bounds, fd_dx):
-        for i, d, f in zip(idx, dx, fds):
-            dx_exact[i], dx_bound[i] = hp(f), d.err + fx
-    assert_within(got.dx, dx_exact.reshape(p.x.shape), dx_bound.reshape(p.x.shape), "dx")
-    assert_within(got.dgamma, [hp(f) for f in fd_dgamma], [b[1].err + b[4] for b in bounds], "dgamma")
-    assert_within(got.dbeta, [hp(f) for f in fd_dbeta], [b[2].err + b[5] for b in bounds], "dbeta")
+@dataclass
+class Expected:
+    """One channel's reference gradients (finite differences) and how far the oracle may be from each."""
+
+    dx: list
+    dx_bound: list
+    dgamma: object
+    dgamma_bound: object
+    dbeta: object
+    dbeta_bound: object
+
+
+def expected(loss, xs, dys, g, b, replay, s, spread) -> Expected:
+    """Finite differences of loss(values, gamma, beta) and, per value, the replay's float64 bound plus the
+    finite-difference cap. `spread` is x's scale in the channel (largest |x - centre| plus |centre|)."""
+    fd_dx = [central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))]
+    fd_dgamma = central_difference(lambda t: loss(xs, t, 0), hp(g, FD))
+    fd_dbeta = central_difference(lambda t: loss(xs, g, t), hp(b, FD))
+    dx, dgamma, dbeta = replay
+    z = sum(abs(hp(d)) for d in dys) * (1 + spread * s)  # the scale of sum(dy * y) without beta
+    return Expected(
+        [hp(v) for v in fd_dx],
+        [d.err + FD_CAP * abs(g) * s * z for d in dx],
+        hp(fd_dgamma),
+        dgamma.err + FD_CAP * z,
+        hp(fd_dbeta),
+        dbeta.err + FD_CAP * (z * (1 + abs(g)) + abs(b)),
+    )
+
+
+def check_gradients(got, p: Problem, per_channel: list[Expected]):
+    dx, dx_bound = np.empty(p.x.size, dtype=object), np.empty(p.x.size, dtype=object)
+    for (idx, *_), e in zip(channels(p), per_channel):
+        dx[idx], dx_bound[idx] = e.dx, e.dx_bound
+    assert_within(got.dx, dx.reshape(p.x.shape), dx_bound.reshape(p.x.shape), "dx")
+    assert_within(got.dgamma, [e.dgamma for e in per_channel], [e.dgamma_bound for e in per_channel], "dgamma")
+    assert_within(got.dbeta, [e.dbeta for e in per_channel], [e.dbeta_bound for e in per_channel], "dbeta")
 
 
 @pytest.mark.parametrize("variant", ["as recorded", OUTSIDE, UNBIASED])
@@ -138,21 +165,16 @@ def test_training_backward_is_the_derivative_of_the_training_forward(variant, ba
     eps = max(p.eps, conv.eps_min)
     got = backward_train(p.dy, p.x, p.gamma, convention=conv, axis=p.axis, eps=p.eps)
 
-    fd_dx, fd_dgamma, fd_dbeta, bounds = [], [], [], []
+    per_channel = []
     for (_, xs, dys, g, b), st_ in zip(channels(p), stats):
         def loss(values, gg, bb):
             ys = exact.hp_train_channel(values, gg, bb, eps=eps, **f)
             return FD.fsum(hp(d, FD) * y for d, y in zip(dys, ys))
 
-        fd_dx.append([central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))])
-        fd_dgamma.append(central_difference(lambda t: loss(xs, t, 0), hp(g, FD)))
-        fd_dbeta.append(central_difference(lambda t: loss(xs, g, t), hp(b, FD)))
-
-        dx, dgamma, dbeta, s = train_backward_bounds(xs, dys, g, eps=eps, **f)
-        # the scale of sum(dy * y) in x, gamma and beta (see the module docstring)
-        z = sum(abs(hp(d)) for d in dys) * (1 + (hp(st_.abs_mean) + max(abs(hp(x) - hp(st_.mean)) for x in xs)) * s.value)
-        bounds.append((dx, dgamma, dbeta, FD_CAP * abs(g) * s.value * z, FD_CAP * z, FD_CAP * (z * (1 + abs(g)) + abs(b))))
-    check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds)
+        *replay, s = train_backward_bounds(xs, dys, g, eps=eps, **f)
+        spread = hp(st_.abs_mean) + max(abs(hp(x) - hp(st_.mean)) for x in xs)
+        per_channel.append(expected(loss, xs, dys, g, b, replay, s.value, spread))
+    check_gradients(got, p, per_channel)
 
 
 @pytest.mark.parametrize("variant", ["as recorded", OUTSIDE])
@@ -168,19 +190,16 @@ def test_eval_backward_is_the_derivative_of_the_eval_forward(variant, base, data
     eps = max(p.eps, conv.eps_min)
     got = backward_eval(p.dy, p.x, p.gamma, RunningStats(rm, rv), convention=conv, axis=p.axis, eps=p.eps)
 
-    fd_dx, fd_dgamma, fd_dbeta, bounds = [], [], [], []
+    per_channel = []
     for c, (_, xs, dys, g, b) in enumerate(chans):
         def loss(values, gg, bb):
             ys = exact.hp_eval_channel(values, gg, bb, rm[c], rv[c], eps=eps, eps_outside=f["eps_outside"])
             return FD.fsum(hp(d, FD) * y for d, y in zip(dys, ys))
 
-        fd_dx.append([central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))])
-        fd_dgamma.append(central_difference(lambda t: loss(xs, t, 0), hp(g, FD)))
-        fd_dbeta.append(central_difference(lambda t: loss(xs, g, t), hp(b, FD)))
-
+        # the formula: dx = dy * (gamma * s), dgamma = sum(dy * xhat), xhat = ((1 * (x - rm)) * s) + 0
         s = exact.inverse_std_bounded(Bounded(rv[c]), eps, f["eps_outside"])
         dx = [dy * (g * s) for dy in dys]
         dgamma = Bounded.sum([dy * ((1.0 * (Bounded(x) - rm[c])) * s + 0.0) for dy, x in zip(dys, xs)])
-        z = sum(abs(hp(d)) for d in dys) * (1 + max(abs(hp(x)) + abs(hp(rm[c])) for x in xs) * s.value)
-        bounds.append((dx, dgamma, Bounded.sum(dys), FD_CAP * abs(g) * s.value * z, FD_CAP * z, FD_CAP * (z * (1 + abs(g)) + abs(b))))
-    check_gradients(got, p, fd_dx, fd_dgamma, fd_dbeta, bounds)
+        spread = max(abs(hp(x)) for x in xs) + abs(hp(rm[c]))
+        per_channel.append(expected(loss, xs, dys, g, b, (dx, dgamma, Bounded.sum(dys)), s.value, spread))
+    check_gradients(got, p, per_channel)

@@ -13,7 +13,8 @@ two bounds. The oracle's bounds are support.exact's. The reference implementatio
     running = input * momentum + current * (1 - momentum)
 where the attributes arrive as numpy float32 scalars, so 1 - momentum is rounded to float32 (a surprise:
 the oracle's weight is the exact 1 - float32(momentum)); that exactly known difference between the two
-formulas moves the reference rather than widening the tolerance. Its mean has the same bound as the oracle's. Its two-pass variance keeps the first-order effect of the
+formulas moves the reference rather than widening the tolerance.
+Its mean has the same bound as the oracle's. Its two-pass variance keeps the first-order effect of the
 mean's error D: with e_i = x_i - m, sum e_i**2 = S + n delta**2 (|delta| <= D), and the squares and the
 sum round by at most gamma(n + 2) of that, so |var - exact| <= D**2 + gamma(n + 2)(var + D**2), plus the
 quotient's rounding. Y and the running statistics are bounded operation by operation with `Bounded`.
@@ -114,7 +115,8 @@ def test_training_mode_matches_onnx_reference(problem, eps, momentum):
         denominator = (var_onnx + eps32).sqrt()
         for i in idx:
             y_bound[i] += (scale[c] * (Bounded(flat[i]) - mean) / denominator + bias[c]).err
-        # ONNX: input * momentum + current * (1 - momentum); the oracle: w = 1 - momentum, (1 - w) * input + w * current
+        # ONNX: input * momentum + current * (1 - momentum);
+        # the oracle: w = 1 - momentum, then (1 - w) * input + w * current
         for name, r0, got, current_onnx, current_oracle in [
             ("mean", mean0[c], running_mean[c], mean, mean),
             ("var", var0[c], running_var[c], var_onnx, var_oracle),
