@@ -22,7 +22,7 @@ from bnconf.spec import (
     judge,
     precision_for,
 )
-from support import implementations as impl
+from bnconf.conformance import plain_numpy as impl
 
 TORCH = convention("torch.nn.functional.batch_norm")  # new-weight momentum, Bessel-corrected running var
 ACCEPTABLE = {Verdict.CONFORMS, Verdict.ILL_CONDITIONED}

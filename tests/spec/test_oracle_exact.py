@@ -1,6 +1,6 @@
 """The oracle's statistics and outputs equal an exact computation, within derived float64 rounding bounds.
 
-The reference (support/exact.py) never calls bnconf: means and variances are exact rationals, the square
+The reference (bnconf.conformance.exact) never calls bnconf: means and variances are exact rationals, the square
 root and what follows it are evaluated at 60 digits. Each tolerance is a rigorous bound on the rounding
 error of the oracle's float64 algorithm (standard model, u = 2**-53), derived where it is computed:
 
@@ -33,8 +33,8 @@ from bnconf.conformance.strategies import (
 )
 from bnconf.spec.conventions import CONVENTIONS, EpsPlacement, Variance, variants
 from bnconf.spec.oracle import RunningStats, batch_stats, forward_eval, forward_train
-from support import exact
-from support.exact import assert_within, hp
+from bnconf.conformance import exact
+from bnconf.conformance.exact import assert_within, hp
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 For L = sum(dy * y), dL/dx, dL/dgamma and dL/dbeta are compared with central finite differences
 (L(v + h) - L(v - h)) / 2h of an independent forward evaluated with mpmath at 80 digits
-(support.exact.hp_train_channel / hp_eval_channel), h = 1e-30, per channel. beta enters L as
+(bnconf.conformance.exact.hp_train_channel / hp_eval_channel), h = 1e-30, per channel. beta enters L as
 sum(dy) * beta, constant in x and gamma, so the differences in x and gamma leave it out (beta = 0) and
 their 80-digit cancellation error stays relative to the part of L that varies.
 
@@ -11,7 +11,7 @@ Tolerance = float64 bound + finite-difference bound, per value:
       dx = gamma s (dy - mean(dy)) + gamma s'(V) (2k/n) (x - mean) sum(dy (x - mean)),
       dgamma = s sum(dy (x - mean)),  dbeta = sum(dy)     (V = k var, k = 1 or n/(n-1)),
   replayed with `Bounded` numbers: exact values with a rigorous bound on the float64 error of each
-  operation (mean and variance errors from support.exact's derivations, every product and sum rounded).
+  operation (mean and variance errors from bnconf.conformance.exact's derivations, every product and sum rounded).
   The replay's bound, not its value, is used: the reference value is the finite difference.
 * finite differences: truncation h**2 |L'''| / 6, and 80-digit rounding of L divided by 2h. Each x-derivative
   of y scales by at most 1/sqrt(V + eps) <= 1e4 (eps >= 1e-8), or 1/sqrt(V) <= 1e10 where eps sits
@@ -38,10 +38,9 @@ from bnconf.conformance.strategies import (
 )
 from bnconf.spec.conventions import CONVENTIONS, EpsPlacement, Variance, variants
 from bnconf.spec.oracle import RunningStats, backward_eval, backward_train
-from support import exact
-from support.exact import FD, HP, Bounded, assert_within, hp
+from bnconf.conformance import exact
+from bnconf.conformance.exact import FD, HP, Bounded, assert_within, hp
 
-H = FD.mpf(10) ** -30
 FD_CAP = HP.mpf(10) ** -30
 OUTSIDE = "eps outside the square root"
 UNBIASED = "normalized with the unbiased variance"
@@ -73,14 +72,6 @@ def flags(conv):
         "eps_outside": conv.eps_placement is EpsPlacement.OUTSIDE_SQRT,
         "unbiased": conv.normalize_with is Variance.UNBIASED,
     }
-
-
-def central_difference(f, v):
-    return (f(v + H) - f(v - H)) / (2 * H)
-
-
-def replace_at(values, j, t):
-    return values[:j] + [t] + values[j + 1 :]
 
 
 def channels(p: Problem):
@@ -124,9 +115,7 @@ class Expected:
 def expected(loss, xs, dys, g, b, replay, s, spread) -> Expected:
     """Finite differences of loss(values, gamma, beta) and, per value, the replay's float64 bound plus the
     finite-difference cap. `spread` is x's scale in the channel (largest |x - centre| plus |centre|)."""
-    fd_dx = [central_difference(lambda t: loss(replace_at(xs, j, t), g, 0), hp(xs[j], FD)) for j in range(len(xs))]
-    fd_dgamma = central_difference(lambda t: loss(xs, t, 0), hp(g, FD))
-    fd_dbeta = central_difference(lambda t: loss(xs, g, t), hp(b, FD))
+    fd_dx, fd_dgamma, fd_dbeta = exact.channel_gradients(loss, xs, g, b)
     dx, dgamma, dbeta = replay
     z = sum(abs(hp(d)) for d in dys) * (1 + spread * s)  # the scale of sum(dy * y) without beta
     return Expected(

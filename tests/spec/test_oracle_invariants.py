@@ -1,7 +1,7 @@
 """Properties batch normalization has by definition, checked on the oracle with derived float64 tolerances.
 
 * Training output, gamma = 1 and beta = 0: per channel its mean is 0 and its biased variance var/(var+eps).
-  With per-element bounds E_i on |y_i - exact y_i| (support.exact.train_output_bounds) and the exact
+  With per-element bounds E_i on |y_i - exact y_i| (bnconf.conformance.exact.train_output_bounds) and the exact
   output's mean 0 and variance var/(var+eps): |mean(y)| <= mean(E) and, by Cauchy-Schwarz,
   |var(y) - var/(var+eps)| <= 2 sqrt(var/(var+eps)) sqrt(mean(E**2)) + mean(E**2).
 * Running statistics after k identical batches follow closed forms. Each update
@@ -11,7 +11,7 @@
   k <= 8 (k u < 1e-15). For the cumulative average (w = 1/t) and the zero-debiased average the first
   weight is exactly 1 (r_1 = b) and b is a fixed point of any update with a weight in [0, 1], so the
   weight's own rounding does not matter and the same bound holds. The batch statistic b is the exact one;
-  its float64 error (support.exact's bounds) adds at most once, since the weights on b sum to at most 1.
+  its float64 error (bnconf.conformance.exact's bounds) adds at most once, since the weights on b sum to at most 1.
 * Eval normalizes with the running statistics: no element's output depends on the rest of the batch.
 """
 
@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from bnconf.conformance.strategies import batches, eps_values, layouts, momenta, running_stats_values, shapes
 from bnconf.spec.conventions import CONVENTIONS, TORCH_BATCHNORM1D, EpsPlacement, MomentumStyle, Variance
 from bnconf.spec.oracle import RunningStats, forward_eval, forward_train
-from support import exact
-from support.exact import HP, U, assert_within, gamma, hp
+from bnconf.conformance import exact
+from bnconf.conformance.exact import HP, U, assert_within, gamma, hp
 
 conventions = st.sampled_from(list(CONVENTIONS.values()))
 

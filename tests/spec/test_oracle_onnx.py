@@ -7,7 +7,7 @@ ONNX stores float attributes as float32: the model's epsilon and momentum are fl
 float32(momentum), so the oracle is given those same values.
 
 Tolerance: both computations are bounded against the exact result, so they may differ by the sum of the
-two bounds. The oracle's bounds are support.exact's. The reference implementation computes
+two bounds. The oracle's bounds are bnconf.conformance.exact's. The reference implementation computes
     mean = x.mean(), var = x.var()          (NumPy: sum / n; then the plain two-pass sum((x - mean)**2) / n)
     Y = scale * (x - mean) / sqrt(var + epsilon) + B
     running = input * momentum + current * (1 - momentum)
@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from bnconf.conformance.strategies import affine_params, batches, eps_values, momenta, running_stats_values, shapes
 from bnconf.spec.conventions import ONNX_BATCHNORM
 from bnconf.spec.oracle import RunningStats, forward_eval, forward_train
-from support import exact
-from support.exact import ETA, U, Bounded, assert_within, gamma, hp
+from bnconf.conformance import exact
+from bnconf.conformance.exact import ETA, U, Bounded, assert_within, gamma, hp
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402

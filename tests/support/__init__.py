@@ -1,1 +1,0 @@
-"""Test-only helpers: independent reference computations and deliberately simple implementations."""
