@@ -8,7 +8,7 @@ one-pass variance, so that tests can check the error model tells them from round
 
 import numpy as np
 
-from bnconf.conformance.strategies import round_to
+from .arrays import round_to
 
 
 def _rows(a, axis):

@@ -9,6 +9,8 @@ cheap while the parameters that matter (shape, mean, std, eps, momentum) shrink 
 import numpy as np
 from hypothesis import strategies as st
 
+from .arrays import round_to, values_with_moments  # noqa: F401  (re-exported for tests)
+
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
@@ -58,24 +60,6 @@ def channel_moments(draw, channels: int, max_log10_condition: float = 4.0, allow
         means.append(mean)
         stds.append(0.0 if kind == "constant" else std)
     return np.array(means), np.array(stds)
-
-
-def values_with_moments(shape, axis: int, means, stds, seed: int, dtype: str = "float64") -> np.ndarray:
-    """x = mean + std * z per channel, z ~ N(0, 1) from `seed`, rounded to `dtype`."""
-    z = np.random.default_rng(seed).standard_normal(shape)
-    bshape = [1] * len(shape)
-    bshape[axis % len(shape)] = -1
-    x = np.reshape(means, bshape) + np.reshape(stds, bshape) * z
-    return round_to(x, dtype)
-
-
-def round_to(x, dtype: str) -> np.ndarray:
-    """x rounded to `dtype` (bfloat16 through ml_dtypes)."""
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.asarray(x).astype(ml_dtypes.bfloat16)
-    return np.asarray(x).astype(dtype)
 
 
 @st.composite

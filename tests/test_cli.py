@@ -1,0 +1,47 @@
+"""The command line: the self-check runs and says what holds; bad usage exits 2; no framework is imported."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bnconf.reports.cli import main
+
+
+def test_selfcheck_passes_and_prints_one_row_per_check(capsys):
+    assert main(["selfcheck"]) == 0
+    out = capsys.readouterr().out
+    assert "6 of 6 checks hold." in out
+    assert "FAILED" not in out
+
+
+def test_selfcheck_fails_with_exit_1_when_a_check_does_not_hold(monkeypatch, capsys):
+    from bnconf.conformance import selfcheck
+
+    broken = selfcheck.CheckResult("a check that does not hold", 1, "error/bound 2", False)
+    monkeypatch.setattr(selfcheck, "CHECKS", (lambda: broken,))
+    assert main(["selfcheck"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_conventions_lists_every_record(capsys):
+    from bnconf.spec import CONVENTIONS
+
+    assert main(["conventions"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in CONVENTIONS)
+
+
+def test_an_unknown_command_exits_2():
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_the_spec_and_the_selfcheck_import_no_framework():
+    code = (
+        "import sys, bnconf.spec, bnconf.conformance.selfcheck, bnconf.reports.cli; "
+        "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras', 'hypothesis') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
