@@ -131,13 +131,18 @@ def train_forward(x, gamma=None, beta=None, *, axis: int, eps: float, eps_outsid
     return y.reshape(x.shape)
 
 
-def eval_forward(x, gamma, beta, running_mean, running_var, *, axis: int, eps: float, eps_outside=False):
-    """Eval-mode y (normalized with the given running statistics) as an object array of HP numbers."""
+def _eval_inputs(x, gamma, beta, running_mean, running_var, axis: int):
+    """x as float64, its flat values, per-channel positions, and the per-channel parameters as lists."""
     x = np.asarray(x, dtype=np.float64)
-    flat = x.ravel()
     idxs = channel_indices(x.shape, axis)
     g, b = per_channel(gamma, len(idxs), 1.0), per_channel(beta, len(idxs), 0.0)
     rm, rv = per_channel(running_mean, len(idxs), 0.0), per_channel(running_var, len(idxs), 1.0)
+    return x, x.ravel(), idxs, g, b, rm, rv
+
+
+def eval_forward(x, gamma, beta, running_mean, running_var, *, axis: int, eps: float, eps_outside=False):
+    """Eval-mode y (normalized with the given running statistics) as an object array of HP numbers."""
+    x, flat, idxs, g, b, rm, rv = _eval_inputs(x, gamma, beta, running_mean, running_var, axis)
     y = np.empty(x.size, dtype=object)
     for c, idx in enumerate(idxs):
         s = inverse_std(rv[c], eps, eps_outside)
@@ -355,7 +360,7 @@ def inverse_std_bounded(var: Bounded, eps: float, eps_outside: bool = False) -> 
 def train_output_bounds(x, gamma=None, beta=None, *, axis, eps, eps_outside=False, unbiased=False):
     """Per element, how far a float64 training forward may be from `train_forward`'s exact y.
 
-    y = ((gamma * (x - m)) * s) + beta with m the float64 mean (off by `mean_error_bound`) and s computed
+    y = ((x - m) * s) * gamma + beta with m the float64 mean (off by `mean_error_bound`) and s computed
     from the float64 variance (off by `variance_error_bound`, the corrected two-pass algorithm). Returns
     an object array of HP bounds in x's shape.
     """
@@ -370,22 +375,18 @@ def train_output_bounds(x, gamma=None, beta=None, *, axis, eps, eps_outside=Fals
         var = Bounded(hp(st.variance(unbiased)), hp(variance_error_bound(st, unbiased)))
         s = inverse_std_bounded(var, eps, eps_outside)
         for i in idx:
-            out[i] = ((g[c] * (Bounded(flat[i]) - mean)) * s + b[c]).err
+            out[i] = (((Bounded(flat[i]) - mean) * s) * g[c] + b[c]).err
     return out.reshape(x.shape)
 
 
 def eval_output_bounds(x, gamma, beta, running_mean, running_var, *, axis, eps, eps_outside=False):
-    """Per element, how far a float64 eval forward ((gamma * (x - rm)) * s(rv)) + beta may be from exact."""
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.ravel()
-    idxs = channel_indices(x.shape, axis)
-    g, b = per_channel(gamma, len(idxs), 1.0), per_channel(beta, len(idxs), 0.0)
-    rm, rv = per_channel(running_mean, len(idxs), 0.0), per_channel(running_var, len(idxs), 1.0)
+    """Per element, how far a float64 eval forward ((x - rm) * s(rv)) * gamma + beta may be from exact."""
+    x, flat, idxs, g, b, rm, rv = _eval_inputs(x, gamma, beta, running_mean, running_var, axis)
     out = np.empty(x.size, dtype=object)
     for c, idx in enumerate(idxs):
         s = inverse_std_bounded(Bounded(rv[c]), eps, eps_outside)
         for i in idx:
-            out[i] = ((g[c] * (Bounded(flat[i]) - rm[c])) * s + b[c]).err
+            out[i] = (((Bounded(flat[i]) - rm[c]) * s) * g[c] + b[c]).err
     return out.reshape(x.shape)
 
 

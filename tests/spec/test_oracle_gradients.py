@@ -95,8 +95,8 @@ def train_backward_bounds(values, dys, g, *, eps, eps_outside, unbiased):
     centered = [Bounded(x) - mean for x in values]
     sum_dy = Bounded.sum(dys)
     sum_dy_centered = Bounded.sum([dy * c for dy, c in zip(dys, centered)])
-    coef = g * ds * (2 * k / n) * sum_dy_centered
-    dx = [(g * s) * (dy - sum_dy / n) + coef * c for dy, c in zip(dys, centered)]
+    coef = ds * (2 * k / n) * sum_dy_centered
+    dx = [(s * (dy - sum_dy / n) + coef * c) * g for dy, c in zip(dys, centered)]
     return dx, s * sum_dy_centered, sum_dy, s
 
 
@@ -185,9 +185,9 @@ def test_eval_backward_is_the_derivative_of_the_eval_forward(variant, base, data
             ys = exact.hp_eval_channel(values, gg, bb, rm[c], rv[c], eps=eps, eps_outside=f["eps_outside"])
             return FD.fsum(hp(d, FD) * y for d, y in zip(dys, ys))
 
-        # the formula: dx = dy * (gamma * s), dgamma = sum(dy * xhat), xhat = ((1 * (x - rm)) * s) + 0
+        # the formula: dx = (dy * s) * gamma, dgamma = sum(dy * xhat), xhat = ((1 * (x - rm)) * s) + 0
         s = exact.inverse_std_bounded(Bounded(rv[c]), eps, f["eps_outside"])
-        dx = [dy * (g * s) for dy in dys]
+        dx = [(dy * s) * g for dy in dys]
         dgamma = Bounded.sum([dy * ((1.0 * (Bounded(x) - rm[c])) * s + 0.0) for dy, x in zip(dys, xs)])
         spread = max(abs(hp(x)) for x in xs) + abs(hp(rm[c]))
         per_channel.append(expected(loss, xs, dys, g, b, (dx, dgamma, Bounded.sum(dys)), s.value, spread))
