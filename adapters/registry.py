@@ -1,0 +1,88 @@
+"""Finding backends: the built-in adapters, those other packages install, and one named on the command line.
+
+    load("my_pkg.bn:BACKEND")          a module attribute
+    load("path/to/my_bn.py:BACKEND")   a file's attribute
+    discover()                         built-ins and the "bnconf.adapters" entry-point group
+
+An attribute may hold one backend or a sequence of them. A built-in whose framework is not installed is
+reported as `Unavailable` with the reason; importing this module imports no framework.
+"""
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .protocol import BackendError, check_backend
+
+ENTRY_POINT_GROUP = "bnconf.adapters"
+
+# family -> (target, the extra that installs its framework)
+BUILTIN = {
+    "torch": ("bnconf.adapters.torch_batchnorm:BACKENDS", "torch"),
+}
+
+
+class TargetError(ValueError):
+    """A TARGET that cannot be loaded, with the reason and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    name: str
+    reason: str
+
+
+def _import_target(target: str):
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise TargetError(f"{target!r}: expected module:attribute or path/to/file.py:attribute")
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_file():
+            raise TargetError(f"{target!r}: no file {path}")
+        name = f"bnconf_user_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_part)
+    if not hasattr(module, attr):
+        raise TargetError(f"{target!r}: {module_part} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def load(target: str) -> list:
+    """The backends named by `target`, each checked against the protocol."""
+    try:
+        obj = _import_target(target)
+    except (TargetError, BackendError):
+        raise
+    except ImportError as e:
+        raise TargetError(f"{target!r}: cannot import {e.name or 'it'}: {e}") from e
+    except Exception as e:  # a user's module failing at import: say so in one line
+        raise TargetError(f"{target!r}: importing it raised {type(e).__name__}: {e}") from e
+    backends = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    for b in backends:
+        check_backend(b)
+    return backends
+
+
+def discover() -> tuple[list, list[Unavailable]]:
+    """(backends that loaded, families that did not and why): built-ins, then installed entry points."""
+    found, missing = [], []
+    targets = [(family, target, f"pip install 'bnconf[{extra}]'") for family, (target, extra) in BUILTIN.items()]
+    targets += [(ep.name, ep.value, f"check the package that installs {ep.value}") for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    for family, target, fix in targets:
+        try:
+            found.extend(load(target))
+        except TargetError as e:
+            cause = e.__cause__
+            if isinstance(cause, ModuleNotFoundError) and cause.name and cause.name.split(".")[0] != "bnconf":
+                missing.append(Unavailable(family, f"{cause.name} is not installed ({fix})"))
+            else:
+                missing.append(Unavailable(family, str(e)))
+    return found, missing

@@ -1,0 +1,49 @@
+"""Hypothesis strategies for whole cases: inputs shaped and parameterized for one backend and mode."""
+
+import numpy as np
+from hypothesis import strategies as st
+
+from ..adapters.protocol import channel_axes
+from ..spec import Inputs, Mode, RunningStats
+from . import strategies as bst
+
+TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
+BACKWARD = (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD)
+
+
+def _move_channels(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """(N, C, *spatial) with C moved to position `axis`."""
+    dims = list(shape)
+    c = dims.pop(1)
+    dims.insert(axis % len(shape), c)
+    return tuple(dims)
+
+
+@st.composite
+def case_inputs(draw, backend, mode: Mode, max_size: int = 2048):
+    """Inputs `backend` accepts for `mode`: its ranks and channel axes, affine on or off, running statistics
+    (required in eval), momentum in its own convention (None where it means a cumulative average).
+
+    Training cases have at least two values per channel: one value is an edge case with its own rules."""
+    conv = backend.convention
+    ranks = tuple(r for r in conv.ranks if 2 <= r <= 5)
+    shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size))
+    if mode in TRAINING and int(np.prod(shape)) // shape[1] < 2:
+        shape = (2, *shape[1:])
+    axis = draw(st.sampled_from(channel_axes(backend)))
+    shape = _move_channels(shape, axis)
+    c = shape[axis]
+    x = draw(bst.batches(shape, axis, allow_constant=True))
+    gamma, beta = draw(bst.affine_params(c)) if draw(st.booleans()) else (None, None)
+    running = None
+    if conv.tracks_running_stats and (mode not in TRAINING or draw(st.booleans())):
+        mean, var = draw(bst.running_stats_values(c))
+        running = RunningStats(mean, var, draw(st.integers(0, 3)))
+    momentum = draw(bst.momenta())
+    if conv.cumulative_average and running is not None and draw(st.integers(0, 4)) == 0:
+        momentum = None
+    dy = None
+    if mode in BACKWARD:
+        dy = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(shape)
+    return Inputs(x=x, axis=axis, eps=draw(bst.eps_values()), gamma=gamma, beta=beta, running=running,
+                  momentum=momentum, dy=dy)

@@ -1,0 +1,80 @@
+"""One case through one backend and back to the oracle: the chain the pytest suite and the command line share.
+
+    inputs (spec.Inputs, float64) --prepare--> values the backend's formats can hold
+           --request--> backend.run --Outputs--> spec.judge under the backend's convention --> Comparisons
+           (and, where a known discrepancy covers the case, under the recorded behaviour too: `assess`)
+"""
+
+from dataclasses import dataclass, replace
+
+from ..adapters.protocol import Request, declared_precision
+from ..spec import Comparison, Inputs, Mode, Precision, RunningStats, Verdict, judge
+from .arrays import round_to
+from .discrepancies import REGISTRY, KnownDiscrepancy, covering
+
+ACCEPTED = (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)
+
+
+def prepare(inputs: Inputs, precision: Precision) -> Inputs:
+    """x and dy rounded to the input format; gamma, beta and running statistics to the stats format, so
+    that the backend and the oracle see the same numbers."""
+    as_stats = lambda a: None if a is None else round_to(a, precision.stats).astype("float64")  # noqa: E731
+    running = inputs.running
+    if running is not None:
+        running = RunningStats(as_stats(running.mean), as_stats(running.var), running.count)
+    return replace(
+        inputs,
+        x=round_to(inputs.x, precision.dtype).astype("float64"),
+        dy=None if inputs.dy is None else round_to(inputs.dy, precision.dtype).astype("float64"),
+        gamma=as_stats(inputs.gamma),
+        beta=as_stats(inputs.beta),
+        running=running,
+    )
+
+
+def request(inputs: Inputs, dtype: str, device: str) -> Request:
+    r = inputs.running
+    return Request(
+        x=inputs.x, axis=inputs.axis, eps=inputs.eps, dtype=dtype, device=device, momentum=inputs.momentum,
+        gamma=inputs.gamma, beta=inputs.beta, running_mean=None if r is None else r.mean,
+        running_var=None if r is None else r.var, batches_seen=0 if r is None else r.count, dy=inputs.dy,
+    )
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A case's comparisons with the declared semantics and, where a known discrepancy covers it, with the
+    recorded behaviour instead."""
+
+    declared: dict[str, Comparison]
+    discrepancy: KnownDiscrepancy | None = None
+    recorded: dict[str, Comparison] | None = None
+
+    def problems(self) -> dict[str, Comparison]:
+        """Quantities that match neither the declared semantics nor, where one applies, the record."""
+        bad = {q: c for q, c in self.declared.items() if c.verdict not in ACCEPTED}
+        if self.discrepancy is not None:
+            bad = {q: c for q, c in bad.items() if q not in self.discrepancy.quantities}
+            bad.update({q: c for q, c in self.recorded.items() if q in self.discrepancy.quantities and c.verdict not in ACCEPTED})
+        return bad
+
+    @property
+    def discrepancy_seen(self) -> bool:
+        """The declared semantics failed where the entry says they would: the record was needed."""
+        return self.discrepancy is not None and any(
+            self.declared[q].verdict not in ACCEPTED for q in self.discrepancy.quantities if q in self.declared
+        )
+
+
+def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registry=REGISTRY) -> Assessment:
+    """Run `mode` once and compare with the declared semantics and, if covered, the recorded discrepancy."""
+    precision = declared_precision(backend, dtype, device)
+    entry = covering(registry, backend.name, mode, dtype, device, inputs)
+    # inputs are rounded to what the recorded behaviour holds when it keeps statistics in another format
+    prepared = prepare(inputs, entry.recorded_precision(precision) if entry else precision)
+    observed = backend.run(mode, request(prepared, dtype, device)).quantities()
+    declared = judge(mode, observed, prepared, backend.convention, precision)
+    if entry is None:
+        return Assessment(declared)
+    recorded = judge(mode, observed, prepared, entry.recorded_convention(backend.convention), entry.recorded_precision(precision))
+    return Assessment(declared, entry, recorded)

@@ -1,0 +1,58 @@
+"""Every available backend against the oracle, generated over (backend x device x dtype x mode).
+
+Nothing here is written per backend: the cells come from what each backend declares, the inputs from its
+convention, the tolerance from the error model for its declared precision. A case covered by a known
+discrepancy is checked against the recorded behaviour instead, for the quantities the record names.
+"""
+
+import pytest
+from hypothesis import given, note, settings, target
+from hypothesis import strategies as st
+
+from bnconf.adapters.protocol import unavailable
+from bnconf.adapters.registry import discover
+from bnconf.conformance.cases import case_inputs
+from bnconf.conformance.discrepancies import REGISTRY
+from bnconf.conformance.engine import assess
+
+BACKENDS, UNAVAILABLE = discover()
+CELLS = [
+    pytest.param(b, device, dtype, mode, id=f"{b.name}-{device}-{dtype}-{mode.value}")
+    for b in BACKENDS
+    for device in b.devices
+    for dtype in b.dtypes
+    for mode in sorted(b.modes, key=lambda m: m.value)
+]
+DISCREPANCIES_SEEN: set[str] = set()  # read by conftest.py at the end of the session to report stale entries
+
+
+@pytest.mark.parametrize("family, reason", [(u.name, u.reason) for u in UNAVAILABLE])
+def test_an_unavailable_backend_family_is_skipped_with_its_reason(family, reason):
+    pytest.skip(f"{family}: {reason}")
+
+
+def _describe(c) -> str:
+    return (f"{c.verdict.value} {c.detail}: max error/bound {c.max_ratio:.3g} at {c.worst_index} "
+            f"(observed {c.observed!r}, expected {c.expected!r}, bound {c.bound!r})")
+
+
+@pytest.mark.parametrize("backend, device, dtype, mode", CELLS)
+@settings(max_examples=max(5, settings().max_examples // 6))  # many cells: a sixth of the profile each
+@given(data=st.data())
+def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
+    reason = unavailable(backend, device)
+    if reason:
+        pytest.skip(reason)
+    inputs = data.draw(case_inputs(backend, mode), label="inputs")
+    a = assess(backend, mode, inputs, dtype, device)
+    target(max((c.max_ratio for c in a.declared.values()), default=0.0), label="max error / bound")
+    if a.discrepancy is not None:
+        note(f"known discrepancy {a.discrepancy.id}: {a.discrepancy.explanation}")
+        if a.discrepancy_seen:
+            DISCREPANCIES_SEEN.add(a.discrepancy.id)
+    problems = {q: _describe(c) for q, c in a.problems().items()}
+    assert not problems, problems
+
+
+def stale_discrepancies() -> list[str]:
+    return [d.id for d in REGISTRY if d.id not in DISCREPANCIES_SEEN]
