@@ -295,6 +295,13 @@ def convention(name: str) -> Convention:
         ) from None
 
 
+def new_batch_weight(conv: Convention, momentum: float) -> float:
+    """w, the weight on the new batch statistic, for a momentum given in `conv`'s style.
+
+    The map is its own inverse: new_batch_weight(conv, w) is also the momentum that gives weight w."""
+    return momentum if conv.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - momentum
+
+
 def _swapped(v: Variance) -> Variance:
     return Variance.UNBIASED if v is Variance.BIASED else Variance.BIASED
 

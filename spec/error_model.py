@@ -15,7 +15,7 @@ variance error reaches 1/2, or whose intermediate sums overflow the compute or a
 *ill-conditioned*: no first-order bound holds there, and comparisons say so instead of widening.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -163,11 +163,13 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     n, mu, var = stats.count, np.abs(stats.mean), stats.var
     with np.errstate(invalid="ignore", over="ignore"):
         d_mean = (r.reduction + 2 * r.compute) * np.abs(rows).mean(axis=1)
+        # squares and their mean may underflow: half the smallest subnormal each, a few times over
+        tiny = 4 * r.tiny_compute
         if p.variance is VarianceAlgorithm.TWO_PASS:
-            d_var = (r.reduction + 4 * r.compute) * (var + d_mean**2) + d_mean**2
+            d_var = (r.reduction + 4 * r.compute) * (var + d_mean**2) + d_mean**2 + tiny
         else:
-            d_var = (r.reduction + 4 * r.compute) * var + r.reduction * np.sqrt(var * (var + mu**2)) + d_mean**2
-        d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var
+            d_var = (r.reduction + 4 * r.compute) * var + r.reduction * np.sqrt(var * (var + mu**2)) + d_mean**2 + tiny
+        d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var + tiny
         max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
         max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
         sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
@@ -190,10 +192,12 @@ def _normalizer(var, d_var, overflow, eps: float, convention: Convention, r: _Ro
     """s = s(var) with `var` known to within d_var; eps enters in the compute format."""
     s = inverse_std(var, eps, convention.eps_placement)
     slope = np.abs(inverse_std_derivative(var, eps, convention.eps_placement))
-    with np.errstate(invalid="ignore", over="ignore"):
-        d_sum = d_var + r.compute * (var + eps) + r.compute * eps
-        d_s = slope * d_sum + 3 * r.compute * s
-        ill = overflow | ~np.isfinite(d_s) | ~(d_sum < 0.5 * (var + eps))
+    # var + eps as computed: its error, the rounding of eps and of the sum, and gradual underflow
+    d_sum = d_var + r.compute * (var + eps) + r.compute * eps + 4 * r.tiny_compute
+    relative = d_sum / (var + eps)
+    # first order times (1 + 2 relative) covers (1 - relative)**-1/2 - 1 while relative < 1/4
+    d_s = slope * d_sum * (1 + 2 * relative) + 3 * r.compute * s
+    ill = overflow | ~np.isfinite(d_s) | ~(relative < 0.25)
     return _Normalizer(s, np.where(np.isfinite(d_s), d_s, np.inf), d_var, ill)
 
 
@@ -306,6 +310,13 @@ def train_bounds(
         bounds["running_var"] = _running_error(
             running.var, old_err.var, batch_var, c * d_var_b + 2 * r.compute * np.abs(batch_var), w, new.var, r
         )
+        if convention.zero_debias:
+            # hidden-state implementations divide by 1 - d**t, which loses t d**t / (1 - d**t) units of u
+            t = running.count + 1
+            w0 = update_weight(replace(convention, zero_debias=False), momentum, t)  # 1 - decay
+            debias = r.compute * t * (1 - w0) ** t / -np.expm1(t * np.log1p(-w0)) if w0 > 0 else r.compute * t
+            bounds["running_mean"] = bounds["running_mean"] + debias * np.abs(new.mean)
+            bounds["running_var"] = bounds["running_var"] + debias * np.abs(new.var)
         ill.update(running_mean=no_ill, running_var=overflow)
     if dy is not None:
         bounds.update(_train_backward_bounds(dy, gamma, z, d_z, norm, axis, r))

@@ -72,6 +72,7 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
 
     A bound is the implementation's error bound plus the oracle's own (float64) one.
     """
+    mode = Mode(mode)
     i = inputs
     x = oracle.as_float64(i.x, "x")
     channels = x.shape[oracle.channel_axis(x.ndim, i.axis)]
@@ -81,13 +82,14 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
         raise ValueError(f"{mode.value} needs an upstream gradient dy")
     common = dict(convention=convention, axis=i.axis, eps=i.eps)
     if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD):
-        out = oracle.forward_train(x, gamma, beta, i.running, momentum=i.momentum, **common)
+        running = i.running if mode is Mode.TRAIN_FORWARD else None  # a backward needs no running update
+        out = oracle.forward_train(x, gamma, beta, running, momentum=i.momentum, **common)
         stats = oracle.batch_stats(x, i.axis)
 
         def bounds(p: Precision, one_pass: bool):
             running_error = None if p is ORACLE_PRECISION else i.running_error
             return error_model.train_bounds(
-                x, gamma, beta, stats, out, i.running, running_error, dy,
+                x, gamma, beta, stats, out, running, running_error, dy,
                 momentum=i.momentum, one_pass=one_pass, precision=p, **common,
             )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .conventions import Convention, EpsPlacement, MomentumStyle, Variance
+from .conventions import Convention, EpsPlacement, Variance, new_batch_weight
 from .formats import FORMATS
 
 
@@ -29,6 +29,8 @@ def as_float64(a, name: str) -> np.ndarray:
 
 def channel_axis(ndim: int, axis: int) -> int:
     """`axis` as a non-negative index into an array of rank `ndim`."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"the channel axis must be an integer, got {axis!r}")
     if ndim < 2:
         raise ValueError(f"x must have rank 2 or more (batch and channel axes), got rank {ndim}")
     if not -ndim <= axis < ndim:
@@ -44,6 +46,8 @@ def _per_channel(a, name: str, channels: int) -> np.ndarray:
 
 
 def _check_eps(eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a number, got {eps!r}")
     if not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
@@ -52,6 +56,8 @@ def _check_eps(eps: float) -> float:
 def channels_first(x: np.ndarray, axis: int) -> np.ndarray:
     """x rearranged to shape (C, n): one contiguous row per channel."""
     axis = channel_axis(x.ndim, axis)
+    if x.shape[axis] == 0:
+        raise ValueError(f"x has no channels: its size along the channel axis {axis} is 0 (shape {x.shape})")
     return np.ascontiguousarray(np.moveaxis(x, axis, 0)).reshape(x.shape[axis], -1)
 
 
@@ -100,6 +106,12 @@ def variance_factor(which: Variance, n: int, divisor_min: int = 0) -> float:
 def selected_variance(stats: BatchStats, which: Variance, convention: Convention) -> np.ndarray:
     """The biased variance scaled to the estimator `which`, with the convention's Bessel divisor floor."""
     return stats.var * variance_factor(which, stats.count, convention.bessel_divisor_min)
+
+
+def _check_convention(convention) -> Convention:
+    if not isinstance(convention, Convention):
+        raise TypeError(f"convention must be a spec.Convention record (see spec.convention(name)), got {convention!r}")
+    return convention
 
 
 def effective_eps(convention: Convention, eps: float) -> float:
@@ -159,7 +171,7 @@ def update_weight(convention: Convention, momentum: float | None, step: int) -> 
         return 1.0 / step
     if not np.isfinite(momentum):
         raise ValueError(f"momentum must be a finite number, got {momentum!r}")
-    w = momentum if convention.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - momentum
+    w = new_batch_weight(convention, momentum)
     if convention.zero_debias:
         # w / (1 - (1 - w)**t), with 1 - (1 - w)**t = -expm1(t log1p(-w)) free of cancellation; limit 1/t as w -> 0
         return w / -np.expm1(step * np.log1p(-w)) if w != 0.0 else 1.0 / step
@@ -203,6 +215,10 @@ def affine(gamma, beta, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _checked_running(running: RunningStats, channels: int) -> RunningStats:
+    if not isinstance(running, RunningStats):
+        raise TypeError(f"running statistics must be a RunningStats(mean, var, count), got {type(running).__name__}")
+    if isinstance(running.count, bool) or not isinstance(running.count, (int, np.integer)) or running.count < 0:
+        raise ValueError(f"the running statistics' batch count must be an integer >= 0, got {running.count!r}")
     return RunningStats(
         _per_channel(running.mean, "running mean", channels),
         _per_channel(running.var, "running variance", channels),
@@ -223,6 +239,9 @@ def forward_train(
     momentum: float | None = None,
 ) -> TrainForward:
     """Normalize with the batch statistics; update `running` (if given) by the convention's rule."""
+    _check_convention(convention)
+    if running is not None and not convention.tracks_running_stats:
+        raise ValueError(f"{convention.name} keeps no running statistics; pass running=None")
     x = as_float64(x, "x")
     channels = x.shape[channel_axis(x.ndim, axis)]
     g, b = affine(gamma, beta, channels)
@@ -240,6 +259,7 @@ def forward_eval(
     x, gamma=None, beta=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
 ) -> np.ndarray:
     """Normalize with the running statistics: y = gamma * (x - running.mean) * s(running.var) + beta."""
+    _check_convention(convention)
     if running is None:
         raise ValueError("eval mode needs running statistics (running mean and variance)")
     x = as_float64(x, "x")
@@ -281,6 +301,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
         dx = gamma * s * (dy - mean(dy)) + gamma * s'(V) * (2k/n) * (x - mean) * sum(dy * (x - mean))
     which for the usual V = var, s = (var + eps)**-1/2 is gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
+    _check_convention(convention)
     x = as_float64(x, "x")
     dy = check_dy(dy, x)
     channels = x.shape[channel_axis(x.ndim, axis)]
@@ -306,6 +327,7 @@ def backward_eval(
     dy, x, gamma=None, running: RunningStats = None, *, convention: Convention, axis: int, eps: float
 ) -> Gradients:
     """Gradients with the running statistics held constant: dx = dy * gamma * s(running.var)."""
+    _check_convention(convention)
     if running is None:
         raise ValueError("eval mode needs running statistics (running mean and variance)")
     x = as_float64(x, "x")

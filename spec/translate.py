@@ -10,7 +10,7 @@ from enum import Enum
 
 import numpy as np
 
-from .conventions import Convention, MomentumStyle
+from .conventions import Convention, MomentumStyle, new_batch_weight
 
 
 class ResidualKind(Enum):
@@ -21,6 +21,7 @@ class ResidualKind(Enum):
     CUMULATIVE_AVERAGE = "cumulative average"
     ZERO_DEBIAS = "zero-debiasing"
     NO_RUNNING_STATS = "no running statistics"
+    BESSEL_DIVISOR = "Bessel divisor floor"
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,6 @@ class Translation:
         return _size(self, residual, n, var, steps)
 
 
-def _new_batch_weight(conv: Convention, momentum: float) -> float:
-    return momentum if conv.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - momentum
-
-
-def _in_style(conv: Convention, weight: float) -> float:
-    return weight if conv.momentum_style is MomentumStyle.NEW_WEIGHT else 1.0 - weight
-
-
 _UNSET = object()
 
 
@@ -64,13 +57,22 @@ def translate(source: Convention, target: Convention, *, momentum=_UNSET, eps: f
     momentum = source.default_momentum if momentum is _UNSET else momentum
     eps = source.default_eps if eps is None else eps
     axis = source.channel_axis if axis is None else axis
+    if eps is not None and not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     residuals: list[Residual] = []
     target_momentum = weight = None
     both_track = source.tracks_running_stats and target.tracks_running_stats
     if source.tracks_running_stats and not target.tracks_running_stats:
         residuals.append(Residual(ResidualKind.NO_RUNNING_STATS, ("running_mean", "running_var"),
                                   f"{target.api} keeps no running statistics: the caller must average them itself."))
+    if target.tracks_running_stats and not source.tracks_running_stats:
+        residuals.append(Residual(ResidualKind.NO_RUNNING_STATS, ("running_mean", "running_var"),
+                                  f"{source.api} keeps no running statistics: turn {target.api}'s off "
+                                  "(e.g. track_running_stats=False) or ignore them."))
     if both_track and momentum is None:
+        if not source.cumulative_average:
+            raise ValueError(f"{source.api} needs a numeric momentum: None is not a cumulative average there"
+                             + (" and its record has no default" if source.default_momentum is None else ""))
         if target.cumulative_average:
             target_momentum = None
         else:
@@ -79,8 +81,15 @@ def translate(source: Convention, target: Convention, *, momentum=_UNSET, eps: f
                                       f"{target.api} has no cumulative average: set its momentum to "
                                       f"{'1/t' if target.momentum_style is MomentumStyle.NEW_WEIGHT else '1 - 1/t'} before step t."))
     elif both_track:
-        weight = _new_batch_weight(source, momentum)
-        target_momentum = _in_style(target, weight)
+        if not (isinstance(momentum, (int, float)) and np.isfinite(momentum)):
+            raise ValueError(f"momentum must be a finite number or None, got {momentum!r}")
+        weight = new_batch_weight(source, momentum)
+        target_momentum = new_batch_weight(target, weight)
+    if both_track and source.bessel_divisor_min != target.bessel_divisor_min:
+        residuals.append(Residual(ResidualKind.BESSEL_DIVISOR, ("running_var",),
+                                  "the Bessel divisor is floored differently (max(n - 1, "
+                                  f"{source.bessel_divisor_min}) vs max(n - 1, {target.bessel_divisor_min})): "
+                                  "with one value per channel one side's running variance is NaN, the other's finite."))
     if both_track and source.running_var is not target.running_var:
         residuals.append(Residual(ResidualKind.RUNNING_VARIANCE_ESTIMATOR, ("running_var",),
                                   f"{source.api} averages the {source.running_var.value} batch variance, "

@@ -73,21 +73,42 @@ def rounded_to_format(value: np.ndarray, fmt: str) -> np.ndarray:
     This is the correctly rounded result, not a mask: a finite value where the format must overflow,
     or Inf where it need not, is still a non-finite mismatch.
     """
-    f = float_format(fmt)
-    threshold = f.max_value + float(f.ulp(f.max_value)) / 2
     with np.errstate(invalid="ignore"):
-        return np.where(np.abs(value) >= threshold, np.sign(value) * np.inf, value)
+        return np.where(np.abs(value) >= _overflow_threshold(fmt), np.sign(value) * np.inf, value)
+
+
+def _overflow_threshold(fmt: str) -> float:
+    f = float_format(fmt)
+    return f.max_value + float(f.ulp(f.max_value)) / 2
+
+
+def expected_in_format(observed: np.ndarray, exp: Expected, fmt: str) -> np.ndarray:
+    """What `observed` is compared with: the value rounded to the format, except where the value is within
+    its bound of the overflow threshold, so that a correct result may round either way: there +-Inf of
+    the right sign is exact, and a finite result is compared with the finite value."""
+    value = rounded_to_format(exp.value, fmt)
+    threshold = _overflow_threshold(fmt)
+    with np.errstate(invalid="ignore"):
+        either = (np.abs(exp.value) + exp.bound >= threshold) & (np.abs(exp.value) - exp.bound < threshold)
+        inf_ok = either & np.isinf(observed) & (np.sign(observed) == np.sign(exp.value))
+        return np.where(inf_ok, observed, np.where(either, exp.value, value))
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
 def _worst_ratio(observed, value, exp: Expected, one_pass: bool = False) -> float:
-    """Max error/bound over elements finite on both sides where the model gives a bound (0 if none);
-    infinite when finiteness differs anywhere."""
+    """Max error/bound over elements finite on both sides where the model gives a bound; infinite when
+    finiteness differs anywhere.
+
+    Where the model gives no bound at all: a convention variant that checks nothing explains nothing
+    (infinite); the one-pass model is unbounded there by its nature, so any value is consistent with it (0).
+    `judge` only asks about quantities the stable model did check and found outside their bound."""
     if _nonfinite_mismatch(observed, value).any():
         return float("inf")
     bound, ill = (exp.bound_one_pass, exp.ill_one_pass) if one_pass else (exp.bound, exp.ill)
     both = np.isfinite(observed) & np.isfinite(value) & ~ill
-    return float(np.max(_ratios(observed[both], value[both], bound[both]), initial=0.0))
+    if not both.any():
+        return 0.0 if one_pass else float("inf")
+    return float(np.max(_ratios(observed[both], value[both], bound[both])))
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
@@ -100,7 +121,7 @@ def compare(quantity: str, observed, exp: Expected, fmt: str) -> Comparison:
     observed = np.asarray(observed, dtype=np.float64)
     if observed.shape != exp.value.shape:
         raise ValueError(f"{quantity}: expected shape {exp.value.shape}, the implementation returned {observed.shape}")
-    value = rounded_to_format(exp.value, fmt)
+    value = expected_in_format(observed, exp, fmt)
     mismatch = _nonfinite_mismatch(observed, value)
     finite = np.isfinite(observed) & np.isfinite(value)
     checked = finite & ~exp.ill
@@ -155,6 +176,7 @@ def judge(
     returned quantity; the one-pass variance model, if it accounts for every failing quantity; else, per
     quantity, the best-fitting variant, the one-pass model, or nothing (non-conformant).
     """
+    mode = Mode(mode)
     exp = expected(mode, inputs, convention, precision)
     unknown = set(k for k, v in observed.items() if v is not None) - set(exp)
     if unknown:
@@ -167,7 +189,7 @@ def judge(
 
     def fit(q: str, e: Expected, one_pass: bool = False) -> float:
         fmt = quantity_format(q, precision)
-        return _worst_ratio(obs[q], rounded_to_format(e.value, fmt), e, one_pass)
+        return _worst_ratio(obs[q], expected_in_format(obs[q], e, fmt), e, one_pass)
 
     alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
     whole = sorted(

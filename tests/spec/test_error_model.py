@@ -92,12 +92,26 @@ def test_a_correct_folded_eval_forward_stays_within_the_bound(dtype, data):
 
 @pytest.mark.parametrize("n", [2**17, 10**6])
 @pytest.mark.parametrize("log10_condition", [0, 2, 3])
-def test_long_reductions_stay_within_the_bound(n, log10_condition):
-    """A million values per channel in float32, well and badly conditioned, by recursive-order bound."""
+def test_long_reductions_stay_within_the_bound_and_every_element_is_checked(n, log10_condition):
+    """A million values per channel in float32, well and badly conditioned, under the bound of NumPy's
+    pairwise summation, which the implementation uses: no element is excused as ill-conditioned."""
     means = np.array([10.0**log10_condition, -(10.0**log10_condition)])
     x = bst.values_with_moments((n, 2), 1, means, np.ones(2), seed=n + log10_condition, dtype="float32")
     i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2), beta=np.zeros(2), running=RunningStats.initial(2), momentum=0.1)
-    _assert_within(judge(Mode.TRAIN_FORWARD, _train(i), i, TORCH, precision_for("float32")))
+    results = judge(Mode.TRAIN_FORWARD, _train(i), i, TORCH, precision_for("float32", summation=NUMPY_PAIRWISE))
+    assert all(c.verdict is Verdict.CONFORMS for c in results.values())
+    assert results["y"].checked == x.size and results["y"].ill_conditioned == 0
+
+
+def test_an_undeclared_summation_at_a_long_reduction_checks_nothing_and_says_so():
+    """The worst-case (recursive) bound at n = 1e6 and |mean|/std = 20 is larger than the variance: y is
+    ill-conditioned, not 'conforming', and garbage is not explained as an unstable algorithm."""
+    x = bst.values_with_moments((10**6, 2), 1, np.array([20.0, -20.0]), np.ones(2), 3, "float32")
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2), beta=np.zeros(2), running=RunningStats.initial(2), momentum=0.1)
+    out = _train(i)
+    out["y"] = out["y"] * 1.5
+    y = judge(Mode.TRAIN_FORWARD, out, i, TORCH, precision_for("float32"))["y"]
+    assert y.verdict is Verdict.ILL_CONDITIONED and y.checked == 0
 
 
 # --------------------------------------------------------------- semantic differences stand far outside
@@ -183,3 +197,39 @@ def test_an_output_beyond_the_format_range_is_expected_to_round_to_infinity():
     assert judge(Mode.EVAL_FORWARD, ok, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.CONFORMS
     saturated = {"y": np.array([[-65504.0, ok["y"][0, 1]]])}
     assert judge(Mode.EVAL_FORWARD, saturated, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.NONFINITE_MISMATCH
+
+
+def test_a_result_at_the_float16_overflow_threshold_may_round_either_way():
+    """y = 65519.9987 +- 32 in float16: both Inf (PyTorch's answer) and 65504 are correct roundings."""
+    x = np.array([[65504.0, 1.0]], np.float16)
+    i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.ones(2, np.float32), beta=np.array([16.326172, 0.0], np.float32),
+               running=RunningStats(np.zeros(2, np.float32), np.ones(2, np.float32)))
+    for y0 in (np.inf, 65504.0):
+        observed = {"y": np.array([[y0, 1.0]])}
+        assert judge(Mode.EVAL_FORWARD, observed, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.CONFORMS
+    wrong_sign = {"y": np.array([[-np.inf, 1.0]])}
+    assert judge(Mode.EVAL_FORWARD, wrong_sign, i, TORCH, precision_for("float16"))["y"].verdict is Verdict.NONFINITE_MISMATCH
+
+
+def test_a_subnormal_variance_in_float32_stays_within_the_bound():
+    """std 1e-21: squares of the deviations are float32 subnormals; eps = 0 leaves nothing to hide behind."""
+    x = bst.values_with_moments((64, 1), 1, np.array([0.0]), np.array([1e-21]), 1, "float32")
+    i = Inputs(x=x, axis=1, eps=0.0, gamma=np.ones(1), beta=np.zeros(1))
+    out = impl.train(x, i.gamma, i.beta, np.zeros(1), np.ones(1), axis=1, eps=0.0, new_weight=0.1)
+    out = {q: out[q] for q in ("y", "saved_mean", "saved_var", "saved_invstd")}
+    _assert_within(judge(Mode.TRAIN_FORWARD, out, i, TORCH, precision_for("float32")))
+
+
+@pytest.mark.parametrize("decay", [0.99, 0.999, 0.9999])
+def test_a_hidden_state_zero_debiased_average_stays_within_the_bound(decay):
+    """Haiku/TF compute h_t / (1 - d**t) in float32; 1 - d**t cancels for d near 1, and the bound knows it."""
+    haiku, f = convention("haiku.BatchNorm"), np.float32
+    d = f(decay)
+    x1, x2 = (bst.values_with_moments((256, 2), 1, np.array([3.0, -1.0]), np.ones(2), s, "float32") for s in (1, 2))
+    m1, m2 = x1.mean(axis=0, dtype=f), x2.mean(axis=0, dtype=f)
+    h = (f(1) - d) * m1
+    a1 = h / (f(1) - d)
+    h = d * h + (f(1) - d) * m2
+    a2 = h / (f(1) - d ** f(2))
+    i = Inputs(x=x2, axis=1, eps=1e-5, running=RunningStats(a1.astype(np.float64), np.ones(2), 1), momentum=float(d))
+    assert judge(Mode.TRAIN_FORWARD, {"running_mean": a2}, i, haiku, precision_for("float32"))["running_mean"].verdict is Verdict.CONFORMS

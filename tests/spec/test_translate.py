@@ -80,3 +80,19 @@ def test_the_bessel_residual_size_is_the_measured_difference_after_a_full_weight
     b = forward_train(x, running=RunningStats.initial(3), convention=keras_bn, axis=1, eps=t.eps, momentum=t.momentum)
     (r,) = t.residuals
     np.testing.assert_allclose(a.running.var / b.running.var - 1, t.residual_size(r, n=n), rtol=1e-12)
+
+
+@pytest.mark.parametrize("source", ["keras.layers.BatchNormalization", "haiku.BatchNorm"])
+def test_momentum_none_is_refused_where_it_is_not_a_cumulative_average(source):
+    with pytest.raises(ValueError, match="needs a numeric momentum"):
+        translate(convention(source), convention("torch.nn.BatchNorm2d"), momentum=None)
+
+
+def test_running_statistics_only_on_the_target_side_are_a_residual():
+    t = translate(convention("tf.nn.batch_normalization"), convention("torch.nn.BatchNorm2d"), eps=1e-3)
+    assert [r.kind for r in t.residuals] == [ResidualKind.NO_RUNNING_STATS]
+
+
+def test_a_different_bessel_divisor_floor_is_a_residual():
+    t = translate(convention("torch.nn.BatchNorm2d"), convention("tf.compat.v1.nn.fused_batch_norm"))
+    assert ResidualKind.BESSEL_DIVISOR in {r.kind for r in t.residuals}
