@@ -16,6 +16,7 @@ variance error reaches 1/2, or whose intermediate sums overflow the compute or a
 """
 
 from dataclasses import dataclass, replace
+from functools import partial
 from enum import Enum
 
 import numpy as np
@@ -161,20 +162,19 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     rows = channels_first(x, axis)
     r = _Roundoff.of(p, stats.count)
     n, mu, var = stats.count, np.abs(stats.mean), stats.var
-    with np.errstate(invalid="ignore", over="ignore"):
-        d_mean = (r.reduction + 2 * r.compute) * np.abs(rows).mean(axis=1)
-        # squares and their mean may underflow: half the smallest subnormal each, a few times over
-        tiny = 4 * r.tiny_compute
-        if p.variance is VarianceAlgorithm.TWO_PASS:
-            d_var = (r.reduction + 4 * r.compute) * (var + d_mean**2) + d_mean**2 + tiny
-        else:
-            d_var = (r.reduction + 4 * r.compute) * var + r.reduction * np.sqrt(var * (var + mu**2)) + d_mean**2 + tiny
-        d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var + tiny
-        max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
-        max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
-        sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
-        overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
-        overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
+    d_mean = (r.reduction + 2 * r.compute) * np.abs(rows).mean(axis=1)
+    # squares and their mean may underflow: half the smallest subnormal each, a few times over
+    tiny = 4 * r.tiny_compute
+    if p.variance is VarianceAlgorithm.TWO_PASS:
+        d_var = (r.reduction + 4 * r.compute) * (var + d_mean**2) + d_mean**2 + tiny
+    else:
+        d_var = (r.reduction + 4 * r.compute) * var + r.reduction * np.sqrt(var * (var + mu**2)) + d_mean**2 + tiny
+    d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var + tiny
+    max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
+    max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
+    sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
+    overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
+    overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
     return StatisticsError(d_mean, d_var, d_var_one_pass, overflow, overflow_one_pass)
 
 
@@ -203,7 +203,7 @@ def _normalizer(var, d_var, overflow, eps: float, convention: Convention, r: _Ro
 
 def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundoff) -> tuple[np.ndarray, np.ndarray]:
     """(z, bound on its error) for z = (x - mean) * s, direct or folded as x * s - mean * s."""
-    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    b = partial(broadcast, ndim=x.ndim, axis=axis)
     z = (x - b(mean)) * b(norm.s)
     d_z = (
         b(norm.s * d_mean)
@@ -217,7 +217,7 @@ def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundof
 def _affine_output_error(z, d_z, gamma, beta, y, scaled, axis: int, r: _Roundoff) -> np.ndarray:
     """Bound on the error of y = gamma * z + beta rounded to the output format; `scaled` is |x| + |mean|,
     what a folded coefficient gamma * s multiplies."""
-    b = lambda v: broadcast(v, z.ndim, axis)  # noqa: E731
+    b = partial(broadcast, ndim=z.ndim, axis=axis)
     return (
         b(np.abs(gamma)) * d_z
         + 2 * r.compute * (np.abs(b(gamma) * z) + b(np.abs(beta)))
@@ -246,8 +246,8 @@ def _running_error(old, old_error, batch, batch_error, w: float, new, r: _Roundo
 
 
 @dataclass(frozen=True)
-class TrainBounds:
-    """Per-element bounds for every training-mode quantity, and the channels where none holds."""
+class Bounds:
+    """Per-element bounds for every quantity of a mode, and where no bound holds (ill-conditioned)."""
 
     bounds: dict[str, np.ndarray]
     ill: dict[str, np.ndarray]
@@ -274,7 +274,7 @@ def train_bounds(
     momentum,
     precision: Precision,
     one_pass: bool = False,
-) -> TrainBounds:
+) -> Bounds:
     """Bounds for the training forward (and backward, when dy is given) of a correct implementation.
 
     `one_pass` selects the E[x^2] - E[x]^2 variance model instead of the declared stable algorithm.
@@ -321,7 +321,7 @@ def train_bounds(
     if dy is not None:
         bounds.update(_train_backward_bounds(dy, gamma, z, d_z, norm, axis, r))
         ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=no_ill)
-    return TrainBounds(bounds, ill)
+    return Bounds(bounds, ill)
 
 
 def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _Roundoff) -> dict[str, np.ndarray]:
@@ -330,33 +330,33 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
     Bounds are on magnitudes of the terms, never relative to dx, which cancels to ~0 when dy is
     constant or proportional to z.
     """
-    b = lambda v: broadcast(v, dy.ndim, axis)  # noqa: E731
-    rows = lambda a: channels_first(a, axis)  # noqa: E731
+    b, rows = partial(broadcast, ndim=dy.ndim, axis=axis), partial(channels_first, axis=axis)
     g, gz = rows(dy), rows(dy * z)
-    n = g.shape[1]
     mean_g, mean_gz = g.mean(axis=1), gz.mean(axis=1)
     d_mean_g = (r.reduction + r.compute) * np.abs(g).mean(axis=1)
     d_mean_gz = (r.reduction + 2 * r.compute) * np.abs(gz).mean(axis=1) + (np.abs(g) * rows(d_z)).mean(axis=1)
     dx = b(gamma * norm.s) * (dy - b(mean_g) - z * b(mean_gz))
-    with np.errstate(invalid="ignore", over="ignore"):
-        d_dx = (
-            b(np.abs(gamma) * norm.s)
-            * (
-                b(d_mean_g)
-                + np.abs(z) * b(d_mean_gz)
-                + d_z * b(np.abs(mean_gz) + d_mean_gz)  # the last: second order, large where z ~ 0 and s is big
-                + 3 * r.compute * (np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
-            )
-            + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
-            + r.out * np.abs(dx)
-            + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)) + np.abs(z / b(norm.s)))
+    d_dx = (
+        b(np.abs(gamma) * norm.s)
+        * (
+            b(d_mean_g)
+            + np.abs(z) * b(d_mean_gz)
+            + d_z * b(np.abs(mean_gz) + d_mean_gz)  # the last: second order, large where z ~ 0 and s is big
+            + 3 * r.compute * (np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)))
         )
-    d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1)
-    d_dbeta = r.reduction * np.abs(g).sum(axis=1)
+        + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
+        + r.out * np.abs(dx)
+        + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)) + np.abs(z / b(norm.s)))
+    )
+    return {"dx": d_dx, **_parameter_gradient_bounds(g, gz, rows(d_z), r)}
+
+
+def _parameter_gradient_bounds(g, gz, d_z, r: _Roundoff) -> dict[str, np.ndarray]:
+    """dgamma = sum(dy z) and dbeta = sum(dy) per channel, from rows of dy, dy z and the bound on z."""
+    d_dgamma = (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * d_z).sum(axis=1)
     return {
-        "dx": d_dx,
         "dgamma": _stored(gz.sum(axis=1), d_dgamma, r),
-        "dbeta": _stored(g.sum(axis=1), d_dbeta, r),
+        "dbeta": _stored(g.sum(axis=1), r.reduction * np.abs(g).sum(axis=1), r),
     }
 
 
@@ -373,7 +373,7 @@ def eval_bounds(
     axis: int,
     eps: float,
     precision: Precision,
-) -> TrainBounds:
+) -> Bounds:
     """Bounds for the eval forward y = gamma (x - running.mean) s(running.var) + beta and its gradients.
 
     The running statistics are exact inputs here; only the elementwise arithmetic rounds.
@@ -386,14 +386,9 @@ def eval_bounds(
     bounds = {"y": _affine_output_error(z, d_z, gamma, beta, y, _scaled(x, running.mean, axis), axis, r)}
     ill = {"y": _ill_per_element(norm.ill, x.shape, axis)}
     if dy is not None:
-        b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
-        rows = lambda a: channels_first(a, axis)  # noqa: E731
+        b, rows = partial(broadcast, ndim=x.ndim, axis=axis), partial(channels_first, axis=axis)
         dx = dy * b(gamma * norm.s)
-        g, gz = rows(dy), rows(dy * z)
         bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.underflow(np.abs(dy))
-        bounds["dgamma"] = _stored(
-            gz.sum(axis=1), (r.reduction + r.compute) * np.abs(gz).sum(axis=1) + (np.abs(g) * rows(d_z)).sum(axis=1), r
-        )
-        bounds["dbeta"] = _stored(g.sum(axis=1), r.reduction * np.abs(g).sum(axis=1), r)
+        bounds.update(_parameter_gradient_bounds(rows(dy), rows(dy * z), rows(d_z), r))
         ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=np.zeros_like(norm.ill))
-    return TrainBounds(bounds, ill)
+    return Bounds(bounds, ill)

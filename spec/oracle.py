@@ -9,6 +9,7 @@ to float64 exactly; every result is float64. Conventions (`spec.conventions`) ch
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def inverse_std_derivative(var, eps: float, placement: EpsPlacement = EpsPlaceme
 def normalize(x, mean, invstd, gamma, beta, axis: int) -> np.ndarray:
     """y = gamma * (x - mean) * invstd + beta, per channel."""
     x = as_float64(x, "x")
-    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    b = partial(broadcast, ndim=x.ndim, axis=axis)
     # gamma multiplies last: a tiny gamma must not turn an intermediate subnormal and lose its digits
     return (x - b(mean)) * b(invstd) * b(gamma) + b(beta)
 
@@ -313,7 +314,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     e = effective_eps(convention, eps)
     s = inverse_std(var, e, convention.eps_placement)
     ds = inverse_std_derivative(var, e, convention.eps_placement)
-    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    b = partial(broadcast, ndim=x.ndim, axis=axis)
     centered = x - b(stats.mean)
     dy_rows, centered_rows = channels_first(dy, axis), channels_first(centered, axis)
     sum_dy = dy_rows.sum(axis=1)
@@ -337,7 +338,7 @@ def backward_eval(
     running = _checked_running(running, channels)
     s = inverse_std(running.var, effective_eps(convention, eps), convention.eps_placement)
     xhat = normalize(x, running.mean, s, np.ones(channels), np.zeros(channels), axis)
-    b = lambda v: broadcast(v, x.ndim, axis)  # noqa: E731
+    b = partial(broadcast, ndim=x.ndim, axis=axis)
     return Gradients(
         dy * b(s) * b(g),
         channels_first(dy * xhat, axis).sum(axis=1),
