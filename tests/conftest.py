@@ -24,3 +24,16 @@ def pytest_terminal_summary(terminalreporter):
     stale = module.stale_discrepancies()
     if stale:
         terminalreporter.write_line(f"bnconf: known discrepancies no case needed in this run (stale?): {', '.join(stale)}")
+
+
+def pytest_addoption(parser):
+    """Which backends, devices and dtypes the backend tests run (environment variables work too)."""
+    group = parser.getgroup("bnconf")
+    group.addoption("--bnconf-backend", action="append", default=[], metavar="TARGET",
+                    help="module:attribute or path/to/file.py:attribute naming a backend to test instead of the "
+                         "built-ins (repeatable; env BNCONF_BACKENDS, comma-separated)")
+    group.addoption("--bnconf-device", action="append", default=[], metavar="DEVICE",
+                    help="only these devices, e.g. cpu or cuda (repeatable; env BNCONF_DEVICES)")
+    group.addoption("--bnconf-dtype", action="append", default=[], metavar="DTYPE",
+                    help="only these dtypes (repeatable; env BNCONF_DTYPES)")
+

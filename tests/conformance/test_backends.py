@@ -10,23 +10,32 @@ from hypothesis import given, note, settings, target
 from hypothesis import strategies as st
 
 from bnconf.adapters.protocol import unavailable
-from bnconf.adapters.registry import discover
+from bnconf.conformance import selection
 from bnconf.conformance.cases import case_inputs
 from bnconf.conformance.discrepancies import REGISTRY
 from bnconf.conformance.engine import assess
 
-BACKENDS, UNAVAILABLE = discover()
-CELLS = [
-    pytest.param(b, device, dtype, mode, id=f"{b.name}-{device}-{dtype}-{mode.value}")
-    for b in BACKENDS
-    for device in b.devices
-    for dtype in b.dtypes
-    for mode in sorted(b.modes, key=lambda m: m.value)
-]
 DISCREPANCIES_SEEN: set[str] = set()  # read by conftest.py at the end of the session to report stale entries
 
 
-@pytest.mark.parametrize("family, reason", [(u.name, u.reason) for u in UNAVAILABLE])
+def _selection(config):
+    targets = selection.choice(config.getoption("bnconf_backend"), "backend")
+    found, unavailable_families = selection.backends(targets)
+    devices = selection.choice(config.getoption("bnconf_device"), "device")
+    dtypes = selection.choice(config.getoption("bnconf_dtype"), "dtype")
+    return selection.cells(found, devices, dtypes), unavailable_families
+
+
+def pytest_generate_tests(metafunc):
+    cells, unavailable_families = _selection(metafunc.config)
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend, device, dtype, mode", [
+            pytest.param(*cell, id=f"{cell[0].name}-{cell[1]}-{cell[2]}-{cell[3].value}") for cell in cells
+        ])
+    if "family" in metafunc.fixturenames:
+        metafunc.parametrize("family, reason", [(u.name, u.reason) for u in unavailable_families])
+
+
 def test_an_unavailable_backend_family_is_skipped_with_its_reason(family, reason):
     pytest.skip(f"{family}: {reason}")
 
@@ -36,7 +45,6 @@ def _describe(c) -> str:
             f"(observed {c.observed!r}, expected {c.expected!r}, bound {c.bound!r})")
 
 
-@pytest.mark.parametrize("backend, device, dtype, mode", CELLS)
 @settings(max_examples=max(5, settings().max_examples // 6))  # many cells: a sixth of the profile each
 @given(data=st.data())
 def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):

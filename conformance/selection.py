@@ -1,0 +1,30 @@
+"""Which backends, devices and dtypes a run covers: shared by the pytest options and the command line."""
+
+import os
+
+from ..adapters.registry import discover, load
+
+
+def choice(values: list[str], name: str) -> list[str]:
+    """`values` if given, else the comma-separated environment variable BNCONF_<NAME>S."""
+    return list(values) or [v for v in os.environ.get(f"BNCONF_{name.upper()}S", "").split(",") if v]
+
+
+def backends(targets: list[str]):
+    """(backends, unavailable families): the named targets, or every built-in and installed backend."""
+    if targets:
+        return [b for t in targets for b in load(t)], []
+    return discover()
+
+
+def cells(backends_, devices: list[str], dtypes: list[str]):
+    """(backend, device, dtype, mode) for every combination a backend declares and the run selects."""
+    return [
+        (b, device, dtype, mode)
+        for b in backends_
+        for device in b.devices
+        if not devices or device in devices
+        for dtype in b.dtypes
+        if not dtypes or dtype in dtypes
+        for mode in sorted(b.modes, key=lambda m: m.value)
+    ]

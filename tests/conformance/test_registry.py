@@ -1,0 +1,70 @@
+"""Finding backends: built-ins, entry points, module:attribute and file.py:attribute; clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bnconf.adapters import registry
+from bnconf.adapters.protocol import BackendError, check_backend
+from bnconf.conformance.engine import assess
+from bnconf.spec import Inputs, Mode, RunningStats, Verdict
+
+EXAMPLE = Path(__file__).parents[2] / "adapters" / "example_numpy.py"
+
+
+@pytest.mark.parametrize("target", [f"{EXAMPLE}:BACKEND", "bnconf.adapters.example_numpy:BACKEND"])
+def test_a_backend_loads_from_a_file_or_a_module_and_conforms(target):
+    (backend,) = registry.load(target)
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 3, 4))
+    inputs = Inputs(x=x, axis=1, eps=1e-5, running=RunningStats.initial(3), momentum=0.1)
+    for mode in backend.modes:
+        a = assess(backend, mode, inputs, "float32", "cpu")
+        assert a.discrepancy is None and all(c.verdict is Verdict.CONFORMS for c in a.declared.values())
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no_colon_here", "expected module:attribute"),
+        ("bnconf.adapters.example_numpy:NOPE", "has no attribute 'NOPE'"),
+        ("bnconf_no_such_module_xyz:BACKEND", "cannot import bnconf_no_such_module_xyz"),
+        ("/no/such/file.py:BACKEND", "no file"),
+        ("bnconf.spec:CONVENTIONS", "has no attribute 'name'|must be a"),
+    ],
+)
+def test_a_bad_target_is_named_with_the_reason(target, message):
+    with pytest.raises((registry.TargetError, BackendError), match=message):
+        registry.load(target)
+
+
+def test_a_backend_missing_part_of_the_protocol_is_named():
+    class Half:
+        name = "half"
+
+    with pytest.raises(BackendError, match="has no attribute 'convention'"):
+        check_backend(Half())
+
+
+def test_a_builtin_whose_framework_is_missing_is_unavailable_with_the_reason(monkeypatch, tmp_path):
+    adapter = tmp_path / "fake_adapter.py"
+    adapter.write_text("import fakeframework_not_installed\nBACKENDS = []\n")
+    monkeypatch.setattr(registry, "BUILTIN", {"fake": (f"{adapter}:BACKENDS", "fake")})
+    found, missing = registry.discover()
+    assert [(m.name, m.reason) for m in missing] == [
+        ("fake", "fakeframework_not_installed is not installed (pip install 'bnconf[fake]')")
+    ]
+
+
+def test_the_pytorch_builtins_are_found_when_torch_is_installed():
+    pytest.importorskip("torch")
+    found, _ = registry.discover()
+    assert {"torch.nn.functional.batch_norm", "torch.nn.BatchNorm2d[channels_last]"} <= {b.name for b in found}
+
+
+def test_importing_the_registry_imports_no_framework():
+    code = "import sys, bnconf.adapters.registry, bnconf.conformance.engine; print([m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
