@@ -66,8 +66,9 @@ def train(
 
 
 @np.errstate(all="ignore")  # overflow and NaN are part of what the tests probe
-def backward(dy, x, gamma, *, axis, eps, compute="float32"):
-    """Training backward in `compute`: dx = gamma s (dy - mean(dy) - z mean(dy z))."""
+def backward(dy, x, gamma, *, axis, eps, compute="float32", dgamma_without_invstd=False):
+    """Training backward in `compute`: dx = gamma s (dy - mean(dy) - z mean(dy z)); the switch returns
+    dgamma = sum(dy (x - mean)), a known mistake that forgets the 1/std factor."""
     ct = np.dtype(compute)
     xc, gc = np.asarray(x).astype(ct), np.asarray(dy).astype(ct)
     rows = _rows(xc, axis)
@@ -82,7 +83,7 @@ def backward(dy, x, gamma, *, axis, eps, compute="float32"):
     dx = _b(gam * invstd, x.ndim, axis) * (gc - _b(mean_g, x.ndim, axis) - z * _b(mean_gz, x.ndim, axis))
     return {
         "dx": round_to(dx, np.asarray(x).dtype.name),
-        "dgamma": gz_rows.sum(axis=1, dtype=ct),
+        "dgamma": gz_rows.sum(axis=1, dtype=ct) / (invstd if dgamma_without_invstd else ct.type(1)),
         "dbeta": g_rows.sum(axis=1, dtype=ct),
     }
 
