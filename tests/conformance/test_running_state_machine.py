@@ -1,0 +1,88 @@
+"""Running statistics under any sequence of training steps, eval steps and resets (a Hypothesis state machine).
+
+After every step the backend's running mean, variance and batch counter equal the oracle's, within the
+error model's bound accumulated over the steps, and an eval step never changes them.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from bnconf.adapters.protocol import declared_precision, unavailable
+from bnconf.adapters.registry import discover
+from bnconf.conformance import strategies as bst
+from bnconf.conformance.engine import prepare, request
+from bnconf.conformance.mutants import REFERENCE
+from bnconf.spec import Inputs, Mode, RunningStats, Verdict, expected, judge
+
+DTYPE, DEVICE, CHANNELS = "float32", "cpu", 3
+STATEFUL = [b for b in discover()[0] + [REFERENCE]
+            if {Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD} <= b.modes and b.convention.tracks_running_stats
+            and DTYPE in b.dtypes and not unavailable(b, DEVICE)]
+
+
+def machine_for(backend):
+    precision = declared_precision(backend, DTYPE, DEVICE)
+    shape_rank = min(r for r in backend.convention.ranks if r >= 2)
+    shape = (6, CHANNELS, *[2] * (shape_rank - 2))
+    momenta = [0.1, 0.9] + ([None] if backend.convention.cumulative_average else [])
+
+    class RunningStatistics(RuleBasedStateMachine):
+        @initialize(momentum=st.sampled_from(momenta))
+        def start(self, momentum):
+            self.momentum = momentum
+            self.reset()
+
+        @rule()
+        def reset(self):
+            self.backend_state = self.oracle_state = RunningStats.initial(CHANNELS)
+            self.error = RunningStats(np.zeros(CHANNELS), np.zeros(CHANNELS))
+
+        def _inputs(self, x, state, error=None):
+            return prepare(Inputs(x=x, axis=1, eps=1e-5, running=state, momentum=self.momentum, running_error=error), precision)
+
+        @rule(x=bst.batches(shape, 1, allow_constant=False, max_log10_condition=2.0))
+        def train_step(self, x):
+            out = backend.run(Mode.TRAIN_FORWARD, request(self._inputs(x, self.backend_state), DTYPE, DEVICE))
+            oracle_inputs = self._inputs(x, self.oracle_state, self.error)
+            exp = expected(Mode.TRAIN_FORWARD, oracle_inputs, backend.convention, precision)
+            results = judge(Mode.TRAIN_FORWARD, {"running_mean": out.running_mean, "running_var": out.running_var},
+                            oracle_inputs, backend.convention, precision)
+            assert all(c.verdict is Verdict.CONFORMS for c in results.values()), results
+            if out.batches_seen is not None:
+                assert out.batches_seen == self.oracle_state.count + 1
+            count = self.oracle_state.count + 1
+            self.backend_state = RunningStats(out.running_mean, out.running_var, count)
+            self.oracle_state = RunningStats(exp["running_mean"].value, exp["running_var"].value, count)
+            self.error = RunningStats(exp["running_mean"].bound, exp["running_var"].bound)
+
+        @precondition(lambda self: self.oracle_state.count > 0)
+        @rule(x=bst.batches(shape, 1, allow_constant=False, max_log10_condition=2.0))
+        def eval_step(self, x):
+            before = self.backend_state
+            out = backend.run(Mode.EVAL_FORWARD, request(self._inputs(x, self.backend_state), DTYPE, DEVICE))
+            assert out.running_mean is None and out.running_var is None, "eval returned updated running statistics"
+            assert self.backend_state is before
+
+        @invariant()
+        def counts_agree(self):
+            if hasattr(self, "backend_state"):
+                assert self.backend_state.count == self.oracle_state.count
+
+    RunningStatistics.TestCase.settings = settings(max_examples=max(5, settings().max_examples // 6), stateful_step_count=12, deadline=None)
+    return RunningStatistics.TestCase
+
+
+@pytest.mark.parametrize("backend", STATEFUL, ids=[b.name for b in STATEFUL])
+def test_running_statistics_follow_the_oracle_through_any_sequence(backend):
+    machine_for(backend)("runTest").runTest()
+
+
+@pytest.mark.parametrize("mistake", ["running statistics not updated", "momentum style reversed", "biased running variance"])
+def test_the_state_machine_catches_running_statistics_mistakes(mistake):
+    from bnconf.conformance.mutants import MUTANTS
+
+    with pytest.raises(AssertionError, match="running_(mean|var)"):
+        machine_for(MUTANTS[mistake].backend)("runTest").runTest()
