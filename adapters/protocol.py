@@ -10,8 +10,9 @@ A backend is any object with these attributes and a `run` method (no base class 
     run(mode, request) -> Outputs
 
 and optionally `channel_axes` (the channel axes it accepts; default: the convention's), `precision(dtype,
-device)` (its declared arithmetic, a `spec.Precision`; default `spec.precision_for(dtype)`) and
-`unavailable(device)` (None, or why that device cannot run now, e.g. "no CUDA device").
+device)` (its declared arithmetic, a `spec.Precision`; default `spec.precision_for(dtype)`),
+`unavailable(device)` (None, or why that device cannot run now, e.g. "no CUDA device") and `versions()`
+(the versions of what it wraps, for reports).
 
 bnconf gives the backend NumPy float64 arrays whose values are exactly representable in `request.dtype`,
 and momentum and eps in the backend's own convention; the backend converts to and from its own tensors

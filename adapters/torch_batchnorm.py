@@ -45,6 +45,9 @@ class _TorchBackend:
         self.name = name + ("[channels_last]" if channels_last else "")
         self.channels_last = channels_last
 
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
     def unavailable(self, device: str) -> str | None:
         if device == "cuda" and not torch.cuda.is_available():
             return "no CUDA device on this machine"

@@ -1,5 +1,6 @@
 """The `bnconf` command line.
 
+    bnconf report         run the conformance battery over every available backend, write the report
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
 
@@ -33,9 +34,55 @@ def _conventions(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    import platform
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..conformance import battery, selection
+    from . import render
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".{args.name}.write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        print(f"bnconf report: cannot write to {out}: {e.strerror or e}; pick another folder with --out", file=sys.stderr)
+        return 2
+    found, missing = selection.backends(selection.choice(args.backend, "backend"))
+    cells = selection.cells(found, selection.choice(args.device, "device"), selection.choice(args.dtype, "dtype"))
+    for u in missing:
+        print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
+    results = battery.run_battery(cells, args.examples, args.seed, progress=lambda line: print(line, file=sys.stderr))
+    environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+    for b in found:
+        environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
+    ok = battery.conforms(results)
+    common = (results, environment, args.seed, args.examples, ok)
+    (out / f"{args.name}.md").write_text(render.markdown(*common))
+    (out / f"{args.name}.html").write_text(render.html_page(*common))
+    (out / f"{args.name}.json").write_text(render.json_document(*common))
+    print(render.terminal(results))
+    print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
+    return 0 if ok else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance checker")
     sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="run the conformance battery and write the discrepancy report")
+    report.add_argument("--backend", action="append", default=[], metavar="TARGET",
+                        help="module:attribute or path.py:attribute (repeatable); default: every available backend")
+    report.add_argument("--device", action="append", default=[], help="only these devices (repeatable)")
+    report.add_argument("--dtype", action="append", default=[], help="only these dtypes (repeatable)")
+    report.add_argument("--examples", type=int, default=20, help="Hypothesis examples per cell (default 20)")
+    report.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
+    report.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
+    report.add_argument("--name", default="report", help="file name stem (default report)")
+    report.set_defaults(run=_report)
     sub.add_parser("selfcheck", help="check the oracle against independent computations").set_defaults(run=_selfcheck)
     sub.add_parser("conventions", help="list the convention records").set_defaults(run=_conventions)
     args = parser.parse_args(argv)

@@ -1,0 +1,127 @@
+"""The conformance battery behind `bnconf report`: every selected cell explored by Hypothesis, worst cases kept.
+
+For each (backend, device, dtype, mode) cell, Hypothesis draws `examples` cases from the same strategies
+the pytest suite uses, targets the largest error/bound ratio, and every quantity keeps its worst case.
+The result is plain data (`CellResult`, `QuantityRow`) that the renderers turn into tables and JSON.
+A fixed seed gives the same cases, so the same report.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, seed, settings, target
+
+from ..adapters.protocol import unavailable
+from ..spec import Inputs, Verdict
+from .cases import case_inputs
+from .engine import ACCEPTED, assess
+
+
+@dataclass
+class QuantityRow:
+    """The worst case of one quantity in one cell."""
+
+    quantity: str
+    verdict: str  # conforms / known discrepancy / ill-conditioned / NON-CONFORMANT (+ the spec verdict)
+    max_error: float = 0.0
+    max_ratio: float = 0.0
+    max_ulp: float = 0.0
+    detail: str = ""
+    worst_input: str = ""
+    discrepancy: str = ""
+    examples: int = 0
+    failures: int = 0
+
+
+@dataclass
+class CellResult:
+    backend: str
+    convention: str
+    device: str
+    dtype: str
+    mode: str
+    status: str  # "ran", "unsupported", "error"
+    reason: str = ""
+    seconds: float = 0.0
+    rows: list[QuantityRow] = field(default_factory=list)
+
+
+def describe(inputs: Inputs) -> str:
+    """A one-line summary of a case: shape, axis, eps, momentum, affine and running, worst |mean|/std."""
+    x = np.asarray(inputs.x, dtype=np.float64)
+    rows = np.moveaxis(x, inputs.axis, 0).reshape(x.shape[inputs.axis], -1)
+    std = rows.std(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(std > 0, np.abs(rows.mean(axis=1)) / std, np.inf)
+    parts = [f"shape={x.shape}", f"axis={inputs.axis}", f"eps={inputs.eps:.3g}", f"momentum={inputs.momentum}",
+             f"affine={'on' if inputs.gamma is not None else 'off'}",
+             f"running={'on' if inputs.running is not None else 'off'}", f"max|mean|/std={np.max(kappa):.3g}"]
+    return " ".join(parts)
+
+
+def _record(rows: dict, assessment, inputs: Inputs) -> None:
+    recorded = assessment.recorded or {}
+    problems = assessment.problems()
+    for q, c in assessment.declared.items():
+        row = rows.setdefault(q, QuantityRow(q, "conforms"))
+        row.examples += 1
+        known = assessment.discrepancy is not None and q in assessment.discrepancy.quantities and c.verdict not in ACCEPTED
+        judged = recorded.get(q, c) if known else c
+        if q in problems:
+            row.failures += 1
+        if c.max_ratio >= row.max_ratio:
+            row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
+            row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
+            row.detail, row.worst_input = c.detail, describe(inputs)
+        if q in problems:
+            row.verdict = f"NON-CONFORMANT ({judged.verdict.value})"
+        elif known and not row.verdict.startswith("NON"):
+            row.verdict, row.discrepancy = "known discrepancy", assessment.discrepancy.id
+        elif c.verdict is Verdict.ILL_CONDITIONED and row.verdict == "conforms":
+            row.verdict = "ill-conditioned"
+
+
+def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: int) -> CellResult:
+    cell = CellResult(backend.name, backend.convention.name, device, dtype, mode.value, "ran")
+    reason = unavailable(backend, device)
+    if reason:
+        cell.status, cell.reason = "unsupported", reason
+        return cell
+    rows: dict[str, QuantityRow] = {}
+    errors: list[str] = []
+    start = time.perf_counter()
+
+    @seed(run_seed)
+    @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
+              phases=[Phase.generate, Phase.target], suppress_health_check=list(HealthCheck))
+    @given(case_inputs(backend, mode))
+    def explore(inputs):
+        try:
+            a = assess(backend, mode, inputs, dtype, device)
+        except Exception as e:  # a backend that raises is reported, with the input, and the cell goes on
+            errors.append(f"{type(e).__name__}: {e} [{describe(inputs)}]")
+            return
+        _record(rows, a, inputs)
+        target(max((c.max_ratio for c in a.declared.values()), default=0.0))
+
+    explore()
+    cell.seconds = time.perf_counter() - start
+    cell.rows = sorted(rows.values(), key=lambda r: r.quantity)
+    if errors:
+        cell.status, cell.reason = "error", f"{len(errors)} case(s) raised; first: {errors[0]}"
+    return cell
+
+
+def run_battery(cells, examples: int, run_seed: int, progress=None) -> list[CellResult]:
+    results = []
+    for i, (backend, device, dtype, mode) in enumerate(cells, 1):
+        if progress:
+            progress(f"[{i}/{len(cells)}] {backend.name} {device} {dtype} {mode.value}")
+        results.append(run_cell(backend, device, dtype, mode, examples, run_seed))
+    return results
+
+
+def conforms(results: list[CellResult]) -> bool:
+    """True when every quantity conforms, is ill-conditioned or is a recorded discrepancy, and nothing raised."""
+    return all(c.status != "error" and not any(r.verdict.startswith("NON") for r in c.rows) for c in results)

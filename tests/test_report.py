@@ -1,0 +1,48 @@
+"""`bnconf report`: files written, exit status, determinism, and a clear error for an unwritable folder."""
+
+import json
+
+from bnconf.reports.cli import main
+
+EXAMPLE = "bnconf.adapters.example_numpy:BACKEND"
+
+
+def _strip_timings(doc):
+    doc.pop("seconds_per_backend")
+    for cell in doc["cells"]:
+        cell.pop("seconds")
+    return doc
+
+
+def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
+    assert main(["report", "--backend", EXAMPLE, "--examples", "5", "--out", str(tmp_path), "--name", "t"]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"t.md", "t.html", "t.json"}
+    doc = json.loads((tmp_path / "t.json").read_text())
+    assert doc["format"] == "bnconf-report/1" and doc["conforms"] is True
+    assert {c["mode"] for c in doc["cells"]} == {"train_forward", "eval_forward"}
+    assert "conforms" in capsys.readouterr().out
+
+
+def test_the_same_seed_gives_the_same_report_but_for_timings(tmp_path):
+    for name in ("a", "b"):
+        main(["report", "--backend", EXAMPLE, "--examples", "8", "--seed", "3", "--out", str(tmp_path), "--name", name])
+    a, b = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in ("a", "b"))
+    assert a == b
+
+
+def test_a_wrong_backend_gives_exit_1_and_names_the_quantity(tmp_path):
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("from bnconf.conformance.mutants import MUTANTS\nBACKEND = MUTANTS['eps outside the square root'].backend\n")
+    assert main(["report", "--backend", f"{wrong}:BACKEND", "--dtype", "float32", "--examples", "30",
+                 "--out", str(tmp_path), "--name", "w"]) == 1
+    doc = json.loads((tmp_path / "w.json").read_text())
+    bad = {(c["mode"], r["quantity"]) for c in doc["cells"] for r in c["rows"] if r["verdict"].startswith("NON")}
+    assert ("train_forward", "y") in bad
+
+
+def test_an_unwritable_report_folder_is_a_one_line_error_with_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["report", "--backend", EXAMPLE, "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and err.count("\n") == 1
