@@ -55,6 +55,14 @@ def _import_target(target: str):
     return getattr(module, attr)
 
 
+_ORIGINS: dict[int, str] = {}
+
+
+def origin(backend) -> str | None:
+    """The target a loaded backend came from, so that a saved case can load it again."""
+    return _ORIGINS.get(id(backend))
+
+
 def load(target: str) -> list:
     """The backends named by `target`, each checked against the protocol."""
     try:
@@ -68,6 +76,7 @@ def load(target: str) -> list:
     backends = list(obj) if isinstance(obj, (list, tuple)) else [obj]
     for b in backends:
         check_backend(b)
+        _ORIGINS[id(b)] = target
     return backends
 
 

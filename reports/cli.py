@@ -1,6 +1,7 @@
 """The `bnconf` command line.
 
     bnconf report         run the conformance battery over every available backend, write the report
+    bnconf replay DIR     rerun a failing case the test suite saved as a folder
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
 
@@ -70,6 +71,12 @@ def _report(args) -> int:
     return 0 if ok else 1
 
 
+def _replay(args) -> int:
+    from ..conformance.repro import print_replay
+
+    return print_replay(args.folder)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance checker")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +90,9 @@ def main(argv=None) -> int:
     report.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
     report.add_argument("--name", default="report", help="file name stem (default report)")
     report.set_defaults(run=_report)
+    replay = sub.add_parser("replay", help="rerun a failing case saved by the test suite")
+    replay.add_argument("folder", help="a folder written by a failing conformance test (bnconf-repro/...)")
+    replay.set_defaults(run=_replay)
     sub.add_parser("selfcheck", help="check the oracle against independent computations").set_defaults(run=_selfcheck)
     sub.add_parser("conventions", help="list the convention records").set_defaults(run=_conventions)
     args = parser.parse_args(argv)

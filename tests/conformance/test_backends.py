@@ -5,8 +5,11 @@ convention, the tolerance from the error model for its declared precision. A cas
 discrepancy is checked against the recorded behaviour instead, for the quantities the record names.
 """
 
+import os
+
 import pytest
 from hypothesis import given, note, settings, target
+from hypothesis.control import current_build_context
 from hypothesis import strategies as st
 
 from bnconf.adapters.protocol import unavailable
@@ -14,6 +17,7 @@ from bnconf.conformance import selection
 from bnconf.conformance.cases import case_inputs
 from bnconf.conformance.discrepancies import REGISTRY
 from bnconf.conformance.engine import assess
+from bnconf.conformance.repro import save_case
 
 DISCREPANCIES_SEEN: set[str] = set()  # read by conftest.py at the end of the session to report stale entries
 
@@ -59,6 +63,9 @@ def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
         if a.discrepancy_seen:
             DISCREPANCIES_SEEN.add(a.discrepancy.id)
     problems = {q: _describe(c) for q, c in a.problems().items()}
+    if problems and current_build_context().is_final:  # the shrunk example, reported once
+        folder = save_case(os.environ.get("BNCONF_REPRO_DIR", "bnconf-repro"), backend, mode, inputs, dtype, device)
+        problems["replay"] = f"bnconf replay {folder}   (or: python {folder / 'repro.py'})"
     assert not problems, problems
 
 
