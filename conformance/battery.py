@@ -95,7 +95,7 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     @seed(run_seed)
     @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
               phases=[Phase.generate, Phase.target], suppress_health_check=list(HealthCheck))
-    @given(case_inputs(backend, mode))
+    @given(case_inputs(backend, mode, dtype))
     def explore(inputs):
         try:
             a = assess(backend, mode, inputs, dtype, device)

@@ -20,11 +20,12 @@ def _move_channels(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
 
 
 @st.composite
-def case_inputs(draw, backend, mode: Mode, max_size: int = 2048):
+def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int = 2048):
     """Inputs `backend` accepts for `mode`: its ranks and channel axes, affine on or off, running statistics
     (required in eval), momentum in its own convention (None where it means a cumulative average).
 
-    Training cases have at least two values per channel: one value is an edge case with its own rules."""
+    Training cases have at least two values per channel, and values stay within `dtype`'s range: one value
+    per channel and infinite inputs are edge cases with their own rules."""
     conv = backend.convention
     ranks = tuple(r for r in conv.ranks if 2 <= r <= 5)
     shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size))
@@ -33,7 +34,7 @@ def case_inputs(draw, backend, mode: Mode, max_size: int = 2048):
     axis = draw(st.sampled_from(channel_axes(backend)))
     shape = _move_channels(shape, axis)
     c = shape[axis]
-    x = draw(bst.batches(shape, axis, allow_constant=True))
+    x = np.asarray(draw(bst.batches(shape, axis, dtype, allow_constant=True)), dtype=np.float64)
     gamma, beta = draw(bst.affine_params(c)) if draw(st.booleans()) else (None, None)
     running = None
     if conv.tracks_running_stats and (mode not in TRAINING or draw(st.booleans())):

@@ -34,7 +34,9 @@ def pytest_generate_tests(metafunc):
     cells, unavailable_families = _selection(metafunc.config)
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend, device, dtype, mode", [
-            pytest.param(*cell, id=f"{cell[0].name}-{cell[1]}-{cell[2]}-{cell[3].value}") for cell in cells
+            pytest.param(*cell, id=f"{cell[0].name}-{cell[1]}-{cell[2]}-{cell[3].value}",
+                         marks=[pytest.mark.gpu] if cell[1] != "cpu" else [])
+            for cell in cells
         ])
     if "family" in metafunc.fixturenames:
         metafunc.parametrize("family, reason", [(u.name, u.reason) for u in unavailable_families])
@@ -55,7 +57,7 @@ def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
     reason = unavailable(backend, device)
     if reason:
         pytest.skip(reason)
-    inputs = data.draw(case_inputs(backend, mode), label="inputs")
+    inputs = data.draw(case_inputs(backend, mode, dtype), label="inputs")
     a = assess(backend, mode, inputs, dtype, device)
     target(max((c.max_ratio for c in a.declared.values()), default=0.0), label="max error / bound")
     if a.discrepancy is not None:
