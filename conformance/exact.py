@@ -117,12 +117,16 @@ def inverse_std(var, eps, eps_outside: bool = False, ctx=HP):
     return 1 / (ctx.sqrt(v) + e) if eps_outside else 1 / ctx.sqrt(v + e)
 
 
+def _train_inputs(x, gamma, beta, axis: int):
+    """x as float64, its flat values, exact per-channel statistics, and gamma and beta as lists."""
+    x = np.asarray(x, dtype=np.float64)
+    stats = batch_stats(x, axis)
+    return x, x.ravel(), stats, per_channel(gamma, len(stats), 1.0), per_channel(beta, len(stats), 0.0)
+
+
 def train_forward(x, gamma=None, beta=None, *, axis: int, eps: float, eps_outside=False, unbiased=False):
     """Training-mode y (normalized with the batch's own statistics) as an object array of HP numbers."""
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.ravel()
-    stats = batch_stats(x, axis)
-    g, b = per_channel(gamma, len(stats), 1.0), per_channel(beta, len(stats), 0.0)
+    x, flat, stats, g, b = _train_inputs(x, gamma, beta, axis)
     y = np.empty(x.size, dtype=object)
     for c, idx in enumerate(channel_indices(x.shape, axis)):
         s = inverse_std(stats[c].variance(unbiased), eps, eps_outside)
@@ -364,10 +368,7 @@ def train_output_bounds(x, gamma=None, beta=None, *, axis, eps, eps_outside=Fals
     from the float64 variance (off by `variance_error_bound`, the corrected two-pass algorithm). Returns
     an object array of HP bounds in x's shape.
     """
-    x = np.asarray(x, dtype=np.float64)
-    flat = x.ravel()
-    stats = batch_stats(x, axis)
-    g, b = per_channel(gamma, len(stats), 1.0), per_channel(beta, len(stats), 0.0)
+    x, flat, stats, g, b = _train_inputs(x, gamma, beta, axis)
     out = np.empty(x.size, dtype=object)
     for c, idx in enumerate(channel_indices(x.shape, axis)):
         st = stats[c]
