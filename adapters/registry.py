@@ -47,7 +47,11 @@ def _import_target(target: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # no half-imported module left behind
+            raise
     else:
         module = importlib.import_module(module_part)
     if not hasattr(module, attr):
@@ -74,9 +78,11 @@ def load(target: str) -> list:
     except Exception as e:  # a user's module failing at import: say so in one line
         raise TargetError(f"{target!r}: importing it raised {type(e).__name__}: {e}") from e
     backends = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    module_part, _, attr = target.rpartition(":")
+    where = f"{Path(module_part).resolve()}:{attr}" if module_part.endswith(".py") else target
     for b in backends:
         check_backend(b)
-        _ORIGINS[id(b)] = target
+        _ORIGINS[id(b)] = where  # absolute for files, so that a saved case replays from anywhere
     return backends
 
 

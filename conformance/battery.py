@@ -7,6 +7,7 @@ A fixed seed gives the same cases, so the same report.
 """
 
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,12 +69,15 @@ def _record(rows: dict, assessment, inputs: Inputs) -> None:
         row.examples += 1
         known = assessment.discrepancy is not None and q in assessment.discrepancy.quantities and c.verdict not in ACCEPTED
         judged = recorded.get(q, c) if known else c
-        if q in problems:
+        failing = q in problems
+        if failing:
             row.failures += 1
-        if c.max_ratio >= row.max_ratio:
+        # the row shows the worst failing case once there is one, else the worst accepted case
+        if (failing and (row.failures == 1 or c.max_ratio >= row.max_ratio)) or (not row.failures and c.max_ratio >= row.max_ratio):
+            shown = judged if failing else c
             row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
             row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
-            row.detail, row.worst_input = c.detail, describe(inputs)
+            row.detail, row.worst_input = shown.detail, describe(inputs)
         if q in problems:
             row.verdict = f"NON-CONFORMANT ({judged.verdict.value})"
         elif known and not row.verdict.startswith("NON"):
@@ -92,7 +96,7 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     errors: list[str] = []
     start = time.perf_counter()
 
-    @seed(run_seed)
+    @seed(run_seed * 1_000_003 + zlib.crc32(f"{backend.name}|{device}|{dtype}|{mode.value}".encode()))  # per cell
     @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
               phases=[Phase.generate, Phase.target], suppress_health_check=list(HealthCheck))
     @given(case_inputs(backend, mode, dtype))

@@ -7,6 +7,8 @@
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ..adapters.protocol import Request, declared_precision
 from ..spec import Comparison, Inputs, Mode, Precision, RunningStats, Verdict, judge
 from .arrays import round_to
@@ -33,11 +35,14 @@ def prepare(inputs: Inputs, precision: Precision) -> Inputs:
 
 
 def request(inputs: Inputs, dtype: str, device: str) -> Request:
+    """The backend's request, with copies of every array: a backend that writes into its inputs (an
+    in-place running update on a shared buffer) must not change what the oracle is given."""
+    copy = lambda a: None if a is None else np.array(a, dtype=np.float64)  # noqa: E731
     r = inputs.running
     return Request(
-        x=inputs.x, axis=inputs.axis, eps=inputs.eps, dtype=dtype, device=device, momentum=inputs.momentum,
-        gamma=inputs.gamma, beta=inputs.beta, running_mean=None if r is None else r.mean,
-        running_var=None if r is None else r.var, batches_seen=0 if r is None else r.count, dy=inputs.dy,
+        x=copy(inputs.x), axis=inputs.axis, eps=inputs.eps, dtype=dtype, device=device, momentum=inputs.momentum,
+        gamma=copy(inputs.gamma), beta=copy(inputs.beta), running_mean=None if r is None else copy(r.mean),
+        running_var=None if r is None else copy(r.var), batches_seen=0 if r is None else r.count, dy=copy(inputs.dy),
     )
 
 

@@ -5,13 +5,21 @@
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
 
-Exit status: 0 success, 1 a check failed, 2 bad usage.
+Exit status: 0 success, 1 a check failed or a backend does not conform, 2 bad input (one line; --debug
+shows the traceback).
 """
 
 import argparse
 import sys
 
+from ..adapters.protocol import BackendError
+from ..adapters.registry import TargetError
+from ..spec.formats import FORMATS
 from .terminal import table
+
+
+class UsageError(ValueError):
+    """Bad input to the command line, with what to change."""
 
 
 def _selfcheck(args) -> int:
@@ -53,8 +61,17 @@ def _report(args) -> int:
     except OSError as e:
         print(f"bnconf report: cannot write to {out}: {e.strerror or e}; pick another folder with --out", file=sys.stderr)
         return 2
+    if args.examples < 1:
+        raise UsageError(f"--examples must be 1 or more, got {args.examples}")
+    dtypes = selection.choice(args.dtype, "dtype")
+    unknown = [d for d in dtypes if d not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown dtype {', '.join(unknown)}: bnconf knows {', '.join(FORMATS)}")
     found, missing = selection.backends(selection.choice(args.backend, "backend"))
-    cells = selection.cells(found, selection.choice(args.device, "device"), selection.choice(args.dtype, "dtype"))
+    cells = selection.cells(found, selection.choice(args.device, "device"), dtypes)
+    if not cells:
+        raise UsageError("nothing to run: no selected backend supports the selected devices and dtypes "
+                         f"(backends: {', '.join(b.name for b in found) or 'none available'})")
     for u in missing:
         print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
     results = battery.run_battery(cells, args.examples, args.seed, progress=lambda line: print(line, file=sys.stderr))
@@ -72,8 +89,12 @@ def _report(args) -> int:
 
 
 def _replay(args) -> int:
+    from pathlib import Path
+
     from ..conformance.repro import print_replay
 
+    if not (Path(args.folder) / "case.json").is_file():
+        raise UsageError(f"{args.folder} is not a saved case (no case.json there)")
     return print_replay(args.folder)
 
 
@@ -95,8 +116,15 @@ def main(argv=None) -> int:
     replay.set_defaults(run=_replay)
     sub.add_parser("selfcheck", help="check the oracle against independent computations").set_defaults(run=_selfcheck)
     sub.add_parser("conventions", help="list the convention records").set_defaults(run=_conventions)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (UsageError, TargetError, BackendError) as e:
+        if args.debug:
+            raise
+        print(f"bnconf {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -183,7 +183,10 @@ def judge(
         raise ValueError(f"{mode.value} has no quantity {sorted(unknown)}; it returns {list(exp)}")
     obs = {q: np.asarray(observed[q], dtype=np.float64) for q in exp if observed.get(q) is not None}
     results = {q: compare(q, obs[q], exp[q], quantity_format(q, precision)) for q in obs}
-    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT]
+    for q in sorted(required_quantities(mode, inputs) - set(obs)):
+        results[q] = Comparison(q, Verdict.NON_CONFORMANT, "not returned: every implementation of this mode must return it",
+                                0.0, 0.0, 0.0, None, None, None, None, 0, 0, 0)
+    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT and q in obs]
     if not failing:
         return results
 
@@ -212,6 +215,16 @@ def judge(
 
 
 _ONE_PASS = "consistent with a one-pass E[x^2] - E[x]^2 variance"
+
+
+def required_quantities(mode: Mode, inputs: Inputs) -> set[str]:
+    """What every implementation of `mode` returns: y; the updated running statistics when it was given
+    some to update; dx, and dgamma and dbeta when it has affine parameters. Saved statistics are optional."""
+    if mode is Mode.TRAIN_FORWARD:
+        return {"y"} | ({"running_mean", "running_var"} if inputs.running is not None else set())
+    if mode is Mode.EVAL_FORWARD:
+        return {"y"}
+    return {"dx"} | ({"dgamma", "dbeta"} if inputs.gamma is not None else set())
 
 
 def _named(fits: list[tuple[float, str]]) -> str:

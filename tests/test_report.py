@@ -46,3 +46,39 @@ def test_an_unwritable_report_folder_is_a_one_line_error_with_exit_2(tmp_path, c
     assert main(["report", "--backend", EXAMPLE, "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert "cannot write to" in err and err.count("\n") == 1
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--backend", "nonsense"], "expected module:attribute"),
+        (["--backend", "bnconf.spec:CONVENTIONS"], "backend"),
+        (["--backend", EXAMPLE, "--dtype", "float8"], "unknown dtype float8"),
+        (["--backend", EXAMPLE, "--device", "gpu"], "nothing to run"),
+        (["--backend", EXAMPLE, "--examples", "0"], "--examples must be 1 or more"),
+    ],
+)
+def test_bad_input_to_report_is_one_line_with_exit_2(args, message, tmp_path, capsys):
+    assert main(["report", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_replaying_a_folder_that_is_not_a_saved_case_is_exit_2(tmp_path, capsys):
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "not a saved case" in capsys.readouterr().err
+
+
+def test_a_backend_that_returns_nothing_does_not_conform(tmp_path):
+    empty = tmp_path / "empty.py"
+    empty.write_text(
+        "from bnconf.adapters.example_numpy import NumpyBatchNorm\nfrom bnconf.adapters.protocol import Outputs\n"
+        "class Empty(NumpyBatchNorm):\n    name = 'empty'\n    def run(self, mode, r):\n        return Outputs()\n"
+        "BACKEND = Empty()\n"
+    )
+    assert main(["report", "--backend", f"{empty}:BACKEND", "--examples", "3", "--out", str(tmp_path), "--name", "e"]) == 1
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert {r["detail"].split(":")[0] for c in doc["cells"] for r in c["rows"]} == {"not returned"}
