@@ -9,7 +9,8 @@ A backend is any object with these attributes and a `run` method (no base class 
     devices: tuple[str, ...]         e.g. ("cpu",) or ("cpu", "cuda")
     run(mode, request) -> Outputs
 
-and optionally `channel_axes` (the channel axes it accepts; default: the convention's), `precision(dtype,
+and optionally `channel_axes` (the channel axes it accepts; default: the convention's), `ranks` (the input
+ranks worth testing; default: the convention's), `precision(dtype,
 device)` (its declared arithmetic, a `spec.Precision`; default `spec.precision_for(dtype)`),
 `unavailable(device)` (None, or why that device cannot run now, e.g. "no CUDA device") and `versions()`
 (the versions of what it wraps, for reports).

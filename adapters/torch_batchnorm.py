@@ -41,9 +41,11 @@ class _TorchBackend:
     dtypes = tuple(TORCH_DTYPES)
     devices = ("cpu", "cuda")
 
-    def __init__(self, name: str, channels_last: bool):
+    def __init__(self, name: str, channels_last: bool, ranks: tuple[int, ...]):
         self.name = name + ("[channels_last]" if channels_last else "")
         self.channels_last = channels_last
+        # channels_last is a memory format of 4-D and 5-D tensors only: test those ranks there
+        self.ranks = tuple(r for r in ranks if r in (4, 5)) if channels_last else ranks
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -74,7 +76,7 @@ class FunctionalBatchNorm(_TorchBackend):
     convention = TORCH_FUNCTIONAL
 
     def __init__(self, channels_last: bool = False):
-        super().__init__("torch.nn.functional.batch_norm", channels_last)
+        super().__init__("torch.nn.functional.batch_norm", channels_last, TORCH_FUNCTIONAL.ranks)
 
     def _forward(self, x, r: Request, training: bool, backward: bool):
         pdt = _param_dtype(r.dtype)
@@ -94,7 +96,7 @@ class ModuleBatchNorm(_TorchBackend):
     """torch.nn.BatchNorm1d/2d/3d with affine and track_running_stats set by the request."""
 
     def __init__(self, convention, channels_last: bool = False):
-        super().__init__(convention.name, channels_last)
+        super().__init__(convention.name, channels_last, convention.ranks)
         self.convention = convention
         self.module_class = getattr(torch.nn, convention.name.rsplit(".", 1)[1])
 
