@@ -78,7 +78,7 @@ def _record(rows: dict, assessment, inputs: Inputs) -> None:
             row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
             row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
             row.detail, row.worst_input = shown.detail, describe(inputs)
-        if q in problems:
+        if failing:
             row.verdict = f"NON-CONFORMANT ({judged.verdict.value})"
         elif known and not row.verdict.startswith("NON"):
             row.verdict, row.discrepancy = "known discrepancy", assessment.discrepancy.id

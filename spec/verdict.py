@@ -48,10 +48,6 @@ class Comparison:
     ill_conditioned: int  # finite elements without a bound
     nonfinite_mismatches: int
 
-    @property
-    def ok(self) -> bool:
-        return self.verdict is Verdict.CONFORMS
-
 
 def _nonfinite_mismatch(observed: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Elements where finiteness differs, or both are non-finite but not the same (NaN, +Inf, -Inf)."""

@@ -15,11 +15,8 @@ from bnconf.spec import Inputs, Mode, RunningStats, Verdict, convention, judge, 
 torch = pytest.importorskip("torch")
 
 TORCH = convention("torch.nn.functional.batch_norm")
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _to_numpy(t):
-    return t.detach().to(torch.float64).numpy()
+from bnconf.adapters.torch_batchnorm import TORCH_DTYPES, FunctionalBatchNorm  # noqa: E402
+from bnconf.conformance.engine import request  # noqa: E402
 
 
 @st.composite
@@ -35,25 +32,20 @@ def nchw_problems(draw, dtype):
     return Inputs(x=x, axis=1, eps=eps, gamma=gamma, beta=beta, running=RunningStats(rm, rv), momentum=momentum, dy=dy)
 
 
-def _tensor(a, dtype: str, channels_last: bool):
-    t = torch.tensor(np.asarray(a, dtype=np.float64)).to(TORCH_DTYPES[dtype])
-    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+class _ContiguousDy(FunctionalBatchNorm):
+    """The functional adapter with x in channels_last but the upstream gradient left contiguous."""
+
+    def _gradients(self, x, params, r):
+        y, gamma, beta = params
+        y.backward(torch.tensor(np.asarray(r.dy)).to(y.dtype))
+        return tuple(t.grad.detach().to(torch.float64).numpy() for t in (x, gamma, beta))
 
 
-def _run_torch(i: Inputs, dtype: str, channels_last: bool, training: bool, dy_channels_last: bool | None = None):
-    """F.batch_norm forward and backward; dy has x's memory format unless `dy_channels_last` says otherwise."""
-    pdt = torch.float64 if dtype == "float64" else torch.float32
-    x = _tensor(i.x, dtype, channels_last).requires_grad_(True)
-    gamma = torch.tensor(i.gamma, dtype=pdt, requires_grad=True)
-    beta = torch.tensor(i.beta, dtype=pdt, requires_grad=True)
-    rm, rv = torch.tensor(i.running.mean, dtype=pdt), torch.tensor(i.running.var, dtype=pdt)
-    y = torch.nn.functional.batch_norm(x, rm, rv, gamma, beta, training, i.momentum, i.eps)
-    y.backward(_tensor(i.dy, dtype, channels_last if dy_channels_last is None else dy_channels_last))
-    forward = {"y": _to_numpy(y)}
-    if training:
-        forward.update(running_mean=_to_numpy(rm), running_var=_to_numpy(rv))
-    backward = {"dx": _to_numpy(x.grad), "dgamma": _to_numpy(gamma.grad), "dbeta": _to_numpy(beta.grad)}
-    return forward, backward
+def _run_torch(i: Inputs, dtype: str, channels_last: bool, training: bool, backend=None):
+    """Forward and backward quantities of F.batch_norm, through the project's own adapter."""
+    backend = backend or FunctionalBatchNorm(channels_last)
+    modes = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD) if training else (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD)
+    return tuple(backend.run(mode, request(i, dtype, "cpu")).quantities() for mode in modes)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
@@ -90,7 +82,7 @@ def test_torch_half_backward_with_channels_last_x_and_contiguous_dy_loses_float3
     i = Inputs(x=x, axis=1, eps=1e-5, gamma=bst.round_to(rng.normal(size=3), "float32"), beta=np.zeros(3, np.float32),
                running=RunningStats.initial(3), momentum=0.1, dy=bst.round_to(rng.normal(size=x.shape), dtype))
     p = precision_for(dtype)
-    _, mixed = _run_torch(i, dtype, channels_last=True, training=True, dy_channels_last=False)
+    _, mixed = _run_torch(i, dtype, channels_last=True, training=True, backend=_ContiguousDy(channels_last=True))
     _, matched = _run_torch(i, dtype, channels_last=True, training=True)
     assert judge(Mode.TRAIN_BACKWARD, mixed, i, TORCH, p)["dx"].verdict is Verdict.NON_CONFORMANT
     assert judge(Mode.TRAIN_BACKWARD, matched, i, TORCH, p)["dx"].verdict is Verdict.CONFORMS
