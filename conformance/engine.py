@@ -81,5 +81,6 @@ def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registr
     declared = judge(mode, observed, prepared, backend.convention, precision)
     if entry is None:
         return Assessment(declared)
-    recorded = judge(mode, observed, prepared, entry.recorded_convention(backend.convention), entry.recorded_precision(precision))
+    recorded = judge(mode, observed, entry.recorded_inputs(prepared), entry.recorded_convention(backend.convention),
+                     entry.recorded_precision(precision))
     return Assessment(declared, entry, recorded)

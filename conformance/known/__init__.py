@@ -1,0 +1,1 @@
+"""Known-discrepancy entries, one module per framework family."""

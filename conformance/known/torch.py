@@ -1,0 +1,34 @@
+"""Known discrepancies of the PyTorch adapters (see conformance/discrepancies.py for what an entry means)."""
+
+from ...spec import Mode, precision_for
+from ..discrepancies import KnownDiscrepancy
+
+TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
+
+ENTRIES: tuple[KnownDiscrepancy, ...] = (
+    KnownDiscrepancy(
+        id="torch-cpu-half-without-float32-tensors",
+        backends="torch.nn.*",
+        dtypes=("float16", "bfloat16"),
+        devices=("cpu",),
+        modes=TRAINING,
+        when=lambda i: i.gamma is None and i.running is None,
+        quantities=("y", "dx"),
+        precision=lambda dtype: precision_for(dtype, compute=dtype, accumulate="float32", stats=dtype),
+        explanation=(
+            "PyTorch's CPU kernel computes in float32 only when some tensor besides the input is float32 "
+            "(its 'mixed type' path). With half-precision input and neither affine parameters nor running "
+            "statistics, the saved mean and invstd are half-precision tensors and the output and gradient "
+            "are formed from them: y and dx are up to ~150x outside the float32-arithmetic bound, and "
+            "within the bound of half-precision arithmetic with float32 sums."
+        ),
+        evidence=(
+            "pytorch v2.13.0 aten/src/ATen/native/Normalization.cpp, batch_norm_cpu_update_stats_template: "
+            "`constexpr bool mixed_type = !std::is_same<scalar_t, param_t>::value; const auto dtype = "
+            "mixed_type ? kFloat : input.scalar_type(); Tensor save_mean = ... dtype(dtype)`. Related: "
+            "pytorch/pytorch#140112 (bf16 CPU gives 1.0078 for a correctly rounded 1.0). Minimal: "
+            "F.batch_norm(x, None, None, None, None, True, 0.1, 1e-5) on bfloat16 x = [[1.3047], [0.8789]]."
+        ),
+    ),
+)
+
