@@ -1,7 +1,8 @@
 """PyTorch batch norm behind the adapter protocol: torch.nn.functional.batch_norm and BatchNorm1d/2d/3d.
 
 Parameters and running statistics are held in float32 for float16/bfloat16 inputs (the mixed-precision
-layout autocast produces) and in the input's dtype otherwise; gradients come from autograd; memory format
+layout autocast produces) and in the input's dtype otherwise; the "[half parameters]" module holds them in
+the input's half format, as `module.half()` / `module.bfloat16()` leave them; gradients come from autograd; memory format
 contiguous or channels_last (4-D and 5-D inputs). This module imports torch: the registry loads it only
 when a PyTorch backend is asked for.
 """
@@ -9,7 +10,7 @@ when a PyTorch backend is asked for.
 import numpy as np
 import torch
 
-from ..spec import Mode
+from ..spec import Mode, Precision, precision_for
 from ..spec.conventions import TORCH_BATCHNORM1D, TORCH_BATCHNORM2D, TORCH_BATCHNORM3D, TORCH_FUNCTIONAL
 from .protocol import Outputs, Request
 
@@ -93,18 +94,28 @@ class FunctionalBatchNorm(_TorchBackend):
 
 
 class ModuleBatchNorm(_TorchBackend):
-    """torch.nn.BatchNorm1d/2d/3d with affine and track_running_stats set by the request."""
+    """torch.nn.BatchNorm1d/2d/3d with affine and track_running_stats set by the request; with
+    `half_parameters`, weight, bias and running statistics in the input's half format (`module.half()`)."""
 
-    def __init__(self, convention, channels_last: bool = False):
+    def __init__(self, convention, channels_last: bool = False, half_parameters: bool = False):
         super().__init__(convention.name, channels_last, convention.ranks)
         self.convention = convention
         self.module_class = getattr(torch.nn, convention.name.rsplit(".", 1)[1])
+        self.half_parameters = half_parameters
+        if half_parameters:
+            self.name += "[half parameters]"
+            self.dtypes = ("float16", "bfloat16")
+
+    def precision(self, dtype: str, device: str) -> Precision:
+        """float32 arithmetic; statistics and parameters stored in the half format when they are half."""
+        return precision_for(dtype, stats=dtype) if self.half_parameters else precision_for(dtype)
 
     def _forward(self, x, r: Request, training: bool, backward: bool):
         channels = r.x.shape[1]
         module = self.module_class(
             channels, eps=r.eps, momentum=r.momentum, affine=r.gamma is not None,
-            track_running_stats=r.running_mean is not None, device=r.device, dtype=_param_dtype(r.dtype),
+            track_running_stats=r.running_mean is not None, device=r.device,
+            dtype=TORCH_DTYPES[r.dtype] if self.half_parameters else _param_dtype(r.dtype),
         )
         with torch.no_grad():
             if r.gamma is not None:
@@ -130,4 +141,5 @@ BACKENDS = [
     ModuleBatchNorm(TORCH_BATCHNORM2D),
     ModuleBatchNorm(TORCH_BATCHNORM2D, channels_last=True),
     ModuleBatchNorm(TORCH_BATCHNORM3D),
+    ModuleBatchNorm(TORCH_BATCHNORM2D, half_parameters=True),
 ]

@@ -20,16 +20,17 @@ def _move_channels(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
 
 
 @st.composite
-def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int = 2048):
+def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int = 2048, max_reduction: int = 1 << 16):
     """Inputs `backend` accepts for `mode`: its ranks and channel axes, affine on or off, running statistics
-    (required in eval), momentum in its own convention (None where it means a cumulative average).
+    (required in eval unless the convention then uses batch statistics), momentum in its own convention (None where it means a cumulative average).
 
     Training cases have at least two values per channel, and values stay within `dtype`'s range: one value
     per channel and infinite inputs are edge cases with their own rules."""
     conv = backend.convention
     ranks = tuple(r for r in getattr(backend, "ranks", conv.ranks) if 2 <= r <= 5)
-    shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size))
-    if mode in TRAINING and int(np.prod(shape)) // shape[1] < 2:
+    shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size, max_reduction=max_reduction))
+    batch_stats_possible = mode in TRAINING or conv.untracked_eval_uses_batch_stats
+    if batch_stats_possible and int(np.prod(shape)) // shape[1] < 2:
         shape = (2, *shape[1:])
     axis = draw(st.sampled_from(channel_axes(backend)))
     shape = _move_channels(shape, axis)
@@ -37,7 +38,8 @@ def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int
     x = np.asarray(draw(bst.batches(shape, axis, dtype, allow_constant=True)), dtype=np.float64)
     gamma, beta = draw(bst.affine_params(c)) if draw(st.booleans()) else (None, None)
     running = None
-    if conv.tracks_running_stats and (mode not in TRAINING or draw(st.booleans())):
+    needs_running = mode not in TRAINING and not conv.untracked_eval_uses_batch_stats
+    if conv.tracks_running_stats and (needs_running or draw(st.booleans())):
         mean, var = draw(bst.running_stats_values(c))
         running = RunningStats(mean, var, draw(st.integers(0, 3)))
     momentum = draw(bst.momenta())

@@ -8,16 +8,21 @@ the entry gets updated. An entry that no covered case actually needed is reporte
 """
 
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
+import re
 from typing import Callable
 
 from ..spec import Convention, Inputs, Mode, Precision
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """`pattern` with `*` as the only wildcard: backend names carry literal brackets ("...[channels_last]")."""
+    return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), name) is not None
+
+
 @dataclass(frozen=True)
 class KnownDiscrepancy:
     id: str
-    backends: str  # fnmatch pattern on the backend's name
+    backends: str  # the backend's name, `*` matching any run of characters (brackets are literal)
     quantities: tuple[str, ...]  # the quantities that differ from the declared semantics
     explanation: str
     evidence: str  # the source line that explains it, an upstream issue, a minimal input
@@ -33,7 +38,7 @@ class KnownDiscrepancy:
 
     def covers(self, backend_name: str, mode: Mode, dtype: str, device: str, inputs: Inputs) -> bool:
         return (
-            fnmatch(backend_name, self.backends)
+            _matches(backend_name, self.backends)
             and (not self.dtypes or dtype in self.dtypes)
             and (not self.devices or device in self.devices)
             and (not self.modes or mode in self.modes)

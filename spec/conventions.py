@@ -61,6 +61,9 @@ class Convention:
     bessel_divisor_min: int = 0  # the Bessel correction divides by max(n - 1, this): 1 keeps n = 1 finite
     cumulative_average: bool = False  # momentum None selects the cumulative moving average
     zero_debias: bool = False
+    # eval mode without running statistics normalizes with the batch's (PyTorch modules built with
+    # track_running_stats=False); False: eval needs running statistics
+    untracked_eval_uses_batch_stats: bool = False
     notes: str = ""
 
 
@@ -78,10 +81,13 @@ _TORCH_BASE = Convention(
     channel_axis=1,
     running_var=Variance.UNBIASED,
     cumulative_average=True,
+    untracked_eval_uses_batch_stats=True,
     notes=(
         "running_var averages the Bessel-corrected batch variance while the output is normalized "
         "with the biased one (documented in the BatchNorm1d docstring); momentum=None gives the "
-        "cumulative average with factor 1/num_batches_tracked."
+        "cumulative average with factor 1/num_batches_tracked; a module built with "
+        "track_running_stats=False normalizes with batch statistics in eval mode too "
+        "(_BatchNorm.forward: bn_training = self.running_mean is None and self.running_var is None)."
     ),
 )
 
@@ -104,7 +110,11 @@ TORCH_FUNCTIONAL = replace(
     ),
     source_url="https://github.com/pytorch/pytorch/blob/v2.13.0/torch/nn/functional.py",
     cumulative_average=False,
-    notes="Takes a float momentum only (the modules compute the cumulative factor themselves).",
+    untracked_eval_uses_batch_stats=False,
+    notes=(
+        "Takes a float momentum only (the modules compute the cumulative factor themselves); "
+        "training=False without running statistics raises 'running_mean must be defined in evaluation mode'."
+    ),
 )
 
 TF_NN_BATCH_NORMALIZATION = Convention(

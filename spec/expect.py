@@ -74,6 +74,12 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
     """
     mode = Mode(mode)
     i = inputs
+    if mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD) and i.running is None:
+        if not convention.untracked_eval_uses_batch_stats:
+            raise ValueError(f"{mode.value} needs running statistics under {convention.name} (running mean and variance)")
+        # an untracked module normalizes with the batch statistics in eval too: the training computation
+        train = Mode.TRAIN_FORWARD if mode is Mode.EVAL_FORWARD else Mode.TRAIN_BACKWARD
+        return {q: e for q, e in expected(train, i, convention, precision).items() if q in mode.quantities}
     x = oracle.as_float64(i.x, "x")
     channels = x.shape[oracle.channel_axis(x.ndim, i.axis)]
     gamma, beta = oracle.affine(i.gamma, i.beta, channels)
