@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings, target
 from ..adapters.protocol import unavailable
 from ..spec import Inputs, Verdict
 from .cases import case_inputs
+from .discrepancies import matches
 from .engine import ACCEPTED, assess
 
 
@@ -46,6 +47,8 @@ class CellResult:
     reason: str = ""
     seconds: float = 0.0
     rows: list[QuantityRow] = field(default_factory=list)
+    # known discrepancy id -> [cases it covered, cases that needed it (the declared semantics failed there)]
+    discrepancies: dict[str, list[int]] = field(default_factory=dict)
 
 
 def describe(inputs: Inputs) -> str:
@@ -107,6 +110,10 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
             errors.append(f"{type(e).__name__}: {e} [{describe(inputs)}]")
             return
         _record(rows, a, inputs)
+        if a.discrepancy is not None:
+            counts = cell.discrepancies.setdefault(a.discrepancy.id, [0, 0])
+            counts[0] += 1
+            counts[1] += a.discrepancy_seen
         target(max((c.max_ratio for c in a.declared.values()), default=0.0))
 
     explore()
@@ -129,3 +136,32 @@ def run_battery(cells, examples: int, run_seed: int, progress=None) -> list[Cell
 def conforms(results: list[CellResult]) -> bool:
     """True when every quantity conforms, is ill-conditioned or is a recorded discrepancy, and nothing raised."""
     return all(c.status != "error" and not any(r.verdict.startswith("NON") for r in c.rows) for c in results)
+
+
+@dataclass
+class DiscrepancyUse:
+    """How a run used one known-discrepancy entry: a covered entry no case needed is stale."""
+
+    id: str
+    backends: str
+    covered: int
+    needed: int
+
+    @property
+    def status(self) -> str:
+        if self.needed:
+            return "in use"
+        return f"STALE: covered {self.covered} case(s), none needed it" if self.covered else "not reached in this run"
+
+
+def discrepancy_use(results: list[CellResult], registry) -> list[DiscrepancyUse]:
+    """Every registry entry that names a backend of the run, with how many cases it covered and needed."""
+    names = {c.backend for c in results if c.status != "unsupported"}
+    out = []
+    for entry in registry:
+        if not any(matches(n, entry.backends) for n in names):
+            continue
+        covered = sum(c.discrepancies.get(entry.id, [0, 0])[0] for c in results)
+        needed = sum(c.discrepancies.get(entry.id, [0, 0])[1] for c in results)
+        out.append(DiscrepancyUse(entry.id, entry.backends, covered, needed))
+    return out

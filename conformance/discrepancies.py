@@ -14,7 +14,7 @@ from typing import Callable
 from ..spec import Convention, Inputs, Mode, Precision
 
 
-def _matches(name: str, pattern: str) -> bool:
+def matches(name: str, pattern: str) -> bool:
     """`pattern` with `*` as the only wildcard: backend names carry literal brackets ("...[channels_last]")."""
     return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), name) is not None
 
@@ -35,10 +35,13 @@ class KnownDiscrepancy:
     # the recorded behaviour is the declared semantics on adjusted inputs (e.g. another eps, or a momentum
     # that leaves the running statistics where they were); None: the inputs as given
     adjust: Callable[[Inputs], Inputs] | None = field(default=None, repr=False)
+    # channels (a boolean per channel) the record makes no claim about, e.g. NaN from a variance computed
+    # negative: the recorded behaviour is checked on the other channels; None: every channel is checked
+    unchecked: Callable[[Inputs], "np.ndarray"] | None = field(default=None, repr=False)
 
     def covers(self, backend_name: str, mode: Mode, dtype: str, device: str, inputs: Inputs) -> bool:
         return (
-            _matches(backend_name, self.backends)
+            matches(backend_name, self.backends)
             and (not self.dtypes or dtype in self.dtypes)
             and (not self.devices or device in self.devices)
             and (not self.modes or mode in self.modes)

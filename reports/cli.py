@@ -49,7 +49,8 @@ def _report(args) -> int:
 
     import numpy as np
 
-    from ..conformance import battery, selection
+    from ..conformance import battery, crosscheck, selection
+    from ..conformance.discrepancies import REGISTRY
     from . import render
 
     out = Path(args.out)
@@ -63,6 +64,8 @@ def _report(args) -> int:
         return 2
     if args.examples < 1:
         raise UsageError(f"--examples must be 1 or more, got {args.examples}")
+    if args.pair_examples < 0:
+        raise UsageError(f"--pair-examples must be 0 (no cross-framework table) or more, got {args.pair_examples}")
     dtypes = selection.choice(args.dtype, "dtype")
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
@@ -74,16 +77,20 @@ def _report(args) -> int:
                          f"(backends: {', '.join(b.name for b in found) or 'none available'})")
     for u in missing:
         print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
-    results = battery.run_battery(cells, args.examples, args.seed, progress=lambda line: print(line, file=sys.stderr))
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
+    results = battery.run_battery(cells, args.examples, args.seed, progress=say)
+    pairs = crosscheck.run_matrix(found, args.pair_examples, args.seed, progress=say) if args.pair_examples else []
     environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
     for b in found:
         environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
-    ok = battery.conforms(results)
-    common = (results, environment, args.seed, args.examples, ok)
-    (out / f"{args.name}.md").write_text(render.markdown(*common))
-    (out / f"{args.name}.html").write_text(render.html_page(*common))
-    (out / f"{args.name}.json").write_text(render.json_document(*common))
-    print(render.terminal(results))
+    ok = battery.conforms(results) and not any(
+        r.verdict == crosscheck.UNEXPECTED or p.status == "error" for p in pairs for r in (p.rows or []))
+    report = render.Report(results, environment, args.seed, args.examples, ok,
+                           battery.discrepancy_use(results, REGISTRY), pairs)
+    (out / f"{args.name}.md").write_text(render.markdown(report))
+    (out / f"{args.name}.html").write_text(render.html_page(report))
+    (out / f"{args.name}.json").write_text(render.json_document(report))
+    print(render.terminal(report))
     print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
     return 0 if ok else 1
 
@@ -107,6 +114,8 @@ def main(argv=None) -> int:
     report.add_argument("--device", action="append", default=[], help="only these devices (repeatable)")
     report.add_argument("--dtype", action="append", default=[], help="only these dtypes (repeatable)")
     report.add_argument("--examples", type=int, default=20, help="Hypothesis examples per cell (default 20)")
+    report.add_argument("--pair-examples", type=int, default=5,
+                        help="examples per backend pair and mode in the cross-framework table (0: skip it; default 5)")
     report.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
     report.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
     report.add_argument("--name", default="report", help="file name stem (default report)")

@@ -1,30 +1,57 @@
-"""Rendering a battery's results: terminal table, Markdown, HTML and JSON.
+"""Rendering a run: terminal tables, Markdown, HTML and JSON, all from the same `Report`.
+
+A report is a list of sections (title, header, rows), built once by `sections`; each format renders them.
 
 JSON layout (`bnconf-report/1`):
     {"format": "bnconf-report/1", "seed": int, "examples": int, "conforms": bool,
      "environment": {"python": str, "numpy": str, "<framework>": str, "machine": str},
      "cells": [{"backend", "convention", "device", "dtype", "mode", "status": "ran"|"unsupported"|"error",
-                "reason", "seconds",
+                "reason", "seconds", "discrepancies": {"<id>": [covered, needed]},
                 "rows": [{"quantity", "verdict", "max_error", "max_ratio", "max_ulp", "detail",
                           "worst_input", "discrepancy", "examples", "failures"}]}],
+     "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
+     "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
+                "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
 `max_ratio` is the largest error in units of the error model's bound; `max_ulp` the error in ULPs of the
-quantity's format. Timestamps are deliberately absent: the same seed gives the same file but for timings.
+quantity's format; a discrepancy entry is "in use" when some case needed it, "STALE" when it covered cases
+and none needed it. Pair verdicts: "matches after translation", "differs as the spec predicts", "UNEXPECTED
+difference". Timestamps are deliberately absent: the same seed gives the same file but for timings.
 """
 
 import html
 import json
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from .terminal import table
 
-HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input"]
+FORMAT = "bnconf-report/1"
+CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input"]
 
 
-def _rows(results) -> list[list]:
-    """One row per (backend, device, dtype, mode, quantity); unsupported cells folded to one row per
-    backend and device."""
+@dataclass
+class Report:
+    results: list  # battery.CellResult
+    environment: dict
+    seed: int
+    examples: int
+    conforms: bool
+    discrepancies: list = field(default_factory=list)  # battery.DiscrepancyUse
+    pairs: list = field(default_factory=list)  # crosscheck.PairResult
+
+
+@dataclass
+class Section:
+    title: str
+    header: list[str]
+    rows: list[list]
+    note: str = ""
+    terminal_columns: int | None = None  # the terminal shows only the first columns (the rest is too wide)
+
+
+def _cell_rows(results) -> list[list]:
+    """One row per (backend, device, dtype, mode, quantity); unsupported cells folded per backend and device."""
     out, folded = [], set()
     for c in results:
         if c.status == "unsupported":
@@ -41,6 +68,23 @@ def _rows(results) -> list[list]:
     return out
 
 
+def _pair_rows(pairs) -> list[list]:
+    """One row per (pair, mode, quantity); a pair not comparable for one reason in every mode is one row."""
+    out, folded = [], set()
+    for p in pairs:
+        if p.status == "not comparable":
+            if (p.source, p.target, p.reason) not in folded:
+                folded.add((p.source, p.target, p.reason))
+                out.append([p.source, p.target, "*", "-", p.status, "", p.reason])
+            continue
+        if p.status == "error":
+            out.append([p.source, p.target, p.mode, "-", "ERROR", "", p.reason])
+            continue
+        out += [[p.source, p.target, p.mode, r.quantity, r.verdict, f"{r.max_relative:.3g}", r.residuals or r.worst_input]
+                for r in p.rows]
+    return out
+
+
 def seconds_per_backend(results) -> dict[str, float]:
     totals = defaultdict(float)
     for c in results:
@@ -48,63 +92,88 @@ def seconds_per_backend(results) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(totals.items())}
 
 
-def terminal(results) -> str:
-    ran = [r[:9] for r in _rows(results)]  # the worst input is in the files, too wide for a terminal
-    timing = table(["backend", "seconds"], [[k, v] for k, v in seconds_per_backend(results).items()])
-    return table(HEADER[:9], ran) + "\n\n" + timing
+def sections(report: Report) -> list[Section]:
+    out = [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
+                   terminal_columns=9)]
+    if report.discrepancies:
+        out.append(Section("Known discrepancies", ["id", "backends", "cases covered", "cases that needed it", "status"],
+                           [[d.id, d.backends, d.covered, d.needed, d.status] for d in report.discrepancies],
+                           note="Explanations and evidence: conformance/known/."))
+    if report.pairs:
+        out.append(Section(
+            "Frameworks against each other after translating parameters",
+            ["backend A", "backend B", "mode", "quantity", "verdict", "max relative difference", "why / worst input"],
+            _pair_rows(report.pairs),
+            note="Inputs drawn in A's convention; momentum, eps and the channel axis translated to B's with "
+                 "bnconf.spec.translate; float64 where both support it.",
+            terminal_columns=6))
+    out.append(Section("Time per backend (seconds)", ["backend", "seconds"],
+                       [[k, v] for k, v in seconds_per_backend(report.results).items()]))
+    return out
 
 
-def markdown(results, environment: dict, seed: int, examples: int, conforms: bool) -> str:
-    lines = [
-        "# bnconf discrepancy report",
-        "",
-        f"Verdict: **{'everything conforms or is a recorded discrepancy' if conforms else 'NON-CONFORMANT quantities found'}**. "
-        f"Seed {seed}, {examples} Hypothesis examples per cell (shrinking off, targeting the largest error/bound).",
-        "",
-        "Environment: " + ", ".join(f"{k} {v}" for k, v in environment.items()),
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
-    ]
-    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in _rows(results)]
-    lines += ["", "## Time per backend", "", "| backend | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in seconds_per_backend(results).items()]
+def _headline(report: Report) -> str:
+    return "everything conforms or is a recorded discrepancy" if report.conforms else "NON-CONFORMANT quantities found"
+
+
+def terminal(report: Report) -> str:
+    parts = []
+    for s in sections(report):
+        k = s.terminal_columns or len(s.header)
+        parts.append(f"{s.title}\n\n" + table(s.header[:k], [row[:k] for row in s.rows]))
+    return "\n\n".join(parts)
+
+
+def _environment(report: Report) -> str:
+    return ", ".join(f"{k} {v}" for k, v in report.environment.items())
+
+
+def markdown(report: Report) -> str:
+    lines = ["# bnconf discrepancy report", "",
+             f"Verdict: **{_headline(report)}**. Seed {report.seed}, {report.examples} Hypothesis examples per cell "
+             "(shrinking off, targeting the largest error/bound).", "", f"Environment: {_environment(report)}"]
+    for s in sections(report):
+        lines += ["", f"## {s.title}", ""] + ([s.note, ""] if s.note else [])
+        lines += ["| " + " | ".join(s.header) + " |", "|" + "---|" * len(s.header)]
+        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in s.rows]
     return "\n".join(lines) + "\n"
 
 
-def html_page(results, environment: dict, seed: int, examples: int, conforms: bool) -> str:
+def _bad(row) -> bool:
+    return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE")) for v in row)
+
+
+def html_page(report: Report) -> str:
     def cells(row, tag="td"):
         return "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in row)
 
-    body = "\n".join(
-        f"<tr class=\"{'bad' if 'NON' in row[8] or 'ERROR' in row[8] else ''}\">{cells(row)}</tr>" for row in _rows(results)
-    )
-    timing = "\n".join(f"<tr>{cells([k, v])}</tr>" for k, v in seconds_per_backend(results).items())
+    body = []
+    for s in sections(report):
+        rows = "\n".join(f"<tr class=\"{'bad' if _bad(r) else ''}\">{cells(r)}</tr>" for r in s.rows)
+        note = f"<p>{html.escape(s.note)}</p>" if s.note else ""
+        body.append(f"<h2>{html.escape(s.title)}</h2>{note}\n<table><tr>{cells(s.header, 'th')}</tr>\n{rows}\n</table>")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>bnconf discrepancy report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px}}tr.bad td{{background:#fdd}}th{{background:#eee}}</style></head>
 <body><h1>bnconf discrepancy report</h1>
-<p><b>{'Everything conforms or is a recorded discrepancy' if conforms else 'NON-CONFORMANT quantities found'}</b>.
-Seed {seed}, {examples} examples per cell.</p>
-<p>Environment: {html.escape(", ".join(f"{k} {v}" for k, v in environment.items()))}</p>
-<table><tr>{cells(HEADER, "th")}</tr>
-{body}
-</table>
-<h2>Time per backend</h2><table><tr><th>backend</th><th>seconds</th></tr>
-{timing}
-</table></body></html>
+<p><b>{html.escape(_headline(report)[0].upper() + _headline(report)[1:])}</b>. Seed {report.seed}, {report.examples} examples per cell.</p>
+<p>Environment: {html.escape(_environment(report))}</p>
+{chr(10).join(body)}
+</body></html>
 """
 
 
-def json_document(results, environment: dict, seed: int, examples: int, conforms: bool) -> str:
+def json_document(report: Report) -> str:
     doc = {
-        "format": "bnconf-report/1",
-        "seed": seed,
-        "examples": examples,
-        "conforms": conforms,
-        "environment": environment,
-        "cells": [asdict(c) for c in results],
-        "seconds_per_backend": seconds_per_backend(results),
+        "format": FORMAT,
+        "seed": report.seed,
+        "examples": report.examples,
+        "conforms": report.conforms,
+        "environment": report.environment,
+        "cells": [asdict(c) for c in report.results],
+        "discrepancies": [dict(asdict(d), status=d.status) for d in report.discrepancies],
+        "pairs": [asdict(p) for p in report.pairs],
+        "seconds_per_backend": seconds_per_backend(report.results),
     }
     return json.dumps(doc, indent=1, sort_keys=True, default=str)
