@@ -82,3 +82,25 @@ def test_a_backend_that_returns_nothing_does_not_conform(tmp_path):
     assert main(["report", "--backend", f"{empty}:BACKEND", "--examples", "3", "--out", str(tmp_path), "--name", "e"]) == 1
     doc = json.loads((tmp_path / "e.json").read_text())
     assert {r["detail"].split(":")[0] for c in doc["cells"] for r in c["rows"]} == {"not returned"}
+
+
+def test_the_report_has_a_cross_framework_table_and_the_use_of_each_known_discrepancy(tmp_path):
+    assert main(["report", "--backend", "bnconf.adapters.torch_batchnorm:BACKENDS", "--dtype", "bfloat16",
+                 "--examples", "4", "--pair-examples", "2", "--out", str(tmp_path), "--name", "p"]) == 0
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert {(p["source"], p["target"]) for p in doc["pairs"]} >= {("torch.nn.functional.batch_norm", "torch.nn.BatchNorm2d")}
+    uses = {d["id"]: d for d in doc["discrepancies"]}
+    assert uses["torch-cpu-half-parameters"]["status"] == "in use"
+    assert "## Frameworks against each other after translating parameters" in (tmp_path / "p.md").read_text()
+
+
+def test_an_entry_that_covers_cases_none_of_which_need_it_is_reported_stale():
+    from bnconf.conformance.battery import CellResult, discrepancy_use
+    from bnconf.conformance.discrepancies import KnownDiscrepancy
+
+    entry = KnownDiscrepancy(id="e", backends="b*", quantities=("y",), explanation="", evidence="")
+    cell = CellResult("b1", "c", "cpu", "float32", "train_forward", "ran", discrepancies={"e": [7, 0]})
+    (use,) = discrepancy_use([cell], [entry])
+    assert use.status.startswith("STALE") and "7" in use.status
+    cell.discrepancies["e"][1] = 2
+    assert discrepancy_use([cell], [entry])[0].status == "in use"
