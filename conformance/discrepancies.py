@@ -60,9 +60,9 @@ class KnownDiscrepancy:
 
 def _registry() -> tuple["KnownDiscrepancy", ...]:
     """Every family's entries: one module per framework under conformance/known/ (data only, no framework import)."""
-    from .known import keras, tensorflow, torch
+    from .known import jax, keras, tensorflow, torch
 
-    return torch.ENTRIES + tensorflow.ENTRIES + keras.ENTRIES
+    return torch.ENTRIES + tensorflow.ENTRIES + keras.ENTRIES + jax.ENTRIES
 
 
 def covering(registry, backend_name: str, mode: Mode, dtype: str, device: str, inputs: Inputs):
