@@ -7,6 +7,7 @@ JSON layout (`bnconf-report/1`):
      "environment": {"python": str, "numpy": str, "<framework>": str, "machine": str},
      "cells": [{"backend", "convention", "device", "dtype", "mode", "status": "ran"|"unsupported"|"error",
                 "reason", "seconds", "discrepancies": {"<id>": [covered, needed]},
+                "points": [[max |mean|/std, values per channel, quantity, normwise error, error/bound], ...],
                 "rows": [{"quantity", "verdict", "max_error", "max_ratio", "max_ulp", "detail",
                           "worst_input", "discrepancy", "examples", "failures"}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
@@ -23,6 +24,8 @@ import html
 import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from .terminal import table
 
@@ -85,6 +88,27 @@ def _pair_rows(pairs) -> list[list]:
     return out
 
 
+DECADES = (0, 1, 2, 3, 4)  # bins of log10(max |mean|/std): <10, 10-100, ..., >=1e4
+CONDITIONING_DTYPE, CONDITIONING_QUANTITIES = "float32", ("y", "running_var")
+
+
+def _conditioning_rows(results) -> list[list]:
+    """Worst normwise error of each training-forward quantity per decade of |mean|/std, float32 cells."""
+    out = []
+    for c in results:
+        if c.mode != "train_forward" or c.dtype != CONDITIONING_DTYPE or not c.points:
+            continue
+        for q in CONDITIONING_QUANTITIES:
+            worst = [None] * len(DECADES)
+            for kappa, _, quantity, err, _ in c.points:
+                if quantity == q:
+                    k = min(int(np.log10(kappa)) if kappa >= 1 else 0, len(DECADES) - 1)
+                    worst[k] = err if worst[k] is None else max(worst[k], err)
+            if any(w is not None for w in worst):
+                out.append([c.backend, c.device, q] + ["" if w is None else f"{w:.2g}" for w in worst])
+    return out
+
+
 def seconds_per_backend(results) -> dict[str, float]:
     totals = defaultdict(float)
     for c in results:
@@ -107,6 +131,15 @@ def sections(report: Report) -> list[Section]:
             note="Inputs drawn in A's convention; momentum, eps and the channel axis translated to B's with "
                  "bnconf.spec.translate; float64 where both support it.",
             terminal_columns=6))
+    conditioning = _conditioning_rows(report.results)
+    if conditioning:
+        out.append(Section(
+            "Accuracy against conditioning (float32 training forward)",
+            ["backend", "device", "quantity", "|mean|/std < 10", "10 - 1e2", "1e2 - 1e3", "1e3 - 1e4", ">= 1e4"],
+            conditioning,
+            note="Worst normwise error max|observed - oracle| / max|oracle| per decade of the case's largest "
+                 "|mean|/std. A stable variance keeps it near the unit roundoff (6e-8); E[x^2] - E[x]^2 grows "
+                 "with (|mean|/std)^2 until the variance is lost."))
     out.append(Section("Time per backend (seconds)", ["backend", "seconds"],
                        [[k, v] for k, v in seconds_per_backend(report.results).items()]))
     return out

@@ -47,6 +47,9 @@ class Comparison:
     checked: int  # elements with a bound, finite on both sides
     ill_conditioned: int  # finite elements without a bound
     nonfinite_mismatches: int
+    # max |error| / max(|expected|, |observed|) over the finite elements, ill-conditioned ones included: the error
+    # in units of the quantity's scale, for plotting accuracy against conditioning
+    normwise_error: float = 0.0
 
 
 def _nonfinite_mismatch(observed: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -151,7 +154,15 @@ def compare(quantity: str, observed, exp: Expected, fmt: str) -> Comparison:
         checked=n_checked,
         ill_conditioned=int((finite & exp.ill).sum()),
         nonfinite_mismatches=int(mismatch.sum()),
+        normwise_error=_normwise(observed, value, finite),
     )
+
+
+def _normwise(observed, value, finite) -> float:
+    if not finite.any():
+        return 0.0
+    scale = float(max(np.max(np.abs(value[finite])), np.max(np.abs(observed[finite]))))
+    return float(np.max(np.abs(observed[finite] - value[finite]))) / scale if scale > 0 else 0.0
 
 
 _STATS_QUANTITIES = {"saved_mean", "saved_var", "saved_invstd", "running_mean", "running_var", "dgamma", "dbeta"}
