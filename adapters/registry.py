@@ -22,6 +22,9 @@ ENTRY_POINT_GROUP = "bnconf.adapters"
 # family -> (target, the extra that installs its framework)
 BUILTIN = {
     "torch": ("bnconf.adapters.torch_batchnorm:BACKENDS", "torch"),
+    "tensorflow": ("bnconf.adapters.tensorflow_nn:BACKENDS", "tensorflow"),
+    "tensorflow-layers": ("bnconf.adapters.tensorflow_layers:BACKENDS", "tensorflow"),
+    "keras": ("bnconf.adapters.keras_batchnorm:BACKENDS", "keras"),
 }
 
 

@@ -81,6 +81,26 @@ def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registr
     declared = judge(mode, observed, prepared, backend.convention, precision)
     if entry is None:
         return Assessment(declared)
-    recorded = judge(mode, observed, entry.recorded_inputs(prepared), entry.recorded_convention(backend.convention),
+    recorded_inputs, recorded_observed = entry.recorded_inputs(prepared), observed
+    if entry.unchecked is not None:
+        keep = ~np.asarray(entry.unchecked(prepared), dtype=bool)
+        recorded_inputs, recorded_observed = only_channels(recorded_inputs, observed, keep)
+        if not keep.any():  # the record claims nothing about this case
+            return Assessment(declared, entry, {})
+    recorded = judge(mode, recorded_observed, recorded_inputs, entry.recorded_convention(backend.convention),
                      entry.recorded_precision(precision))
     return Assessment(declared, entry, recorded)
+
+
+def only_channels(inputs: Inputs, observed: dict, keep: np.ndarray) -> tuple[Inputs, dict]:
+    """`inputs` and `observed` restricted to the channels where `keep` is true (x-shaped quantities along
+    the channel axis, per-channel ones by index)."""
+    ndim = inputs.x.ndim
+    per_channel = lambda a: None if a is None else np.asarray(a)[keep]  # noqa: E731
+    per_element = lambda a: None if a is None else np.compress(keep, a, axis=inputs.axis)  # noqa: E731
+    stats = lambda r: None if r is None else RunningStats(per_channel(r.mean), per_channel(r.var), r.count)  # noqa: E731
+    restricted = replace(
+        inputs, x=per_element(inputs.x), dy=per_element(inputs.dy), gamma=per_channel(inputs.gamma),
+        beta=per_channel(inputs.beta), running=stats(inputs.running), running_error=stats(inputs.running_error),
+    )
+    return restricted, {q: per_element(v) if np.ndim(v) == ndim else per_channel(v) for q, v in observed.items()}

@@ -166,12 +166,13 @@ TF_V1_LAYERS_FUSED = Convention(
     name="tf.compat.v1.layers.batch_normalization[fused]",
     api="tf.compat.v1.layers.batch_normalization (4-D/5-D input, fused path)",
     source=(
-        "keras-team/tf-keras v2.21.0: tf_keras/legacy_tf_layers/normalization.py::batch_normalization; "
-        "tf_keras/layers/normalization/batch_normalization.py::BatchNormalizationBase._fused_batch_norm"
+        "keras-team/tf-keras v2.21.0: tf_keras/src/legacy_tf_layers/normalization.py::batch_normalization; "
+        "tf_keras/src/layers/normalization/batch_normalization.py::BatchNormalizationBase._fused_batch_norm, "
+        "::_assign_moving_average"
     ),
     source_url=(
         "https://github.com/keras-team/tf-keras/blob/v2.21.0/"
-        "tf_keras/layers/normalization/batch_normalization.py"
+        "tf_keras/src/layers/normalization/batch_normalization.py"
     ),
     default_eps=1e-3,
     default_momentum=0.99,
@@ -179,9 +180,13 @@ TF_V1_LAYERS_FUSED = Convention(
     channel_axis=-1,
     ranks=(4, 5),
     running_var=Variance.UNBIASED,
+    bessel_divisor_min=1,  # FusedBatchNormV3's rest_size_minus_one = max(rest_size - 1, 1), as TF_FUSED_BATCH_NORM
     notes=(
-        "Moving statistics update only when the UPDATE_OPS collection is run. The fused kernel "
-        "returns the Bessel-corrected variance, which the layer averages as is."
+        "Moving statistics update only when the UPDATE_OPS collection is run (graph mode: "
+        "moving -= (moving - batch) * (1 - momentum), momentum a float32 tensor). The fused kernel "
+        "returns the Bessel-corrected variance, which the layer averages as is "
+        "(_bessels_correction_test_only=True). fused=True falls back to the non-fused path without "
+        "a word for float64 or rank 2/3 inputs (V1 behaviour in build())."
     ),
 )
 
@@ -191,9 +196,51 @@ TF_V1_LAYERS_NONFUSED = replace(
     api="tf.compat.v1.layers.batch_normalization (2-D/3-D input or fused=False)",
     ranks=(2, 3, 4, 5),
     running_var=Variance.BIASED,
+    bessel_divisor_min=0,
     notes=(
         "Moving statistics update only when the UPDATE_OPS collection is run. The non-fused path "
-        "averages the biased variance from tf.nn.moments."
+        "averages the biased variance from tf.nn.moments; a Python-float momentum becomes the float32 "
+        "decay tf.convert_to_tensor(1.0 - momentum), cast to the variable's dtype."
+    ),
+)
+
+TF_TUTORIAL_EMA_BATCHNORM = Convention(
+    name="tf1-tutorial batch norm (ExponentialMovingAverage)",
+    api=(
+        "hand-written TF1 layer: tf.nn.moments, tf.compat.v1.train.ExponentialMovingAverage(decay) applied "
+        "to the batch mean/variance in tf.cond's training branch, tf.nn.batch_normalization"
+    ),
+    source=(
+        "tensorflow/tensorflow v2.21.0: tensorflow/python/training/moving_averages.py::"
+        "ExponentialMovingAverage.apply, ::assign_moving_average, ::_zero_debias; "
+        "tensorflow/python/ops/nn_impl.py::moments, ::batch_normalization; the layer as TF1-era tutorials "
+        "and Q&A answers write it (ema.apply inside tf.cond's training branch, ema.average for inference)"
+    ),
+    source_url=(
+        "https://github.com/tensorflow/tensorflow/blob/v2.21.0/tensorflow/python/training/moving_averages.py"
+    ),
+    default_eps=None,  # the tutorial's own argument; tf.nn.batch_normalization has no default
+    default_momentum=None,  # ExponentialMovingAverage's decay is required
+    momentum_style=MomentumStyle.OLD_WEIGHT,  # shadow -= (shadow - batch) * (1 - decay)
+    channel_axis=-1,
+    running_var=Variance.BIASED,
+    zero_debias=False,
+    notes=(
+        "Shadows of tensors start at zero, the variance's too (slot_creator.create_zeros_slot); "
+        "decay is a float32 tensor, 1 - decay is formed in float32 and cast to the shadow's dtype. "
+        "zero_debias (off by default) applies to tensors only. num_updates (not modelled) would clamp "
+        "decay to min(decay, (1 + n) / (10 + n))."
+    ),
+)
+
+TF_TUTORIAL_EMA_ZERO_DEBIAS = replace(
+    TF_TUTORIAL_EMA_BATCHNORM,
+    name="tf1-tutorial batch norm (ExponentialMovingAverage, zero_debias=True)",
+    zero_debias=True,
+    notes=(
+        "ExponentialMovingAverage(decay, zero_debias=True): _zero_debias keeps biased <- biased - "
+        "(biased - batch) * (1 - decay) and local_step t, and sets shadow = biased / (1 - decay**t), "
+        "the bias factor formed with pow in the shadow's dtype."
     ),
 )
 
@@ -210,7 +257,16 @@ KERAS3_BATCHNORM = Convention(
     momentum_style=MomentumStyle.OLD_WEIGHT,
     channel_axis=-1,
     running_var=Variance.BIASED,
-    notes="moving_variance averages the biased batch variance from ops.moments on every backend.",
+    notes=(
+        "moving_variance averages the biased batch variance from ops.moments on every backend "
+        "(moving * momentum + batch * (1 - momentum), 1 - momentum formed as a Python float). call() casts x "
+        "to result_type(dtype, float32): float16/bfloat16 are computed in float32 (ops.moments' own float16 "
+        "upcast never triggers), and float64 too except on tensorflow (keras/src/backend/common/dtypes.py "
+        "BIT64_TO_BIT32_DTYPE). Variance: tf.nn.moments and jnp.var two-pass; the torch backend one-pass "
+        "mean(x**2) - mean(x)**2, unclamped; synchronized=True (tensorflow only) is one-pass clamped at 0 "
+        "under a distribution strategy, else tf.nn.moments. gamma, beta, moving statistics: variable dtype "
+        "(float32 under mixed_float16/mixed_bfloat16), autocast=False."
+    ),
 )
 
 FLAX_LINEN_BATCHNORM = Convention(
@@ -252,7 +308,32 @@ HAIKU_BATCHNORM = Convention(
     channel_axis=-1,
     running_var=Variance.BIASED,
     zero_debias=True,
-    notes="Moving averages are zero-debiased: after one step they equal the batch statistics.",
+    notes=(
+        "Moving averages are zero-debiased: after one step they equal the batch statistics "
+        "(hk.ExponentialMovingAverage: hidden <- hidden * d + v * (1 - d), average = hidden / (1 - d**counter), "
+        "d converted to the value's dtype; decay_rate must lie in [0, 1)). Everything is in the input's dtype, "
+        "parameters and states included; var = mean(x**2) - mean(x)**2, not clamped at 0."
+    ),
+)
+
+EQUINOX_BATCHNORM = Convention(
+    name="equinox.nn.BatchNorm",
+    api='equinox.nn.BatchNorm(..., mode="batch"), vmapped over the batch with a matching axis_name',
+    source="patrick-kidger/equinox v0.13.8: equinox/nn/_batch_norm.py::BatchNorm.__init__, BatchNorm.__call__",
+    source_url="https://github.com/patrick-kidger/equinox/blob/v0.13.8/equinox/nn/_batch_norm.py",
+    default_eps=1e-5,
+    default_momentum=0.99,
+    momentum_style=MomentumStyle.OLD_WEIGHT,
+    channel_axis=1,  # the layer sees (C, *spatial); vmap over axis 0 makes C axis 1 of the batch
+    running_var=Variance.BIASED,
+    zero_debias=True,
+    notes=(
+        'mode="batch" (mode unset means "ema", with a warning): training normalizes with the batch mean and '
+        "the biased variance max(0, mean((x - mean)**2)); state (counter, hidden) with hidden <- hidden * m + "
+        "batch * (1 - m); inference normalizes with hidden / (1 - m**counter), or hidden itself at counter 0. "
+        "The initial hidden is (0, 1), so the variance is debiased from 1 rather than 0: after one step "
+        "inference uses var + m / (1 - m) (see conformance/known/jax.py)."
+    ),
 )
 
 ONNX_BATCHNORM = Convention(
@@ -286,10 +367,13 @@ CONVENTIONS: dict[str, Convention] = {
         TF_FUSED_BATCH_NORM,
         TF_V1_LAYERS_FUSED,
         TF_V1_LAYERS_NONFUSED,
+        TF_TUTORIAL_EMA_BATCHNORM,
+        TF_TUTORIAL_EMA_ZERO_DEBIAS,
         KERAS3_BATCHNORM,
         FLAX_LINEN_BATCHNORM,
         FLAX_NNX_BATCHNORM,
         HAIKU_BATCHNORM,
+        EQUINOX_BATCHNORM,
         ONNX_BATCHNORM,
     )
 }

@@ -61,10 +61,12 @@ NUMPY_PAIRWISE = Summation(32)
 
 
 class VarianceAlgorithm(Enum):
-    """The stable algorithm a correct implementation uses for the batch variance."""
+    """The batch-variance algorithm an implementation declares: a stable one, or the one-pass formula where
+    that is the API's own algorithm (its bound loses u * (mean/std)**2; see statistics_error)."""
 
     TWO_PASS = "two_pass"  # mean first, then sum((x - mean)**2)
     WELFORD = "welford"  # running (mean, M2) updates and Chan's pairwise merge
+    ONE_PASS = "one_pass"  # E[x^2] - E[x]^2: not stable, declared only by an API whose documented algorithm it is
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,9 @@ class Precision:
 
     `dtype` is the format of x, y, dy and dx; `compute` the format of its elementwise arithmetic and
     statistics; `accumulate` the format of its reduction accumulators; `stats` the format it returns
-    running statistics, saved statistics, dgamma and dbeta in.
+    running statistics, saved statistics, dgamma and dbeta in. `flush_subnormals`: the arithmetic flushes
+    subnormal inputs and results to zero (FTZ/DAZ, as TensorFlow's CPU runtime sets for every kernel), so
+    an underflow costs up to the smallest normal number instead of half the smallest subnormal.
     """
 
     dtype: str
@@ -82,6 +86,7 @@ class Precision:
     stats: str
     summation: Summation = RECURSIVE
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS
+    flush_subnormals: bool = False
 
 
 def precision_for(
@@ -92,6 +97,7 @@ def precision_for(
     stats=None,
     summation: Summation = RECURSIVE,
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS,
+    flush_subnormals: bool = False,
 ) -> Precision:
     """The usual precision for `dtype` inputs: float16/bfloat16 computed in float32, others in their own format.
 
@@ -102,7 +108,7 @@ def precision_for(
     compute = float_format(compute) if compute is not None else wider(fmt, float_format("float32"))
     accumulate = float_format(accumulate) if accumulate is not None else compute
     stats = float_format(stats) if stats is not None else compute
-    return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance)
+    return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance, flush_subnormals)
 
 
 # The oracle's own rounding: float64, NumPy's pairwise sums over contiguous rows.
@@ -132,14 +138,16 @@ class _Roundoff:
     @classmethod
     def of(cls, p: Precision, n: int) -> "_Roundoff":
         c, a, o, s = (float_format(name) for name in (p.compute, p.accumulate, p.dtype, p.stats))
+        # flush-to-zero: a result below the smallest normal becomes 0, off by up to that normal number
+        tiny = (lambda f: 2.0**f.min_exponent) if p.flush_subnormals else (lambda f: f.smallest_subnormal)  # noqa: E731
         return cls(
             compute=c.unit_roundoff,
             out=o.unit_roundoff,
             stats=s.unit_roundoff,
             reduction=p.summation.factor(n) * a.unit_roundoff + c.unit_roundoff,
-            tiny_out=o.smallest_subnormal,
-            tiny_stats=s.smallest_subnormal,
-            tiny_compute=c.smallest_subnormal,
+            tiny_out=tiny(o),
+            tiny_stats=tiny(s),
+            tiny_compute=tiny(c),
             compute_max=c.max_value,
             accumulate_max=a.max_value,
         )
@@ -175,6 +183,8 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
     overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
     overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
+    if p.variance is VarianceAlgorithm.ONE_PASS:  # declared: the one-pass bound is the model itself
+        d_var, overflow = d_var_one_pass, overflow_one_pass
     return StatisticsError(d_mean, d_var, d_var_one_pass, overflow, overflow_one_pass)
 
 

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from bnconf.adapters.protocol import unavailable
 from bnconf.conformance import selection
 from bnconf.conformance.cases import case_inputs
-from bnconf.conformance.discrepancies import REGISTRY
+from bnconf.conformance.discrepancies import REGISTRY, matches
 from bnconf.conformance.engine import assess
 from bnconf.conformance.repro import save_case
 
 DISCREPANCIES_SEEN: set[str] = set()  # read by conftest.py at the end of the session to report stale entries
+BACKENDS_RUN: set[str] = set()  # the backends whose cells ran: only their entries can be stale
 
 
 def _selection(config):
@@ -51,12 +52,13 @@ def _describe(c) -> str:
             f"(observed {c.observed!r}, expected {c.expected!r}, bound {c.bound!r})")
 
 
-@settings(max_examples=max(5, settings().max_examples // 6))  # many cells: a sixth of the profile each
+@settings(max_examples=max(4, settings().max_examples // 12))  # hundreds of cells: a twelfth of the profile each (`bnconf report` explores deeper)
 @given(data=st.data())
 def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
     reason = unavailable(backend, device)
     if reason:
         pytest.skip(reason)
+    BACKENDS_RUN.add(backend.name)
     inputs = data.draw(case_inputs(backend, mode, dtype), label="inputs")
     a = assess(backend, mode, inputs, dtype, device)
     target(max((c.max_ratio for c in a.declared.values()), default=0.0), label="max error / bound")
@@ -72,4 +74,6 @@ def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
 
 
 def stale_discrepancies() -> list[str]:
-    return [d.id for d in REGISTRY if d.id not in DISCREPANCIES_SEEN]
+    """Entries for backends that ran which no case needed (a cell's few examples may miss a rare case:
+    the report's per-entry counts say more)."""
+    return [d.id for d in REGISTRY if d.id not in DISCREPANCIES_SEEN and any(matches(b, d.backends) for b in BACKENDS_RUN)]
