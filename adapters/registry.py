@@ -25,6 +25,7 @@ BUILTIN = {
     "tensorflow": ("bnconf.adapters.tensorflow_nn:BACKENDS", "tensorflow"),
     "tensorflow-layers": ("bnconf.adapters.tensorflow_layers:BACKENDS", "tensorflow"),
     "keras": ("bnconf.adapters.keras_batchnorm:BACKENDS", "keras"),
+    "jax": ("bnconf.adapters.jax_batchnorm:BACKENDS", "jax"),
 }
 
 
