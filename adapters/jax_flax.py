@@ -96,9 +96,10 @@ class NnxBatchNorm(_FlaxBatchNorm):
             param_dtype=JAX_DTYPES[wide(step.dtype)], use_bias=step.affine, use_scale=step.affine,
             use_fast_variance=self.fast_variance, rngs=nnx.Rngs(0),
         )
-        layer.mean[...], layer.var[...] = state["mean"], state["var"]
+        # set_value replaces the arrays (dtype included); `v[...] = a` would cast into the float32 variables
+        layer.mean.set_value(state["mean"]), layer.var.set_value(state["var"])
         if step.affine:
-            layer.scale[...], layer.bias[...] = gamma, beta
+            layer.scale.set_value(gamma), layer.bias.set_value(beta)
         if step.training:
             layer.train()
         else:
