@@ -26,6 +26,7 @@ BUILTIN = {
     "tensorflow-layers": ("bnconf.adapters.tensorflow_layers:BACKENDS", "tensorflow"),
     "keras": ("bnconf.adapters.keras_batchnorm:BACKENDS", "keras"),
     "jax": ("bnconf.adapters.jax_batchnorm:BACKENDS", "jax"),
+    "cuda-kernel": ("bnconf.adapters.cuda_kernel:BACKENDS", "test"),
 }
 
 

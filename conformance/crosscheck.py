@@ -6,7 +6,9 @@ channel axis is moved where B wants another, both run, and every quantity both r
     matches after translation    |a - b| within the sum of both error-model bounds
     differs as the spec predicts |a - b| is the difference between the oracle under A's and under B's
                                  convention (within the same bounds): an irreducible convention difference,
-                                 named by the translation's residual that affects the quantity
+                                 named by the translation's residual that affects the quantity (where a
+                                 known discrepancy covers a side's case, its recorded behaviour stands in
+                                 for the declared one, and the row names the entry)
     UNEXPECTED                   neither: one of the backends, or the translation, is wrong
 
 Each row keeps the largest relative difference seen and the residual's predicted size for that case's
@@ -21,9 +23,11 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from ..adapters.protocol import channel_axes, declared_precision, unavailable
 from ..spec import Inputs, Mode, expected, translate
+from ..spec.conventions import new_batch_weight
 from ..spec.oracle import channel_axis
 from .battery import describe
 from .cases import case_inputs
+from .discrepancies import REGISTRY, covering
 from .engine import prepare, request
 
 MODES = (Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD, Mode.TRAIN_BACKWARD)
@@ -85,7 +89,9 @@ def _target_inputs(i: Inputs, a, b, mode: Mode) -> tuple[Inputs, int, object] | 
         return None  # B would need statistics it does not keep
     if mode is Mode.EVAL_FORWARD and running is None and not b.convention.untracked_eval_uses_batch_stats:
         return None
-    momentum = t.momentum if t.momentum is not None or b.convention.cumulative_average else b.convention.default_momentum
+    momentum = t.momentum
+    if momentum is None and not b.convention.cumulative_average:  # A's cumulative average: B has none
+        momentum = new_batch_weight(b.convention, 0.1)  # a stand-in; the residual names the difference
     ndim = i.x.ndim
     axis_a = channel_axis(ndim, i.axis)
     allowed = {channel_axis(ndim, ax): ax for ax in channel_axes(b)}  # normalized -> as B names it
@@ -121,6 +127,29 @@ def _compare(quantity, oa, ob, ea, eb):
     return (PREDICTED if np.all(predicted) else UNEXPECTED), rel
 
 
+def _expected(backend, mode: Mode, i: Inputs, dtype: str, device: str, precision):
+    """The oracle's values for `backend` on `i`: its declared semantics, or, where a known discrepancy
+    covers the case, the recorded behaviour (its id is returned with them)."""
+    entry = covering(REGISTRY, backend.name, mode, dtype, device, i)
+    if entry is None:
+        return expected(mode, i, backend.convention, precision), None
+    values = expected(mode, entry.recorded_inputs(i), entry.recorded_convention(backend.convention),
+                      entry.recorded_precision(precision))
+    if entry.unchecked is not None:  # channels the record claims nothing about: no claim here either
+        skip = np.asarray(entry.unchecked(i), dtype=bool)
+        values = {q: replace(e, ill=e.ill | _along_channels(skip, e.value, i)) for q, e in values.items()}
+    return values, entry.id
+
+
+def _along_channels(per_channel: np.ndarray, like: np.ndarray, i: Inputs) -> np.ndarray:
+    """A per-channel mask broadcast to a quantity's shape (x-shaped or per channel)."""
+    if np.ndim(like) != np.ndim(i.x):
+        return per_channel
+    shape = [1] * i.x.ndim
+    shape[channel_axis(i.x.ndim, i.axis)] = -1
+    return np.broadcast_to(per_channel.reshape(shape), np.shape(like))
+
+
 def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu") -> PairResult:
     result = PairResult(a.name, b.name, mode.value, "ran")
     dtype = _common_dtype(a, b)
@@ -141,17 +170,21 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
     @given(case_inputs(view, mode, dtype))
     def explore(i):
         i = prepare(prepare(i, pa), pb)  # values both backends' formats hold
-        target = _target_inputs(i, a, b, mode)
+        try:
+            target = _target_inputs(i, a, b, mode)
+        except ValueError as e:  # a case the translation refuses: reported, the pair goes on
+            errors.append(f"translation: {e} [{describe(i)}]")
+            return
         if target is None:
             return
         ib, axis_b, t = target
         try:
             oa = a.run(mode, request(i, dtype, device)).quantities()
             ob = b.run(mode, request(ib, dtype, device)).quantities()
+            (ea, ra), (eb, rb) = _expected(a, mode, i, dtype, device, pa), _expected(b, mode, ib, dtype, device, pb)
         except Exception as e:  # reported with the input; the pair goes on
             errors.append(f"{type(e).__name__}: {e} [{describe(i)}]")
             return
-        ea, eb = expected(mode, i, a.convention, pa), expected(mode, ib, b.convention, pb)
         back = lambda v: np.moveaxis(v, axis_b, channel_axis(i.x.ndim, i.axis)) if np.ndim(v) == i.x.ndim else v  # noqa: E731
         n = i.x.size // i.x.shape[i.axis]
         steps = 1 + (i.running.count if i.running is not None else 0)
@@ -162,7 +195,8 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
             row.examples += 1
             if (_RANK[verdict], rel) >= (_RANK[row.verdict], row.max_relative):
                 row.verdict, row.max_relative, row.worst_input = verdict, rel, describe(i)
-                row.residuals = _residual_text(t, q, n, steps)
+                recorded = [f"{name} as recorded in {rid}" for name, rid in ((a.name, ra), (b.name, rb)) if rid]
+                row.residuals = "; ".join(filter(None, [_residual_text(t, q, n, steps)] + recorded))
 
     explore()
     result.rows = sorted(rows.values(), key=lambda r: r.quantity)
@@ -179,5 +213,9 @@ def run_matrix(backends, examples: int, run_seed: int, device: str = "cpu", prog
     for j, (a, b) in enumerate(pairs, 1):
         if progress:
             progress(f"[pair {j}/{len(pairs)}] {a.name} vs {b.name}")
-        results.extend(run_pair(a, b, mode, examples, run_seed, device) for mode in MODES)
+        for mode in MODES:
+            try:
+                results.append(run_pair(a, b, mode, examples, run_seed, device))
+            except Exception as e:  # one pair's failure never loses the others
+                results.append(PairResult(a.name, b.name, mode.value, "error", f"{type(e).__name__}: {e}"))
     return results

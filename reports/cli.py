@@ -79,17 +79,23 @@ def _report(args) -> int:
         print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
     results = battery.run_battery(cells, args.examples, args.seed, progress=say)
-    pairs = crosscheck.run_matrix(found, args.pair_examples, args.seed, progress=say) if args.pair_examples else []
     environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
     for b in found:
         environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
-    ok = battery.conforms(results) and not any(
-        r.verdict == crosscheck.UNEXPECTED or p.status == "error" for p in pairs for r in (p.rows or []))
-    report = render.Report(results, environment, args.seed, args.examples, ok,
-                           battery.discrepancy_use(results, REGISTRY), pairs)
-    (out / f"{args.name}.md").write_text(render.markdown(report))
-    (out / f"{args.name}.html").write_text(render.html_page(report))
-    (out / f"{args.name}.json").write_text(render.json_document(report))
+
+    def write(pairs) -> render.Report:
+        bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
+        report = render.Report(results, environment, args.seed, args.examples, battery.conforms(results) and not bad_pair,
+                               battery.discrepancy_use(results, REGISTRY), pairs)
+        (out / f"{args.name}.md").write_text(render.markdown(report))
+        (out / f"{args.name}.html").write_text(render.html_page(report))
+        (out / f"{args.name}.json").write_text(render.json_document(report))
+        return report
+
+    report = write([])  # the battery's results are on disk before the cross-framework table runs
+    if args.pair_examples:
+        report = write(crosscheck.run_matrix(found, args.pair_examples, args.seed, progress=say))
+    ok = report.conforms
     print(render.terminal(report))
     print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
     return 0 if ok else 1

@@ -74,9 +74,12 @@ def _cell_rows(results) -> list[list]:
 def _pair_rows(pairs) -> list[list]:
     """One row per (pair, mode, quantity); a pair not comparable for one reason in every mode is one row."""
     out, folded = [], set()
+    compared = {(p.source, p.target) for p in pairs if p.status != "not comparable"}
     for p in pairs:
         if p.status == "not comparable":
-            if (p.source, p.target, p.reason) not in folded:
+            if (p.source, p.target) in compared:
+                out.append([p.source, p.target, p.mode, "-", p.status, "", p.reason])
+            elif (p.source, p.target, p.reason) not in folded:
                 folded.add((p.source, p.target, p.reason))
                 out.append([p.source, p.target, "*", "-", p.status, "", p.reason])
             continue

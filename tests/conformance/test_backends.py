@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend, device, dtype, mode", [
             pytest.param(*cell, id=f"{cell[0].name}-{cell[1]}-{cell[2]}-{cell[3].value}",
-                         marks=[pytest.mark.gpu] if cell[1] != "cpu" else [])
+                         marks=[pytest.mark.gpu] if cell[1] in ("cuda", "gpu") else [])
             for cell in cells
         ])
     if "family" in metafunc.fixturenames:
