@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..spec import Mode, Precision, precision_for
-from .protocol import Outputs, Request
+from .protocol import Outputs, Request, check_request
 
 JAX_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
@@ -114,7 +114,7 @@ class JaxBackend:
         return wide(dtype)
 
     def run(self, mode: Mode, r: Request) -> Outputs:
-        self._check(mode, r)
+        check_request(self, mode, r)
         step = Step(mode, r.dtype, r.axis % r.x.ndim, r.gamma is not None, r.running_mean is not None)
         with x64(r.dtype):
             device = jax.devices(r.device)[0]
@@ -135,22 +135,3 @@ class JaxBackend:
             if "batches_seen" in out:
                 result.batches_seen = int(out["batches_seen"])
         return result
-
-    def _check(self, mode: Mode, r: Request) -> None:
-        label = self.name
-        if r.dtype not in self.dtypes:
-            raise ValueError(f"{label}: dtype {r.dtype!r} is not supported (supported: {', '.join(self.dtypes)})")
-        if r.device not in self.devices:
-            raise ValueError(f"{label}: device {r.device!r} is not supported (supported: {', '.join(self.devices)})")
-        if r.x.ndim not in self.ranks:
-            raise ValueError(f"{label}: input rank {r.x.ndim} is not supported (ranks {self.ranks})")
-        if not -r.x.ndim <= r.axis < r.x.ndim or (r.axis % r.x.ndim) not in {a % r.x.ndim for a in self.channel_axes}:
-            raise ValueError(f"{label}: channel axis {r.axis} is not supported for rank {r.x.ndim} (axes {self.channel_axes})")
-        if (r.gamma is None) != (r.beta is None):
-            raise ValueError(f"{label}: gamma and beta must be given together (the layer's affine switch covers both)")
-        if (r.running_mean is None) != (r.running_var is None):
-            raise ValueError(f"{label}: running_mean and running_var must be given together")
-        if mode in BACKWARD and r.dy is None:
-            raise ValueError(f"{label}: {mode.value} needs dy, the gradient of the output")
-        if mode not in TRAINING and r.running_mean is None:
-            raise ValueError(f"{label}: {mode.value} normalizes with running statistics; give running_mean and running_var")

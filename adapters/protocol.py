@@ -128,3 +128,33 @@ def unavailable(backend, device: str) -> str | None:
         return f"{backend.name} does not run on {device}"
     check = getattr(backend, "unavailable", None)
     return check(device) if callable(check) else None
+
+
+def check_request(backend, mode: Mode, r: Request) -> None:
+    """Raise ValueError naming what in `r` the backend cannot take: its dtype, device, rank or channel axis,
+    half of a pair (gamma/beta, running mean/var), a missing or misshapen dy, or eval without running
+    statistics where the convention needs them. Adapters call it first, so that bad input never becomes a
+    traceback from inside a framework."""
+    label, ndim = backend.name, np.ndim(r.x)
+    if r.dtype not in backend.dtypes:
+        raise ValueError(f"{label}: dtype {r.dtype!r} is not supported (supported: {', '.join(backend.dtypes)})")
+    if r.device not in backend.devices:
+        raise ValueError(f"{label}: device {r.device!r} is not supported (supported: {', '.join(backend.devices)})")
+    ranks = tuple(getattr(backend, "ranks", backend.convention.ranks))
+    if ndim not in ranks:
+        raise ValueError(f"{label}: input rank {ndim} is not supported (ranks {ranks})")
+    axes = channel_axes(backend)
+    if not -ndim <= r.axis < ndim or r.axis % ndim not in {a % ndim for a in axes}:
+        raise ValueError(f"{label}: channel axis {r.axis} is not supported for rank {ndim} (axes {axes})")
+    if (r.gamma is None) != (r.beta is None):
+        raise ValueError(f"{label}: gamma and beta must be given together (one affine switch covers both)")
+    if (r.running_mean is None) != (r.running_var is None):
+        raise ValueError(f"{label}: running_mean and running_var must be given together")
+    if mode in (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD):
+        if r.dy is None:
+            raise ValueError(f"{label}: {mode.value} needs dy, the gradient of the output")
+        if np.shape(r.dy) != np.shape(r.x):
+            raise ValueError(f"{label}: dy has shape {np.shape(r.dy)}, x has {np.shape(r.x)}")
+    if (mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD) and r.running_mean is None
+            and not backend.convention.untracked_eval_uses_batch_stats):
+        raise ValueError(f"{label}: {mode.value} normalizes with running statistics; give running_mean and running_var")

@@ -35,7 +35,7 @@ from ..spec.conventions import (
     TF_V1_LAYERS_NONFUSED,
 )
 from . import tensorflow_common as tfc
-from .protocol import Outputs, Request
+from .protocol import Outputs, Request, check_request
 
 tf = tfc.tf
 # the object tf.compat.v1.layers.batch_normalization is under TF_USE_LEGACY_KERAS=1 (checked on tf_keras 2.21)
@@ -136,18 +136,6 @@ def _session(graph, init) -> object:
 # ---------------------------------------------------------------- the shared run
 
 
-def _check_request(r: Request, backend) -> None:
-    rank = np.ndim(r.x)
-    if rank not in backend.ranks:
-        raise ValueError(f"{backend.name} takes inputs of rank {', '.join(map(str, backend.ranks))}, got rank {rank}")
-    if r.axis not in backend.channel_axes and r.axis - rank not in backend.channel_axes:
-        raise ValueError(f"{backend.name}: channel axis {r.axis} unsupported; it takes {backend.channel_axes}")
-    if (r.gamma is None) != (r.beta is None):
-        raise ValueError(f"{backend.name}: give gamma and beta together (center and scale are set as one here)")
-    if (r.running_mean is None) != (r.running_var is None):
-        raise ValueError(f"{backend.name}: give running_mean and running_var together")
-
-
 class _GraphBackend:
     """Graph-mode backends: build (cached), assign state, feed, run; subclasses build and say what to assign."""
 
@@ -167,7 +155,7 @@ class _GraphBackend:
         return tfc.gpu_unavailable(device)
 
     def run(self, mode: Mode, r: Request) -> Outputs:
-        _check_request(r, self)
+        check_request(self, mode, r)
         rank = np.ndim(r.x)
         axis = r.axis % rank
         shape = tuple(n if i == axis else None for i, n in enumerate(np.shape(r.x)))  # only C is static

@@ -31,7 +31,7 @@ from functools import lru_cache
 from ..spec import Mode, precision_for
 from ..spec.conventions import TF_FUSED_BATCH_NORM, TF_NN_BATCH_NORMALIZATION
 from . import tensorflow_common as tfc
-from .protocol import Outputs, Request
+from .protocol import Outputs, Request, check_request
 
 tf = tfc.tf
 TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
@@ -50,17 +50,6 @@ def _broadcast_shape(rank: int, channel_axis: int, channels: int) -> list[int]:
     shape = [1] * rank
     shape[channel_axis % rank] = channels
     return shape
-
-
-def _check_request(r: Request, backward: bool, ranks: tuple[int, ...]) -> None:
-    if r.x.ndim not in ranks:
-        raise ValueError(f"x has rank {r.x.ndim}; this backend takes ranks {ranks}")
-    if (r.gamma is None) != (r.beta is None):
-        raise ValueError("gamma and beta must both be given or both be None")
-    if backward and r.dy is None:
-        raise ValueError("a backward mode needs dy, the upstream gradient")
-    if backward and r.dy.shape != r.x.shape:
-        raise ValueError(f"dy has shape {r.dy.shape}, x has {r.x.shape}")
 
 
 class _TfBackend:
@@ -143,7 +132,7 @@ class NnBatchNormalization(_TfBackend):
         backward = mode in BACKWARD
         if mode not in self.modes:
             raise ValueError(f"{self.name} has no {mode.value}: it keeps no running statistics")
-        _check_request(r, backward, self.ranks)
+        check_request(self, mode, r)
         rank, affine = r.x.ndim, r.gamma is not None
         pshape = _broadcast_shape(rank, r.axis, r.x.shape[r.axis])
         x = tfc.tensor(r.x, r.dtype)
@@ -196,11 +185,7 @@ class FusedBatchNorm(_TfBackend):
 
     def run(self, mode: Mode, r: Request) -> Outputs:
         backward, training = mode in BACKWARD, mode in TRAINING
-        _check_request(r, backward, self.ranks)
-        if r.dtype not in self.dtypes:
-            raise ValueError(f"{self.name} takes {', '.join(self.dtypes)} input, not {r.dtype} (FusedBatchNormV3's T)")
-        if not training and r.running_mean is None:
-            raise ValueError("inference (is_training=False) needs running_mean and running_var")
+        check_request(self, mode, r)
         kwargs = self._arguments(r, training)
         x = tfc.tensor(r.x, r.dtype)
         scale, offset = self._affine(r)
