@@ -1,6 +1,7 @@
 """The `bnconf` command line.
 
     bnconf report         run the conformance battery over every available backend, write the report
+    bnconf validate T     the whole battery on one backend named module:attr or file.py:attr (exit 0: conforms)
     bnconf replay DIR     rerun a failing case the test suite saved as a folder
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
@@ -51,7 +52,7 @@ def _report(args) -> int:
 
     from ..conformance import battery, crosscheck, selection
     from ..conformance.discrepancies import REGISTRY
-    from . import render
+    from . import figures, render
 
     out = Path(args.out)
     try:
@@ -83,10 +84,14 @@ def _report(args) -> int:
     for b in found:
         environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
 
+    pictures = {f"{args.name}-{suffix}.png": drawn for suffix, drawn in figures.render_all(results).items()}
+    for file_name, (_, png) in pictures.items():
+        (out / file_name).write_bytes(png)
+
     def write(pairs) -> render.Report:
         bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
         report = render.Report(results, environment, args.seed, args.examples, battery.conforms(results) and not bad_pair,
-                               battery.discrepancy_use(results, REGISTRY), pairs)
+                               battery.discrepancy_use(results, REGISTRY), pairs, pictures)
         (out / f"{args.name}.md").write_text(render.markdown(report))
         (out / f"{args.name}.html").write_text(render.html_page(report))
         (out / f"{args.name}.json").write_text(render.json_document(report))
@@ -111,22 +116,35 @@ def _replay(args) -> int:
     return print_replay(args.folder)
 
 
+def _battery_options(parser, name: str, examples: int, pair_examples: int) -> None:
+    parser.add_argument("--device", action="append", default=[], help="only these devices (repeatable)")
+    parser.add_argument("--dtype", action="append", default=[], help="only these dtypes (repeatable)")
+    parser.add_argument("--examples", type=int, default=examples, help=f"Hypothesis examples per cell (default {examples})")
+    parser.add_argument("--pair-examples", type=int, default=pair_examples,
+                        help=f"examples per backend pair and mode in the cross-framework table (0: skip it; default {pair_examples})")
+    parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
+    parser.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
+    parser.add_argument("--name", default=name, help=f"file name stem (default {name})")
+
+
+def _validate(args) -> int:
+    """`bnconf report` on exactly the named target, deeper by default (20 examples per cell)."""
+    args.backend = [args.target]
+    return _report(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance checker")
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="run the conformance battery and write the discrepancy report")
     report.add_argument("--backend", action="append", default=[], metavar="TARGET",
                         help="module:attribute or path.py:attribute (repeatable); default: every available backend")
-    report.add_argument("--device", action="append", default=[], help="only these devices (repeatable)")
-    report.add_argument("--dtype", action="append", default=[], help="only these dtypes (repeatable)")
-    report.add_argument("--examples", type=int, default=5,
-                        help="Hypothesis examples per cell (default 5: every framework in about 5 minutes on 2 cores)")
-    report.add_argument("--pair-examples", type=int, default=2,
-                        help="examples per backend pair and mode in the cross-framework table (0: skip it; default 2)")
-    report.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
-    report.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
-    report.add_argument("--name", default="report", help="file name stem (default report)")
+    _battery_options(report, name="report", examples=5, pair_examples=2)
     report.set_defaults(run=_report)
+    validate = sub.add_parser("validate", help="run the whole battery on one backend (yours): exit 0 when it conforms")
+    validate.add_argument("target", metavar="TARGET", help="module:attribute or path/to/file.py:attribute naming the backend(s)")
+    _battery_options(validate, name="validate", examples=20, pair_examples=0)
+    validate.set_defaults(run=_validate)
     replay = sub.add_parser("replay", help="rerun a failing case saved by the test suite")
     replay.add_argument("folder", help="a folder written by a failing conformance test (bnconf-repro/...)")
     replay.set_defaults(run=_replay)

@@ -20,6 +20,7 @@ and none needed it. Pair verdicts: "matches after translation", "differs as the 
 difference". Timestamps are deliberately absent: the same seed gives the same file but for timings.
 """
 
+import base64
 import html
 import json
 from collections import defaultdict
@@ -42,6 +43,7 @@ class Report:
     conforms: bool
     discrepancies: list = field(default_factory=list)  # battery.DiscrepancyUse
     pairs: list = field(default_factory=list)  # crosscheck.PairResult
+    figures: dict = field(default_factory=dict)  # file name -> (title, PNG bytes), see figures.py
 
 
 @dataclass
@@ -168,6 +170,8 @@ def markdown(report: Report) -> str:
     lines = ["# bnconf discrepancy report", "",
              f"Verdict: **{_headline(report)}**. Seed {report.seed}, {report.examples} Hypothesis examples per cell "
              "(shrinking off, targeting the largest error/bound).", "", f"Environment: {_environment(report)}"]
+    if report.figures:
+        lines += ["", "## Figures", ""] + [f"- [{title}]({name})" for name, (title, _) in report.figures.items()]
     for s in sections(report):
         lines += ["", f"## {s.title}", ""] + ([s.note, ""] if s.note else [])
         lines += ["| " + " | ".join(s.header) + " |", "|" + "---|" * len(s.header)]
@@ -177,6 +181,15 @@ def markdown(report: Report) -> str:
 
 def _bad(row) -> bool:
     return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE")) for v in row)
+
+
+def _figures_html(report: Report) -> str:
+    """The figures embedded as data URIs, so that the HTML file stands alone."""
+    return "\n".join(
+        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" style="max-width:100%" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        for title, png in report.figures.values()
+    )
 
 
 def html_page(report: Report) -> str:
@@ -195,6 +208,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}tr.bad td{{background:#fdd}}th{{ba
 <body><h1>bnconf discrepancy report</h1>
 <p><b>{html.escape(_headline(report)[0].upper() + _headline(report)[1:])}</b>. Seed {report.seed}, {report.examples} examples per cell.</p>
 <p>Environment: {html.escape(_environment(report))}</p>
+{_figures_html(report)}
 {chr(10).join(body)}
 </body></html>
 """

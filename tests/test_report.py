@@ -16,7 +16,7 @@ def _strip_timings(doc):
 
 def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
     assert main(["report", "--backend", EXAMPLE, "--examples", "5", "--out", str(tmp_path), "--name", "t"]) == 0
-    assert {p.name for p in tmp_path.iterdir()} == {"t.md", "t.html", "t.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"t.md", "t.html", "t.json", "t-heatmap.png", "t-conditioning.png", "t-length.png"}
     doc = json.loads((tmp_path / "t.json").read_text())
     assert doc["format"] == "bnconf-report/1" and doc["conforms"] is True
     assert {c["mode"] for c in doc["cells"]} == {"train_forward", "eval_forward"}
@@ -104,3 +104,13 @@ def test_an_entry_that_covers_cases_none_of_which_need_it_is_reported_stale():
     assert use.status.startswith("STALE") and "7" in use.status
     cell.discrepancies["e"][1] = 2
     assert discrepancy_use([cell], [entry])[0].status == "in use"
+
+
+def test_validate_runs_the_battery_on_one_target_and_exits_by_its_verdict(tmp_path, capsys):
+    assert main(["validate", EXAMPLE, "--examples", "4", "--out", str(tmp_path)]) == 0
+    assert {"validate.md", "validate.html", "validate.json", "validate-heatmap.png"} <= {p.name for p in tmp_path.iterdir()}
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("from bnconf.conformance.mutants import MUTANTS\nBACKEND = MUTANTS['eps outside the square root'].backend\n")
+    assert main(["validate", f"{wrong}:BACKEND", "--dtype", "float32", "--examples", "30", "--out", str(tmp_path)]) == 1
+    assert main(["validate", "no_such_module:BACKEND", "--out", str(tmp_path)]) == 2
+    assert "cannot import" in capsys.readouterr().err
