@@ -88,10 +88,12 @@ def _report(args) -> int:
     for file_name, (_, png) in pictures.items():
         (out / file_name).write_bytes(png)
 
+    inferred = _inferred(found) if args.command == "validate" else []
+
     def write(pairs) -> render.Report:
         bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
         report = render.Report(results, environment, args.seed, args.examples, battery.conforms(results) and not bad_pair,
-                               battery.discrepancy_use(results, REGISTRY), pairs, pictures)
+                               battery.discrepancy_use(results, REGISTRY), pairs, pictures, inferred)
         (out / f"{args.name}.md").write_text(render.markdown(report))
         (out / f"{args.name}.html").write_text(render.html_page(report))
         (out / f"{args.name}.json").write_text(render.json_document(report))
@@ -125,6 +127,29 @@ def _battery_options(parser, name: str, examples: int, pair_examples: int) -> No
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
     parser.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
     parser.add_argument("--name", default=name, help=f"file name stem (default {name})")
+
+
+def _inferred(backends) -> list[dict]:
+    """Convention inference on each backend (its first device that runs now), as report rows."""
+    from ..adapters.protocol import unavailable
+    from ..conformance.inference import infer
+
+    rows = []
+    for b in backends:
+        device = next((d for d in b.devices if not unavailable(b, d)), None)
+        if device is None:
+            continue
+        try:
+            inference = infer(b, device)
+        except Exception as e:  # probing is advice: a backend it cannot probe still gets its battery verdict
+            rows.append(dict(backend=b.name, property="-", value=None, agrees=False, candidates={},
+                             evidence=f"probing failed: {type(e).__name__}: {e}"))
+            continue
+        agrees = inference.matches(b.convention)
+        rows += [dict(backend=b.name, property=prop, value=str(getattr(f.value, "value", f.value)), agrees=agrees.get(prop, True),
+                      evidence=f.evidence, candidates={str(k): float(v) for k, v in f.candidates.items()})
+                 for prop, f in inference.findings.items()]
+    return rows
 
 
 def _validate(args) -> int:

@@ -11,6 +11,7 @@ JSON layout (`bnconf-report/1`):
                 "rows": [{"quantity", "verdict", "max_error", "max_ratio", "max_ulp", "detail",
                           "worst_input", "discrepancy", "examples", "failures"}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
+     "inferred": [{"backend", "property", "value", "agrees", "evidence", "candidates": {hypothesis: residual}}],
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
@@ -44,6 +45,8 @@ class Report:
     discrepancies: list = field(default_factory=list)  # battery.DiscrepancyUse
     pairs: list = field(default_factory=list)  # crosscheck.PairResult
     figures: dict = field(default_factory=dict)  # file name -> (title, PNG bytes), see figures.py
+    # convention inference (bnconf validate): {"backend", "property", "value", "agrees", "evidence"} rows
+    inferred: list = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +127,13 @@ def seconds_per_backend(results) -> dict[str, float]:
 def sections(report: Report) -> list[Section]:
     out = [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
                    terminal_columns=9)]
+    if report.inferred:
+        out.append(Section("Convention inferred by probing, against the declared record",
+                           ["backend", "property", "inferred", "declared record agrees", "evidence"],
+                           [[r["backend"], r["property"], r["value"], "yes" if r["agrees"] else "NO", r["evidence"]]
+                            for r in report.inferred],
+                           note="Designed inputs (conformance/inference_probes.py); each property's candidate "
+                                "hypotheses and their residuals are in the JSON.", terminal_columns=4))
     if report.discrepancies:
         out.append(Section("Known discrepancies", ["id", "backends", "cases covered", "cases that needed it", "status"],
                            [[d.id, d.backends, d.covered, d.needed, d.status] for d in report.discrepancies],
@@ -180,7 +190,7 @@ def markdown(report: Report) -> str:
 
 
 def _bad(row) -> bool:
-    return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE")) for v in row)
+    return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE")) or v == "NO" for v in row)
 
 
 def _figures_html(report: Report) -> str:
@@ -224,6 +234,7 @@ def json_document(report: Report) -> str:
         "cells": [asdict(c) for c in report.results],
         "discrepancies": [dict(asdict(d), status=d.status) for d in report.discrepancies],
         "pairs": [asdict(p) for p in report.pairs],
+        "inferred": report.inferred,
         "seconds_per_backend": seconds_per_backend(report.results),
     }
     return json.dumps(doc, indent=1, sort_keys=True, default=str)

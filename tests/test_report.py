@@ -109,8 +109,16 @@ def test_an_entry_that_covers_cases_none_of_which_need_it_is_reported_stale():
 def test_validate_runs_the_battery_on_one_target_and_exits_by_its_verdict(tmp_path, capsys):
     assert main(["validate", EXAMPLE, "--examples", "4", "--out", str(tmp_path)]) == 0
     assert {"validate.md", "validate.html", "validate.json", "validate-heatmap.png"} <= {p.name for p in tmp_path.iterdir()}
+    inferred = json.loads((tmp_path / "validate.json").read_text())["inferred"]
+    assert {r["property"] for r in inferred} >= {"momentum_style", "running_var", "eps_placement"}
+    assert all(r["agrees"] for r in inferred)
     wrong = tmp_path / "wrong.py"
     wrong.write_text("from bnconf.conformance.mutants import MUTANTS\nBACKEND = MUTANTS['eps outside the square root'].backend\n")
     assert main(["validate", f"{wrong}:BACKEND", "--dtype", "float32", "--examples", "30", "--out", str(tmp_path)]) == 1
+    biased = tmp_path / "biased.py"
+    biased.write_text("from bnconf.conformance.mutants import MUTANTS\nBACKEND = MUTANTS['biased running variance'].backend\n")
+    assert main(["validate", f"{biased}:BACKEND", "--dtype", "float32", "--examples", "30", "--out", str(tmp_path)]) == 1
+    inferred = {r["property"]: r for r in json.loads((tmp_path / "validate.json").read_text())["inferred"]}
+    assert inferred["running_var"]["value"] == "biased" and not inferred["running_var"]["agrees"]
     assert main(["validate", "no_such_module:BACKEND", "--out", str(tmp_path)]) == 2
     assert "cannot import" in capsys.readouterr().err

@@ -1,0 +1,367 @@
+"""Convention inference: probe a backend with designed inputs and say which semantics it implements.
+
+`infer(backend)` runs a few train/eval forwards whose outputs separate the hypotheses of each property
+(momentum style, zero-debias, cumulative average, running-variance estimator and its Bessel floor, eps
+placement and clamp, channel axis, eval with running statistics, half-precision accumulation) and returns an
+`Inference`: one `Finding` per property with the probe that decided it and, for every hypothesis, the
+relative residual with which it explains the outputs. `Inference.matches(convention)` compares the findings
+with a declared `spec.Convention` record. The momentum probe measures the weight on the new batch,
+w = (new - old) / (batch - old), from the running mean; every other running-statistic property is read
+against that measured w.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..adapters.protocol import Request, channel_axes
+from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance
+from . import inference_probes as p
+
+HALF = ("float16", "bfloat16")
+TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
+MOMENTA = (0.1, 0.3)  # in the backend's own convention; two values so that w = m and w = 1 - m never coincide
+STEPS_SEEN = (0, 3)  # batches_seen: a zero-debiased or cumulative weight depends on it, a plain one does not
+EPS = 1e-3
+TINY_EPS = 1e-9
+NOT_TRACKED = "no running statistics"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One inferred property: its value, the probe (one line), and each hypothesis's relative residual."""
+
+    property: str
+    value: object
+    evidence: str
+    candidates: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        fits = ", ".join(f"{h}: {r:.3g}" for h, r in self.candidates.items())
+        return f"{self.property} = {self.value}  [{self.evidence}]" + (f"  residuals {{{fits}}}" if fits else "")
+
+
+@dataclass
+class Inference:
+    """The findings for one backend, keyed by property."""
+
+    backend: str
+    dtype: str
+    findings: dict[str, Finding]
+
+    def __getitem__(self, prop: str) -> object:
+        return self.findings[prop].value
+
+    def matches(self, convention: Convention) -> dict[str, bool]:
+        """Whether each inferred property agrees with `convention`'s record (a property the probes could not
+        reach agrees only where the record says it does not apply either)."""
+        c, v = convention, self.__getitem__
+        tracked = c.tracks_running_stats
+        out = {
+            "channel_axis": _axis_agrees(v("channel_axis")),
+            "eps_placement": v("eps_placement") == c.eps_placement,
+            "eps_min": _eps_min_agrees(v("eps_min"), c.eps_min),
+            "eval_uses_running_stats": v("eval_uses_running_stats") in (True, None),
+            "momentum_style": v("momentum_style") == (c.momentum_style if tracked else NOT_TRACKED),
+            "zero_debias": v("zero_debias") == (c.zero_debias if tracked else NOT_TRACKED),
+            "cumulative_average": v("cumulative_average") == (c.cumulative_average if tracked else NOT_TRACKED),
+            "running_var": v("running_var") == (c.running_var if tracked else NOT_TRACKED),
+        }
+        floor = v("bessel_divisor_min")
+        if not tracked:
+            out["bessel_divisor_min"] = floor == NOT_TRACKED
+        elif c.running_var is Variance.UNBIASED:
+            out["bessel_divisor_min"] = floor in ((1,) if c.bessel_divisor_min >= 1 else (0, "rejected"))
+        else:
+            out["bessel_divisor_min"] = floor in ("n/a (biased)", "rejected")
+        for prop, finding in self.findings.items():
+            if prop.startswith("accumulation["):
+                out[prop] = finding.value is not None
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.backend} ({self.dtype}):\n" + "\n".join(f"  {f}" for f in self.findings.values())
+
+
+def _axis_agrees(found: dict) -> bool:
+    """Every channel axis the backend declares (and was asked for) is the one it reduces over."""
+    return bool(found) and all(a == b for a, b in found.items())
+
+
+def _eps_min_agrees(found, declared: float) -> bool:
+    if found is None:
+        return False
+    if declared == 0.0:
+        return found == 0.0
+    return abs(found - declared) <= 1e-3 * declared
+
+
+# ---------------------------------------------------------------- the session with one backend
+
+
+class _Probe:
+    """Runs requests on one backend, dtype and device, in the backend's rank and channel axis."""
+
+    def __init__(self, backend, device: str, dtype: str | None):
+        self.backend, self.device = backend, device
+        self.dtype = dtype or next(d for d in ("float64", "float32", *backend.dtypes) if d in backend.dtypes)
+        ranks = tuple(getattr(backend, "ranks", backend.convention.ranks))
+        self.rank = 2 if 2 in ranks else min(ranks)
+        axes = channel_axes(backend)
+        self.axis = backend.convention.channel_axis if backend.convention.channel_axis in axes else axes[0]
+        self.tol = TOLERANCE[self.dtype]
+
+    def run(self, mode: Mode, rows, dtype: str | None = None, **kw):
+        x = p.shaped(rows, self.rank, self.axis)
+        r = Request(x=x, axis=self.axis, dtype=dtype or self.dtype, device=self.device, **{"eps": EPS, **kw})
+        return self.backend.run(mode, r)
+
+    def rows(self, a) -> np.ndarray:
+        return p.per_channel(a, self.axis)
+
+
+def _decide(prop: str, candidates: dict, tol: float, evidence: str, value_of=lambda h: h) -> Finding:
+    """The best-fitting hypothesis, or None when even it misses by more than `tol`."""
+    best = min(candidates, key=candidates.get)
+    value = value_of(best) if candidates[best] <= tol else None
+    note = "" if value is not None else f"; no hypothesis within {tol:g}"
+    return Finding(prop, value, evidence + note, candidates)
+
+
+def _error(prop: str, value, what: str, e: Exception) -> Finding:
+    return Finding(prop, value, f"{what} raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", {})
+
+
+# ---------------------------------------------------------------- channel axis
+
+
+def _channel_axis(pr: _Probe) -> Finding:
+    x = p.axis_probe_input(pr.rank)
+    asked = [a for a in channel_axes(pr.backend)]
+    found, cands, shapes = {}, {}, []
+    for a in asked:
+        try:
+            y = np.asarray(pr.backend.run(Mode.TRAIN_FORWARD, Request(
+                x=x, axis=a, eps=1e-5, dtype=pr.dtype, device=pr.device)).y, dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - a backend's refusal is a finding
+            return _error("channel_axis", {}, f"train forward of shape {x.shape} on axis {a}", e)
+        fits = {k: p.relative_residual(y, p.normalized_over(x, k, 1e-5)) for k in range(pr.rank)}
+        k = min(fits, key=fits.get)
+        found[a] = a if k == a % pr.rank else k
+        cands.update({f"asked {a}, reduced over all but {k2}": r for k2, r in fits.items()})
+    evidence = (f"train forward of integers of shape {x.shape} with different means along every axis, "
+                f"asked channel axes {asked}")
+    return Finding("channel_axis", found, evidence, cands)
+
+
+# ---------------------------------------------------------------- running statistics
+
+
+def _weight(out, batch_mean: np.ndarray) -> np.ndarray:
+    m0 = p.RUNNING_START[0]
+    return (np.asarray(out.running_mean, dtype=np.float64) - m0) / (batch_mean - m0)
+
+
+def _running_step(pr: _Probe, momentum, seen: int, rows=p.MOMENTUM_ROWS):
+    c = rows.shape[1]
+    out = pr.run(Mode.TRAIN_FORWARD, rows, momentum=momentum, batches_seen=seen,
+                 running_mean=np.full(c, p.RUNNING_START[0]), running_var=np.full(c, p.RUNNING_START[1]))
+    if out.running_mean is None or out.running_var is None:
+        raise ValueError("train forward returned no running statistics")
+    return out
+
+
+def _predicted_weight(style: MomentumStyle, debias: bool, m: float, seen: int) -> float:
+    w = m if style is MomentumStyle.NEW_WEIGHT else 1.0 - m
+    return w / (1.0 - (1.0 - w) ** (seen + 1)) if debias else w
+
+
+def _momentum(pr: _Probe) -> tuple[list[Finding], dict]:
+    """Momentum style and zero-debias, jointly fitted to w measured at two momenta and two step counts."""
+    batch_mean = p.MOMENTUM_ROWS.mean(axis=0)
+    measured, outs = {}, {}
+    try:
+        for m in MOMENTA:
+            for t in STEPS_SEEN:
+                outs[m, t] = _running_step(pr, m, t)
+                measured[m, t] = float(np.mean(_weight(outs[m, t], batch_mean)))
+    except Exception as e:  # noqa: BLE001
+        return [_error(q, NOT_TRACKED, "train forward with running statistics", e)
+                for q in ("momentum_style", "zero_debias")], {}
+    joint = {
+        (s, d): max(abs(measured[k] - _predicted_weight(s, d, *k)) / _predicted_weight(s, d, *k) for k in measured)
+        for s in MomentumStyle for d in (False, True)
+    }
+    ws = ", ".join(f"m={m} t={t}: w={w:.6g}" for (m, t), w in measured.items())
+    evidence = (f"train step from running (mean {p.RUNNING_START[0]}, var {p.RUNNING_START[1]}) on {p.MOMENTUM_ROWS.T.tolist()} "
+                f"per channel; w = (new - old) / (batch - old): {ws}")
+    style = {s.value: min(r for (s2, _), r in joint.items() if s2 is s) for s in MomentumStyle}
+    debias = {str(d): min(r for (_, d2), r in joint.items() if d2 is d) for d in (False, True)}
+    return [
+        _decide("momentum_style", style, pr.tol, evidence, MomentumStyle),
+        _decide("zero_debias", debias, pr.tol, evidence, lambda h: h == "True"),
+    ], {"outs": outs, "measured": measured}
+
+
+def _cumulative(pr: _Probe) -> Finding:
+    batch_mean = p.MOMENTUM_ROWS.mean(axis=0)
+    try:
+        ws = {t: float(np.mean(_weight(_running_step(pr, None, t), batch_mean))) for t in STEPS_SEEN}
+    except Exception as e:  # noqa: BLE001
+        f = _error("cumulative_average", False, "train step with momentum None", e)
+        return Finding(f.property, False, "not supported: " + f.evidence, {})
+    fit = max(abs(w - 1.0 / (t + 1)) * (t + 1) for t, w in ws.items())
+    evidence = "momentum None, " + ", ".join(f"batches_seen {t}: w={w:.6g}" for t, w in ws.items())
+    return Finding("cumulative_average", bool(fit <= pr.tol), evidence + " (cumulative: w = 1/(t+1))",
+                   {"cumulative 1/(t+1)": fit})
+
+
+def _running_var(pr: _Probe, momentum_data: dict) -> Finding:
+    """k = (new_var - (1 - w) * old_var) / (w * biased batch var): 1 biased, n/(n-1) Bessel-corrected."""
+    if not momentum_data:
+        return Finding("running_var", NOT_TRACKED, "no train step with running statistics succeeded", {})
+    n = p.MOMENTUM_ROWS.shape[0]
+    bvar = p.MOMENTUM_ROWS.var(axis=0)
+    ks = []
+    for (m, t), out in momentum_data["outs"].items():
+        w = _weight(out, p.MOMENTUM_ROWS.mean(axis=0))
+        new = np.asarray(out.running_var, dtype=np.float64)
+        ks.append((new - (1.0 - w) * p.RUNNING_START[1]) / (w * bvar))
+    ks = np.array(ks)
+    cands = {v.value: float(np.max(np.abs(ks - k)) / k) for v, k in ((Variance.BIASED, 1.0), (Variance.UNBIASED, n / (n - 1)))}
+    evidence = (f"n={n} per channel, biased batch var {bvar.tolist()}; averaged estimator / biased var = "
+                f"{np.round(ks.mean(), 6)} (Bessel: {n}/{n - 1})")
+    return _decide("running_var", cands, max(pr.tol, 1e-6) * 10, evidence, Variance)
+
+
+def _bessel_floor(pr: _Probe, running_var) -> Finding:
+    """One value per channel: the Bessel divisor n - 1 = 0 gives a non-finite running var unless floored."""
+    if running_var == NOT_TRACKED or running_var is None:
+        return Finding("bessel_divisor_min", NOT_TRACKED if running_var == NOT_TRACKED else None,
+                       "running variance not inferred", {})
+    rows = p.MOMENTUM_ROWS[:1]
+    try:
+        out = _running_step(pr, MOMENTA[1], STEPS_SEEN[1], rows)
+    except Exception as e:  # noqa: BLE001
+        f = _error("bessel_divisor_min", "rejected", f"train step on one value per channel {rows.tolist()}", e)
+        return Finding(f.property, "rejected", f.evidence, {})
+    rv = np.asarray(out.running_var, dtype=np.float64)
+    evidence = f"train step on one value per channel {rows.tolist()}: running var {rv.tolist()}"
+    if running_var is Variance.BIASED:
+        return Finding("bessel_divisor_min", "n/a (biased)", evidence, {})
+    finite = bool(np.all(np.isfinite(rv)))
+    return Finding("bessel_divisor_min", 1 if finite else 0,
+                   evidence + (" (finite: n - 1 floored at 1)" if finite else " (non-finite: divides by n - 1 = 0)"), {})
+
+
+# ---------------------------------------------------------------- eps, eval
+
+
+def _inverse_stds(pr: _Probe, eps: float) -> tuple[np.ndarray, np.ndarray, str]:
+    """Measured s per channel at known variances: eval with running mean 0 and var v on x = +-1 when the
+    backend has an eval mode, else train on +-a (biased variance a**2)."""
+    c = len(p.EPS_PROBE_VARS)
+    if Mode.EVAL_FORWARD in pr.backend.modes:
+        try:
+            rows = np.array([[1.0] * c, [-1.0] * c])
+            out = pr.run(Mode.EVAL_FORWARD, rows, eps=eps, running_mean=np.zeros(c), running_var=p.EPS_PROBE_VARS)
+            s = (pr.rows(out.y) / rows).mean(axis=0)
+            return p.EPS_PROBE_VARS, s, f"eval on x=+-1, running mean 0, running var {p.EPS_PROBE_VARS.tolist()}, eps {eps:g}"
+        except Exception:  # noqa: BLE001 - fall back to the training forward
+            pass
+    a = p.EPS_TRAIN_HALF_RANGE
+    rows = np.stack([a, -a])
+    out = pr.run(Mode.TRAIN_FORWARD, rows, eps=eps)
+    s = (pr.rows(out.y) / rows).mean(axis=0)
+    return a**2, s, f"train on x=+-a, biased var a**2 = {(a**2).tolist()}, eps {eps:g}"
+
+
+def _eps(pr: _Probe) -> list[Finding]:
+    """Placement: the hypothesis whose eps, solved from the smallest-variance channel, predicts the others.
+    Clamp: the effective eps measured when asking for 1e-9."""
+    try:
+        v, s, probe = _inverse_stds(pr, EPS)
+    except Exception as e:  # noqa: BLE001
+        return [_error(q, None, "eps probe", e) for q in ("eps_placement", "eps_min")]
+    cands, estimates = {}, {}
+    for placement in EpsPlacement:
+        inside = placement is EpsPlacement.INSIDE_SQRT
+        e = p.eps_estimate(s[0], v[0], inside)
+        estimates[placement] = e
+        cands[placement.value] = p.relative_residual(s, p.inverse_std(v, e, inside)) if e >= 0 else float("inf")
+    placement = _decide("eps_placement", cands, pr.tol * 10, f"{probe}; measured s = y/x {np.round(s, 6).tolist()}",
+                        EpsPlacement)
+    inside = placement.value is not EpsPlacement.OUTSIDE_SQRT
+    try:
+        v2, s2, probe2 = _inverse_stds(pr, TINY_EPS)
+    except Exception as e:  # noqa: BLE001
+        return [placement, _error("eps_min", None, "eps probe at 1e-9", e)]
+    e_tiny = p.eps_estimate(s2[0], v2[0], inside)
+    e_asked = estimates[placement.value or EpsPlacement.INSIDE_SQRT]
+    as_asked = abs(e_tiny - TINY_EPS) / TINY_EPS
+    clamped = as_asked > max(pr.tol * 100, 1e-2)
+    evidence = (f"{probe2}: effective eps {e_tiny:.4g} (asked {TINY_EPS:g}); at eps {EPS:g}: effective {e_asked:.4g}")
+    return [placement, Finding("eps_min", float(e_tiny) if clamped else 0.0, evidence,
+                               {"eps as asked (relative difference)": as_asked})]
+
+
+def _eval_stats(pr: _Probe) -> Finding:
+    if Mode.EVAL_FORWARD not in pr.backend.modes:
+        return Finding("eval_uses_running_stats", None, "the backend has no eval forward", {})
+    rows = p.MOMENTUM_ROWS
+    c = rows.shape[1]
+    m, v = p.RUNNING_START
+    try:
+        y = pr.rows(pr.run(Mode.EVAL_FORWARD, rows, running_mean=np.full(c, m), running_var=np.full(c, v)).y)
+    except Exception as e:  # noqa: BLE001
+        return _error("eval_uses_running_stats", None, "eval forward with running statistics", e)
+    cands = {
+        "running statistics": p.relative_residual(y, (rows - m) / np.sqrt(v + EPS)),
+        "batch statistics": p.relative_residual(y, (rows - rows.mean(0)) / np.sqrt(rows.var(0) + EPS)),
+    }
+    evidence = f"eval on {rows.T.tolist()} per channel with running (mean {m}, var {v}), batch mean {rows.mean(0).tolist()}"
+    return _decide("eval_uses_running_stats", cands, pr.tol * 10, evidence, lambda h: h == "running statistics")
+
+
+# ---------------------------------------------------------------- half precision
+
+
+def _accumulation(pr: _Probe, dtype: str) -> Finding:
+    """A long channel whose naive half-precision sum stagnates: y agrees with float64 statistics under float32
+    (or wider) accumulation and is far off under half accumulation."""
+    rows = p.long_channel(dtype)
+    prop = f"accumulation[{dtype}]"
+    try:
+        y = pr.rows(pr.run(Mode.TRAIN_FORWARD, rows, dtype=dtype, eps=1e-5).y)
+    except Exception as e:  # noqa: BLE001
+        return _error(prop, None, f"train forward of {rows.shape[0]} values in {dtype}", e)
+    exact = (rows - rows.mean()) / np.sqrt(rows.var() + 1e-5)
+    cands = {
+        "float32 (or wider) accumulation": p.relative_residual(y, exact),
+        "half accumulation": p.relative_residual(y, p.half_accumulated_y(rows, dtype, 1e-5)),
+    }
+    evidence = (f"train forward of {rows.shape[0]} values 1-2**-4, 1-2**-3 in one channel ({dtype}); "
+                f"observed error of y vs float64 statistics {cands['float32 (or wider) accumulation']:.3g}")
+    return _decide(prop, cands, TOLERANCE[dtype], evidence)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def infer(backend, device: str = "cpu", dtype: str | None = None) -> Inference:
+    """Probe `backend` in `dtype` (default float64, else float32, else its first) and infer its convention.
+
+    Half-precision accumulation is probed for every float16/bfloat16 dtype the backend declares (only `dtype`
+    when one is given and it is a half format)."""
+    pr = _Probe(backend, device, dtype)
+    findings = [_channel_axis(pr)]
+    momentum, data = _momentum(pr)
+    findings += momentum
+    findings.append(_cumulative(pr) if data else Finding("cumulative_average", NOT_TRACKED, "no running statistics", {}))
+    var = _running_var(pr, data)
+    findings += [var, _bessel_floor(pr, var.value)]
+    findings += _eps(pr)
+    findings.append(_eval_stats(pr))
+    halves = [dtype] if dtype in HALF else ([] if dtype else [d for d in HALF if d in backend.dtypes])
+    findings += [_accumulation(pr, d) for d in halves]
+    return Inference(backend.name, pr.dtype, {f.property: f for f in findings})
