@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings, target
 
 from ..adapters.protocol import unavailable
 from ..spec import Inputs, Verdict
+from ..spec.oracle import channels_first
 from .cases import case_inputs
 from .discrepancies import matches
 from .engine import ACCEPTED, assess
@@ -55,8 +56,7 @@ class CellResult:
 
 def conditioning(inputs: Inputs) -> tuple[float, int]:
     """(the largest |mean|/std over the channels, values per channel); 0 when a channel is constant."""
-    x = np.asarray(inputs.x, dtype=np.float64)
-    rows = np.moveaxis(x, inputs.axis, 0).reshape(x.shape[inputs.axis], -1)
+    rows = channels_first(np.asarray(inputs.x, dtype=np.float64), inputs.axis)
     std = rows.std(axis=1)
     if not np.all(std > 0):
         return 0.0, rows.shape[1]

@@ -7,6 +7,7 @@ tensor by `shaped`: n along axis 0, C along the channel axis, 1 elsewhere.
 
 import numpy as np
 
+from ..spec.oracle import channels_first
 from .arrays import round_to
 
 # one channel per variance for the eps probes: 0 (eval) or nearly 0 (train) first, then growing
@@ -24,7 +25,7 @@ def shaped(rows: np.ndarray, rank: int, axis: int) -> np.ndarray:
 
 def per_channel(a: np.ndarray, axis: int) -> np.ndarray:
     """a (any rank) as rows (n, C) again: the inverse of `shaped`."""
-    return np.moveaxis(np.asarray(a, dtype=np.float64), axis % np.ndim(a), -1).reshape(-1, np.shape(a)[axis])
+    return channels_first(np.asarray(a, dtype=np.float64), axis).T
 
 
 def axis_probe_input(rank: int) -> np.ndarray:

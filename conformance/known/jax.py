@@ -9,7 +9,7 @@ import numpy as np
 
 from ...spec import Mode, VarianceAlgorithm, precision_for
 from ...spec.error_model import statistics_error
-from ...spec.oracle import batch_stats
+from ...spec.oracle import batch_stats, channels_first
 from ..arrays import round_to
 from ..discrepancies import KnownDiscrepancy
 
@@ -118,8 +118,7 @@ def _float16_out_of_range(inputs) -> np.ndarray:
     flagged = statistics_error(inputs.x, stats, inputs.axis, precision).overflow
     flagged |= (stats.var == 0) & (float(round_to(np.array(inputs.eps), "float16")) == 0.0)
     if inputs.dy is not None:
-        rows = lambda a: np.moveaxis(a, inputs.axis, 0).reshape(a.shape[inputs.axis], -1)  # noqa: E731
-        x, dy = rows(inputs.x), rows(inputs.dy)
+        x, dy = (channels_first(np.asarray(a, np.float64), inputs.axis) for a in (inputs.x, inputs.dy))
         pairs = [(stats.mean, stats.var)] + ([] if inputs.running is None else [(inputs.running.mean, inputs.running.var)])
         for mean, var in pairs:
             with np.errstate(all="ignore"):

@@ -6,6 +6,7 @@ import numpy as np
 
 from ...spec import Mode, precision_for
 from ...spec.conventions import TF_V1_LAYERS_NONFUSED
+from ...spec.oracle import channels_first
 from ..discrepancies import KnownDiscrepancy
 
 FLOAT16_MAX = 65504.0
@@ -13,8 +14,7 @@ FLOAT16_MAX = 65504.0
 
 def _per_channel(a, axis: int) -> np.ndarray:
     """(values per channel, channels) view of an x-shaped array."""
-    a = np.asarray(a, np.float64)
-    return np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
+    return channels_first(np.asarray(a, np.float64), axis).T
 
 
 def _float16_inverse_stds(i) -> list[tuple[np.ndarray, np.ndarray]]:
