@@ -20,12 +20,13 @@ and momentum and eps in the backend's own convention; the backend converts to an
 and returns NumPy arrays of any real dtype.
 """
 
+import reprlib
 from dataclasses import dataclass, fields
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..spec import Convention, Mode, Precision, precision_for
+from ..spec import Convention, InputError, Mode, Precision, checks, precision_for
 
 
 @dataclass(frozen=True)
@@ -90,27 +91,48 @@ class BackendError(ValueError):
     """An object that does not implement the protocol, with what is missing."""
 
 
-_REQUIRED = {"name": str, "convention": Convention, "modes": (frozenset, set), "dtypes": tuple, "devices": tuple}
+# attribute -> (accepted types, what it must hold, an example of a right value)
+_REQUIRED = {
+    "name": (str, "a unique str", 'name = "my_bn"'),
+    "convention": (Convention, "a bnconf.spec.Convention record",
+                   'convention = bnconf.spec.convention("torch.nn.BatchNorm2d") (`bnconf conventions` lists them)'),
+    "modes": ((frozenset, set), "a frozenset of bnconf.spec.Mode",
+              "modes = frozenset({Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD})"),
+    "dtypes": (tuple, "a tuple of dtype names", 'dtypes = ("float32",)'),
+    "devices": (tuple, "a tuple of device names", 'devices = ("cpu",)'),
+}
+_PROTOCOL = "a backend needs name, convention, modes, dtypes, devices and run(mode, request)"
 
 
 def check_backend(obj) -> None:
-    """Raise BackendError naming the first attribute `obj` lacks or gets wrong."""
-    label = getattr(obj, "name", None) or type(obj).__name__
-    for attr, kind in _REQUIRED.items():
+    """Raise BackendError naming the first attribute `obj` lacks or gets wrong, and how to set it."""
+    if isinstance(obj, type):
+        raise BackendError(f"{obj.__name__} is a class, not a backend: name an instance (e.g. BACKEND = {obj.__name__}())")
+    if not any(hasattr(obj, attr) for attr in (*_REQUIRED, "run")):
+        raise BackendError(f"a {type(obj).__name__} is not a backend: {_PROTOCOL} "
+                           "(see the example bnconf.adapters.example_numpy)")
+    label = f"backend {obj.name!r}" if isinstance(getattr(obj, "name", None), str) else f"{type(obj).__name__} object"
+    for attr, (kind, what, example) in _REQUIRED.items():
         if not hasattr(obj, attr):
-            raise BackendError(f"backend {label!r} has no attribute {attr!r} (the adapter protocol needs {', '.join(_REQUIRED)} and run())")
-        if not isinstance(getattr(obj, attr), kind):
-            raise BackendError(f"backend {label!r}: {attr!r} must be a {kind}, got {type(getattr(obj, attr)).__name__}")
+            raise BackendError(f"{label} has no attribute {attr!r}: set {example} ({_PROTOCOL})")
+        value = getattr(obj, attr)
+        if not isinstance(value, kind):
+            raise BackendError(f"{label}: {attr!r} must be {what}, got {type(value).__name__} {reprlib.repr(value)}; set {example}")
     if not callable(getattr(obj, "run", None)):
-        raise BackendError(f"backend {label!r} has no run(mode, request) method")
+        raise BackendError(f"{label} has no run(mode, request) method: add one that returns "
+                           "bnconf.adapters.protocol.Outputs (see the example bnconf.adapters.example_numpy)")
     bad_modes = [m for m in obj.modes if not isinstance(m, Mode)]
     if bad_modes:
-        raise BackendError(f"backend {label!r}: modes must be bnconf.spec.Mode members, got {bad_modes}")
+        raise BackendError(f"{label}: modes must be bnconf.spec.Mode members, got {bad_modes}; "
+                           f"set {_REQUIRED['modes'][2]}")
     from ..spec.formats import FORMATS
 
     bad_dtypes = [d for d in obj.dtypes if d not in FORMATS]
     if bad_dtypes:
-        raise BackendError(f"backend {label!r}: unknown dtypes {bad_dtypes}; bnconf knows {', '.join(FORMATS)}")
+        raise BackendError(f"{label}: unknown dtypes {bad_dtypes}; bnconf knows {', '.join(FORMATS)}")
+    bad_devices = [d for d in obj.devices if not isinstance(d, str)]
+    if bad_devices:
+        raise BackendError(f"{label}: devices must be names (str), got {bad_devices}; set {_REQUIRED['devices'][2]}")
 
 
 def channel_axes(backend) -> tuple[int, ...]:
@@ -131,30 +153,42 @@ def unavailable(backend, device: str) -> str | None:
 
 
 def check_request(backend, mode: Mode, r: Request) -> None:
-    """Raise ValueError naming what in `r` the backend cannot take: its dtype, device, rank or channel axis,
-    half of a pair (gamma/beta, running mean/var), a missing or misshapen dy, or eval without running
-    statistics where the convention needs them. Adapters call it first, so that bad input never becomes a
-    traceback from inside a framework."""
-    label, ndim = backend.name, np.ndim(r.x)
+    """Raise spec.InputError (a ValueError) naming what in `r` the backend cannot take: its dtype, device,
+    rank or channel axis, eps, half of a pair (gamma/beta, running mean/var) or a pair member of the wrong
+    shape, a missing or misshapen dy, or eval without running statistics where the convention needs them.
+    Adapters call it first, so that bad input never becomes a traceback from inside a framework."""
+    try:
+        _check_request(backend, mode, r)
+    except InputError as e:
+        raise InputError(f"{backend.name}: {e}") from None
+
+
+def _check_request(backend, mode: Mode, r: Request) -> None:
+    shape = np.shape(checks.real_array(r.x, "x"))
+    ndim = len(shape)
+    checks.dtype_name(r.dtype)
     if r.dtype not in backend.dtypes:
-        raise ValueError(f"{label}: dtype {r.dtype!r} is not supported (supported: {', '.join(backend.dtypes)})")
+        raise InputError(f"dtype {r.dtype!r} is not supported (supported: {', '.join(backend.dtypes)})")
     if r.device not in backend.devices:
-        raise ValueError(f"{label}: device {r.device!r} is not supported (supported: {', '.join(backend.devices)})")
+        raise InputError(f"device {r.device!r} is not supported (supported: {', '.join(backend.devices)})")
     ranks = tuple(getattr(backend, "ranks", backend.convention.ranks))
     if ndim not in ranks:
-        raise ValueError(f"{label}: input rank {ndim} is not supported (ranks {ranks})")
+        raise InputError(f"input rank {ndim} is not supported (ranks {ranks}); x has shape {checks.shape_text(shape)}")
     axes = channel_axes(backend)
+    checks.integer("the channel axis", r.axis)
     if not -ndim <= r.axis < ndim or r.axis % ndim not in {a % ndim for a in axes}:
-        raise ValueError(f"{label}: channel axis {r.axis} is not supported for rank {ndim} (axes {axes})")
+        raise InputError(f"channel axis {r.axis} is not supported for rank {ndim} (axes {axes})")
+    checks.eps_value(r.eps)
+    if r.momentum is not None:
+        checks.finite_number("momentum", r.momentum)
+    checks.integer("batches_seen", r.batches_seen, at_least=0)
     if (r.gamma is None) != (r.beta is None):
-        raise ValueError(f"{label}: gamma and beta must be given together (one affine switch covers both)")
+        raise InputError("gamma and beta must be given together (one affine switch covers both)")
     if (r.running_mean is None) != (r.running_var is None):
-        raise ValueError(f"{label}: running_mean and running_var must be given together")
-    if mode in (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD):
-        if r.dy is None:
-            raise ValueError(f"{label}: {mode.value} needs dy, the gradient of the output")
-        if np.shape(r.dy) != np.shape(r.x):
-            raise ValueError(f"{label}: dy has shape {np.shape(r.dy)}, x has {np.shape(r.x)}")
+        raise InputError("running_mean and running_var must be given together")
+    if mode in (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD) and r.dy is None:
+        raise InputError(f"{mode.value} needs dy, the gradient of the output")
+    checks.batch(r.x, r.axis, gamma=r.gamma, beta=r.beta, running_mean=r.running_mean, running_var=r.running_var, dy=r.dy)
     if (mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD) and r.running_mean is None
             and not backend.convention.untracked_eval_uses_batch_stats):
-        raise ValueError(f"{label}: {mode.value} normalizes with running statistics; give running_mean and running_var")
+        raise InputError(f"{mode.value} normalizes with running statistics; give running_mean and running_var")

@@ -43,11 +43,12 @@ class Unavailable:
 def _import_target(target: str):
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
-        raise TargetError(f"{target!r}: expected module:attribute or path/to/file.py:attribute")
+        raise TargetError(f"{target!r}: expected module:attribute or path/to/file.py:attribute, "
+                          "e.g. bnconf.adapters.example_numpy:BACKEND")
     if module_part.endswith(".py"):
         path = Path(module_part)
         if not path.is_file():
-            raise TargetError(f"{target!r}: no file {path}")
+            raise TargetError(f"{target!r}: no file {path} (from {Path.cwd()}); check the path")
         name = f"bnconf_user_{abs(hash(path.resolve()))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -60,8 +61,17 @@ def _import_target(target: str):
     else:
         module = importlib.import_module(module_part)
     if not hasattr(module, attr):
-        raise TargetError(f"{target!r}: {module_part} has no attribute {attr!r}")
+        there = _backend_names(module)
+        raise TargetError(f"{target!r}: {module_part} has no attribute {attr!r}; "
+                          + (f"backends there: {', '.join(there)}" if there else "name the attribute that holds the backend(s)"))
     return getattr(module, attr)
+
+
+def _backend_names(module) -> list[str]:
+    """The public attributes of `module` that look like a backend or a list of them (they have run())."""
+    runs = lambda v: callable(getattr(v, "run", None)) and not isinstance(v, type)  # noqa: E731
+    return [n for n, v in vars(module).items()
+            if not n.startswith("_") and (runs(v) or isinstance(v, (list, tuple)) and v and all(map(runs, v)))]
 
 
 _ORIGINS: dict[int, str] = {}
@@ -79,14 +89,20 @@ def load(target: str) -> list:
     except (TargetError, BackendError):
         raise
     except ImportError as e:
-        raise TargetError(f"{target!r}: cannot import {e.name or 'it'}: {e}") from e
+        module_part = target.rpartition(":")[0]
+        fix = ("check the module name, or that its package is installed in this Python" if module_part.startswith(e.name or "-")
+               else f"{module_part} needs it: install it in this Python")
+        raise TargetError(f"{target!r}: cannot import {e.name or 'it'}: {e}; {fix}") from e
     except Exception as e:  # a user's module failing at import: say so in one line
-        raise TargetError(f"{target!r}: importing it raised {type(e).__name__}: {e}") from e
+        raise TargetError(f"{target!r}: importing it raised {type(e).__name__}: {e}; fix the module") from e
     backends = list(obj) if isinstance(obj, (list, tuple)) else [obj]
     module_part, _, attr = target.rpartition(":")
     where = f"{Path(module_part).resolve()}:{attr}" if module_part.endswith(".py") else target
     for b in backends:
-        check_backend(b)
+        try:
+            check_backend(b)
+        except BackendError as e:
+            raise BackendError(f"{target!r}: {e}") from None
         _ORIGINS[id(b)] = where  # absolute for files, so that a saved case replays from anywhere
     return backends
 

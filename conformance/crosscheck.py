@@ -25,7 +25,7 @@ from ..adapters.protocol import channel_axes, declared_precision, unavailable
 from ..spec import Inputs, Mode, expected, translate
 from ..spec.conventions import new_batch_weight
 from ..spec.oracle import channel_axis
-from .battery import describe
+from .battery import describe, import_independent_draws
 from .cases import case_inputs
 from .discrepancies import REGISTRY, covering
 from .engine import prepare, request
@@ -198,7 +198,8 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
                 recorded = [f"{name} as recorded in {rid}" for name, rid in ((a.name, ra), (b.name, rb)) if rid]
                 row.residuals = "; ".join(filter(None, [_residual_text(t, q, n, steps)] + recorded))
 
-    explore()
+    with import_independent_draws():
+        explore()
     result.rows = sorted(rows.values(), key=lambda r: r.quantity)
     if errors:
         result.status, result.reason = "error", f"{len(errors)} case(s) raised; first: {errors[0]}"

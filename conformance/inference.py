@@ -4,27 +4,32 @@
 (momentum style, zero-debias, cumulative average, running-variance estimator and its Bessel floor, eps
 placement and clamp, channel axis, eval with running statistics, half-precision accumulation) and returns an
 `Inference`: one `Finding` per property with the probe that decided it and, for every hypothesis, the
-relative residual with which it explains the outputs. `Inference.matches(convention)` compares the findings
-with a declared `spec.Convention` record. The momentum probe measures the weight on the new batch,
-w = (new - old) / (batch - old), from the running mean; every other running-statistic property is read
-against that measured w.
+relative residual with which it explains the outputs. A hypothesis is accepted when its residual is within
+`spec.probe_tolerance` of the format the quantity is read in (y: the input format; running statistics: the
+declared statistics format), times the probe's conditioning. `Inference.matches(convention)` compares the
+findings with a declared `spec.Convention` record; `Inference.verdicts` also says which differences a known
+discrepancy explains (an entry of the registry that covers a probe that decided the property). The momentum
+probe measures the weight on the new batch, w = (new - old) / (batch - old), from the running mean; every
+other running-statistic property is read against that measured w.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..adapters.protocol import Request, channel_axes
-from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance
+from ..adapters.protocol import Request, channel_axes, declared_precision
+from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, probe_tolerance
 from . import inference_probes as p
+from .discrepancies import REGISTRY
+from .ideal import inputs_of
 
 HALF = ("float16", "bfloat16")
-TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 3e-2, "bfloat16": 3e-2}
 MOMENTA = (0.1, 0.3)  # in the backend's own convention; two values so that w = m and w = 1 - m never coincide
 STEPS_SEEN = (0, 3)  # batches_seen: a zero-debiased or cumulative weight depends on it, a plain one does not
 EPS = 1e-3
 TINY_EPS = 1e-9
 NOT_TRACKED = "no running statistics"
+WIDE_SUMS, HALF_SUMS = "float32 (or wider)", "half"
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Finding:
     value: object
     evidence: str
     candidates: dict = field(default_factory=dict)
+    probes: tuple = field(default=(), repr=False, compare=False)  # the (mode, Request) calls that decided it
 
     def __str__(self) -> str:
         fits = ", ".join(f"{h}: {r:.3g}" for h, r in self.candidates.items())
@@ -48,6 +54,8 @@ class Inference:
     backend: str
     dtype: str
     findings: dict[str, Finding]
+    device: str = "cpu"
+    declared_accumulation: dict = field(default_factory=dict)  # half dtype -> the declared accumulator format
 
     def __getitem__(self, prop: str) -> object:
         return self.findings[prop].value
@@ -61,6 +69,8 @@ class Inference:
             "channel_axis": _axis_agrees(v("channel_axis")),
             "eps_placement": v("eps_placement") == c.eps_placement,
             "eps_min": _eps_min_agrees(v("eps_min"), c.eps_min),
+            "eps_in_training": v("eps_in_training") in (EPS, "read by the eps probe") or (
+                c.eps_min > EPS and _eps_min_agrees(v("eps_in_training"), c.eps_min)),
             "eval_uses_running_stats": v("eval_uses_running_stats") in (True, None),
             "momentum_style": v("momentum_style") == (c.momentum_style if tracked else NOT_TRACKED),
             "zero_debias": v("zero_debias") == (c.zero_debias if tracked else NOT_TRACKED),
@@ -76,8 +86,27 @@ class Inference:
             out["bessel_divisor_min"] = floor in ("n/a (biased)", "rejected")
         for prop, finding in self.findings.items():
             if prop.startswith("accumulation["):
-                out[prop] = finding.value is not None
+                declared = self.declared_accumulation.get(prop[len("accumulation["):-1])
+                out[prop] = finding.value == (HALF_SUMS if declared in HALF else WIDE_SUMS)
         return out
+
+    def verdicts(self, convention: Convention, registry=REGISTRY) -> dict[str, str]:
+        """Per property: "agrees" with the record; "differs as recorded: <ids>" where a known discrepancy
+        covers a probe that decided it (the backend is known to compute something else on that input); else
+        "DIFFERS", a difference nobody has explained."""
+        out = {}
+        for prop, agrees in self.matches(convention).items():
+            if agrees:
+                out[prop] = "agrees"
+                continue
+            ids = self.explaining(prop, registry)
+            out[prop] = f"differs as recorded: {', '.join(ids)}" if ids else "DIFFERS"
+        return out
+
+    def explaining(self, prop: str, registry=REGISTRY) -> list[str]:
+        """The ids of the registry's entries that cover one of the probes behind `prop`, in registry order."""
+        cases = [(mode, r.dtype, r.device, inputs_of(r)) for mode, r in self.findings[prop].probes]
+        return [d.id for d in registry if any(d.covers(self.backend, *case) for case in cases)]
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.dtype}):\n" + "\n".join(f"  {f}" for f in self.findings.values())
@@ -100,7 +129,10 @@ def _eps_min_agrees(found, declared: float) -> bool:
 
 
 class _Probe:
-    """Runs requests on one backend, dtype and device, in the backend's rank and channel axis."""
+    """Runs requests on one backend, dtype and device, in the backend's rank and channel axis, and logs them.
+
+    `tol_y` is the tolerance of quantities read from y (the input format), `tol_stats` of those read from
+    running statistics (the backend's declared statistics format)."""
 
     def __init__(self, backend, device: str, dtype: str | None):
         self.backend, self.device = backend, device
@@ -109,12 +141,18 @@ class _Probe:
         self.rank = 2 if 2 in ranks else min(ranks)
         axes = channel_axes(backend)
         self.axis = backend.convention.channel_axis if backend.convention.channel_axis in axes else axes[0]
-        self.tol = TOLERANCE[self.dtype]
+        self.tol_y = probe_tolerance(self.dtype)
+        self.stats_format = declared_precision(backend, self.dtype, device).stats
+        self.log: list[tuple[Mode, Request]] = []
+
+    def call(self, mode: Mode, r: Request):
+        self.log.append((mode, r))
+        return self.backend.run(mode, r)
 
     def run(self, mode: Mode, rows, dtype: str | None = None, **kw):
         x = p.shaped(rows, self.rank, self.axis)
-        r = Request(x=x, axis=self.axis, dtype=dtype or self.dtype, device=self.device, **{"eps": EPS, **kw})
-        return self.backend.run(mode, r)
+        return self.call(mode, Request(x=x, axis=self.axis, dtype=dtype or self.dtype, device=self.device,
+                                       **{"eps": EPS, **kw}))
 
     def rows(self, a) -> np.ndarray:
         return p.per_channel(a, self.axis)
@@ -141,7 +179,7 @@ def _channel_axis(pr: _Probe) -> Finding:
     found, cands, shapes = {}, {}, []
     for a in asked:
         try:
-            y = np.asarray(pr.backend.run(Mode.TRAIN_FORWARD, Request(
+            y = np.asarray(pr.call(Mode.TRAIN_FORWARD, Request(
                 x=x, axis=a, eps=1e-5, dtype=pr.dtype, device=pr.device)).y, dtype=np.float64)
         except Exception as e:  # noqa: BLE001 - a backend's refusal is a finding
             return _error("channel_axis", {}, f"train forward of shape {x.shape} on axis {a}", e)
@@ -155,6 +193,12 @@ def _channel_axis(pr: _Probe) -> Finding:
 
 
 # ---------------------------------------------------------------- running statistics
+
+
+def _weight_conditioning(batch_mean: np.ndarray) -> float:
+    """How much w = (new - old) / (batch - old) amplifies the rounding of new: max |new| / min |batch - old|."""
+    m0 = p.RUNNING_START[0]
+    return float(max(abs(m0), np.max(np.abs(batch_mean))) / np.min(np.abs(batch_mean - m0)))
 
 
 def _weight(out, batch_mean: np.ndarray) -> np.ndarray:
@@ -192,14 +236,15 @@ def _momentum(pr: _Probe) -> tuple[list[Finding], dict]:
         (s, d): max(abs(measured[k] - _predicted_weight(s, d, *k)) / _predicted_weight(s, d, *k) for k in measured)
         for s in MomentumStyle for d in (False, True)
     }
+    tol = probe_tolerance(pr.stats_format, _weight_conditioning(batch_mean))
     ws = ", ".join(f"m={m} t={t}: w={w:.6g}" for (m, t), w in measured.items())
     evidence = (f"train step from running (mean {p.RUNNING_START[0]}, var {p.RUNNING_START[1]}) on {p.MOMENTUM_ROWS.T.tolist()} "
                 f"per channel; w = (new - old) / (batch - old): {ws}")
     style = {s.value: min(r for (s2, _), r in joint.items() if s2 is s) for s in MomentumStyle}
     debias = {str(d): min(r for (_, d2), r in joint.items() if d2 is d) for d in (False, True)}
     return [
-        _decide("momentum_style", style, pr.tol, evidence, MomentumStyle),
-        _decide("zero_debias", debias, pr.tol, evidence, lambda h: h == "True"),
+        _decide("momentum_style", style, tol, evidence, MomentumStyle),
+        _decide("zero_debias", debias, tol, evidence, lambda h: h == "True"),
     ], {"outs": outs, "measured": measured}
 
 
@@ -212,7 +257,8 @@ def _cumulative(pr: _Probe) -> Finding:
         return Finding(f.property, False, "not supported: " + f.evidence, {})
     fit = max(abs(w - 1.0 / (t + 1)) * (t + 1) for t, w in ws.items())
     evidence = "momentum None, " + ", ".join(f"batches_seen {t}: w={w:.6g}" for t, w in ws.items())
-    return Finding("cumulative_average", bool(fit <= pr.tol), evidence + " (cumulative: w = 1/(t+1))",
+    tol = probe_tolerance(pr.stats_format, _weight_conditioning(batch_mean))
+    return Finding("cumulative_average", bool(fit <= tol), evidence + " (cumulative: w = 1/(t+1))",
                    {"cumulative 1/(t+1)": fit})
 
 
@@ -226,12 +272,17 @@ def _running_var(pr: _Probe, momentum_data: dict) -> Finding:
     for (m, t), out in momentum_data["outs"].items():
         w = _weight(out, p.MOMENTUM_ROWS.mean(axis=0))
         new = np.asarray(out.running_var, dtype=np.float64)
-        ks.append((new - (1.0 - w) * p.RUNNING_START[1]) / (w * bvar))
+        with np.errstate(divide="ignore", invalid="ignore"):  # w = 0: statistics not updated, k undefined
+            ks.append((new - (1.0 - w) * p.RUNNING_START[1]) / (w * bvar))
     ks = np.array(ks)
+    # new_var carries old_var's rounding: relative to the measured w * bvar that is old_var / (w * bvar)
+    w_min = min(float(np.min(_weight(o, p.MOMENTUM_ROWS.mean(axis=0)))) for o in momentum_data["outs"].values())
+    with np.errstate(divide="ignore"):
+        conditioning = _weight_conditioning(p.MOMENTUM_ROWS.mean(axis=0)) * p.RUNNING_START[1] / (w_min * bvar.min())
     cands = {v.value: float(np.max(np.abs(ks - k)) / k) for v, k in ((Variance.BIASED, 1.0), (Variance.UNBIASED, n / (n - 1)))}
     evidence = (f"n={n} per channel, biased batch var {bvar.tolist()}; averaged estimator / biased var = "
                 f"{np.round(ks.mean(), 6)} (Bessel: {n}/{n - 1})")
-    return _decide("running_var", cands, max(pr.tol, 1e-6) * 10, evidence, Variance)
+    return _decide("running_var", cands, probe_tolerance(pr.stats_format, conditioning), evidence, Variance)
 
 
 def _bessel_floor(pr: _Probe, running_var) -> Finding:
@@ -257,11 +308,11 @@ def _bessel_floor(pr: _Probe, running_var) -> Finding:
 # ---------------------------------------------------------------- eps, eval
 
 
-def _inverse_stds(pr: _Probe, eps: float) -> tuple[np.ndarray, np.ndarray, str]:
+def _inverse_stds(pr: _Probe, eps: float, train: bool = False) -> tuple[np.ndarray, np.ndarray, str]:
     """Measured s per channel at known variances: eval with running mean 0 and var v on x = +-1 when the
-    backend has an eval mode, else train on +-a (biased variance a**2)."""
+    backend has an eval mode (and `train` is not asked for), else train on +-a (biased variance a**2)."""
     c = len(p.EPS_PROBE_VARS)
-    if Mode.EVAL_FORWARD in pr.backend.modes:
+    if Mode.EVAL_FORWARD in pr.backend.modes and not train:
         try:
             rows = np.array([[1.0] * c, [-1.0] * c])
             out = pr.run(Mode.EVAL_FORWARD, rows, eps=eps, running_mean=np.zeros(c), running_var=p.EPS_PROBE_VARS)
@@ -289,7 +340,7 @@ def _eps(pr: _Probe) -> list[Finding]:
         e = p.eps_estimate(s[0], v[0], inside)
         estimates[placement] = e
         cands[placement.value] = p.relative_residual(s, p.inverse_std(v, e, inside)) if e >= 0 else float("inf")
-    placement = _decide("eps_placement", cands, pr.tol * 10, f"{probe}; measured s = y/x {np.round(s, 6).tolist()}",
+    placement = _decide("eps_placement", cands, pr.tol_y, f"{probe}; measured s = y/x {np.round(s, 6).tolist()}",
                         EpsPlacement)
     inside = placement.value is not EpsPlacement.OUTSIDE_SQRT
     try:
@@ -299,10 +350,27 @@ def _eps(pr: _Probe) -> list[Finding]:
     e_tiny = p.eps_estimate(s2[0], v2[0], inside)
     e_asked = estimates[placement.value or EpsPlacement.INSIDE_SQRT]
     as_asked = abs(e_tiny - TINY_EPS) / TINY_EPS
-    clamped = as_asked > max(pr.tol * 100, 1e-2)
+    clamped = as_asked > max(pr.tol_y * 4, 1e-2)  # 1/s**2 at s = 1/sqrt(1e-9) doubles s's rounding
     evidence = (f"{probe2}: effective eps {e_tiny:.4g} (asked {TINY_EPS:g}); at eps {EPS:g}: effective {e_asked:.4g}")
     return [placement, Finding("eps_min", float(e_tiny) if clamped else 0.0, evidence,
                                {"eps as asked (relative difference)": as_asked})]
+
+
+def _eps_in_training(pr: _Probe, placement) -> Finding:
+    """The effective eps of the training forward, where the eps probe read eval: both modes must use the eps
+    asked for (a layer that hard-codes eps in one branch normalizes differently in training and inference)."""
+    prop = "eps_in_training"
+    if Mode.EVAL_FORWARD not in pr.backend.modes:
+        return Finding(prop, "read by the eps probe", "the backend has no eval forward: eps was probed in training", {})
+    try:
+        v, s, probe = _inverse_stds(pr, EPS, train=True)
+    except Exception as e:  # noqa: BLE001
+        return _error(prop, None, "train eps probe", e)
+    inside = placement is not EpsPlacement.OUTSIDE_SQRT
+    effective = p.eps_estimate(s[0], v[0], inside)
+    fit = p.relative_residual(s, p.inverse_std(v, EPS, inside))
+    return Finding(prop, float(effective) if fit > pr.tol_y else EPS,
+                   f"{probe}; effective eps {effective:.4g} (asked {EPS:g})", {f"eps as asked ({EPS:g})": fit})
 
 
 def _eval_stats(pr: _Probe) -> Finding:
@@ -320,15 +388,17 @@ def _eval_stats(pr: _Probe) -> Finding:
         "batch statistics": p.relative_residual(y, (rows - rows.mean(0)) / np.sqrt(rows.var(0) + EPS)),
     }
     evidence = f"eval on {rows.T.tolist()} per channel with running (mean {m}, var {v}), batch mean {rows.mean(0).tolist()}"
-    return _decide("eval_uses_running_stats", cands, pr.tol * 10, evidence, lambda h: h == "running statistics")
+    return _decide("eval_uses_running_stats", cands, pr.tol_y, evidence, lambda h: h == "running statistics")
 
 
 # ---------------------------------------------------------------- half precision
 
 
 def _accumulation(pr: _Probe, dtype: str) -> Finding:
-    """A long channel whose naive half-precision sum stagnates: y agrees with float64 statistics under float32
-    (or wider) accumulation and is far off under half accumulation."""
+    """A long channel whose sequential half-precision sum stagnates: y agrees with float64 statistics under
+    float32 (or wider) accumulation, and is off by more than that allows under half accumulation (by exactly the
+    sequential model's amount when the sums run in order; a half-precision tree sum of this pattern is exact,
+    so it reads as wide)."""
     rows = p.long_channel(dtype)
     prop = f"accumulation[{dtype}]"
     try:
@@ -338,11 +408,18 @@ def _accumulation(pr: _Probe, dtype: str) -> Finding:
     exact = (rows - rows.mean()) / np.sqrt(rows.var() + 1e-5)
     cands = {
         "float32 (or wider) accumulation": p.relative_residual(y, exact),
-        "half accumulation": p.relative_residual(y, p.half_accumulated_y(rows, dtype, 1e-5)),
+        "half accumulation, in sequence": p.relative_residual(y, p.half_accumulated_y(rows, dtype, 1e-5)),
     }
+    tol = probe_tolerance(dtype)
+    wide, sequential = cands.values()
     evidence = (f"train forward of {rows.shape[0]} values 1-2**-4, 1-2**-3 in one channel ({dtype}); "
-                f"observed error of y vs float64 statistics {cands['float32 (or wider) accumulation']:.3g}")
-    return _decide(prop, cands, TOLERANCE[dtype], evidence)
+                f"y vs float64 statistics off by {wide:.3g} (float32 accumulation allows {tol:.3g})")
+    if not np.isfinite(wide):
+        return Finding(prop, None, evidence + "; non-finite output", cands)
+    if wide <= tol:
+        return Finding(prop, WIDE_SUMS, evidence, cands)
+    order = "as sequential half sums predict" if sequential <= tol else "another summation order than in sequence"
+    return Finding(prop, HALF_SUMS, f"{evidence}; {order}", cands)
 
 
 # ---------------------------------------------------------------- entry point
@@ -354,14 +431,53 @@ def infer(backend, device: str = "cpu", dtype: str | None = None) -> Inference:
     Half-precision accumulation is probed for every float16/bfloat16 dtype the backend declares (only `dtype`
     when one is given and it is a half format)."""
     pr = _Probe(backend, device, dtype)
-    findings = [_channel_axis(pr)]
-    momentum, data = _momentum(pr)
-    findings += momentum
-    findings.append(_cumulative(pr) if data else Finding("cumulative_average", NOT_TRACKED, "no running statistics", {}))
-    var = _running_var(pr, data)
-    findings += [var, _bessel_floor(pr, var.value)]
-    findings += _eps(pr)
-    findings.append(_eval_stats(pr))
+    findings: list[Finding] = []
+
+    def probing(step, *args):
+        """Run one step and attach the probes it made to each of its findings."""
+        start = len(pr.log)
+        out = step(pr, *args)
+        found = out[0] if isinstance(out, tuple) else out
+        probes = tuple(pr.log[start:])
+        findings.extend(replace(f, probes=f.probes + probes) for f in (found if isinstance(found, list) else [found]))
+        return out
+
+    probing(_channel_axis)
+    _, data = probing(_momentum)
+    momentum_probes = findings[-1].probes
+    if data:
+        probing(_cumulative)
+    else:
+        findings.append(Finding("cumulative_average", NOT_TRACKED, "no running statistics", {}))
+    var = replace(_running_var(pr, data), probes=momentum_probes)  # read from the momentum probes' outputs
+    findings.append(var)
+    start = len(findings)
+    probing(_bessel_floor, var.value)
+    findings[start] = replace(findings[start], probes=findings[start].probes + var.probes)  # read against var
+    probing(_eps)
+    probing(_eps_in_training, findings[-2].value)
+    probing(_eval_stats)
     halves = [dtype] if dtype in HALF else ([] if dtype else [d for d in HALF if d in backend.dtypes])
-    findings += [_accumulation(pr, d) for d in halves]
-    return Inference(backend.name, pr.dtype, {f.property: f for f in findings})
+    for d in halves:
+        probing(_accumulation, d)
+    accumulation = {d: declared_precision(backend, d, device).accumulate for d in halves}
+    return Inference(backend.name, pr.dtype, {f.property: f for f in findings}, device, accumulation)
+
+
+def report_rows(backend) -> list[dict]:
+    """Inference on `backend`'s first device that runs now, as the report's rows (JSON-ready)."""
+    from ..adapters.protocol import unavailable
+
+    device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+    if device is None:
+        return []
+    try:
+        inference = infer(backend, device)
+    except Exception as e:  # noqa: BLE001 - probing is advice: a backend it cannot probe still gets its verdict
+        return [dict(backend=backend.name, property="-", value=None, agrees=False, verdict="probing failed",
+                     candidates={}, evidence=f"probing failed: {type(e).__name__}: {e}")]
+    verdicts = inference.verdicts(backend.convention)
+    return [dict(backend=backend.name, property=prop, value=str(getattr(f.value, "value", f.value)),
+                 agrees=verdicts.get(prop, "agrees") == "agrees", verdict=verdicts.get(prop, "agrees"),
+                 evidence=f.evidence, candidates={str(k): float(v) for k, v in f.candidates.items()})
+            for prop, f in inference.findings.items()]

@@ -10,6 +10,7 @@ The folder can be attached to an upstream bug report; `bnconf replay <folder>` d
 import hashlib
 import json
 import platform
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +48,39 @@ def save_case(root, backend, mode: Mode, inputs: Inputs, dtype: str, device: str
     return folder
 
 
+class CaseError(ValueError):
+    """A folder that is not a saved case, or a saved case that cannot be read back."""
+
+
 def load_case(folder):
-    """(backend, mode, inputs, dtype, device) of a saved case."""
+    """(backend, mode, inputs, dtype, device) of a saved case; CaseError when `folder` is not one."""
     folder = Path(folder)
-    case = json.loads((folder / "case.json").read_text())
-    arrays = dict(np.load(folder / "inputs.npz"))
-    candidates = [b for b in load(case["target"]) if b.name == case["backend"]]
+    again = "rerun the failing conformance test to save the case again"
+    if not folder.is_dir():
+        raise CaseError(f"no folder {folder}; give a folder a failing conformance test saved (bnconf-repro/...)")
+    if not (folder / "case.json").is_file():
+        raise CaseError(f"{folder} is not a saved case (no case.json there); give a folder a failing conformance "
+                        "test saved (bnconf-repro/...)")
+    try:
+        case = json.loads((folder / "case.json").read_text())
+        arrays = dict(np.load(folder / "inputs.npz"))
+        target, name, mode = case["target"], case["backend"], Mode(case["mode"])
+        running = None
+        if "running_mean" in arrays:
+            running = RunningStats(arrays["running_mean"], arrays["running_var"], case["running_count"])
+        inputs = Inputs(x=arrays["x"], axis=case["axis"], eps=case["eps"], gamma=arrays.get("gamma"),
+                        beta=arrays.get("beta"), running=running, momentum=case["momentum"], dy=arrays.get("dy"))
+        dtype, device = case["dtype"], case["device"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        raise CaseError(f"{folder} holds a corrupt case ({type(e).__name__}: {e}); {again}") from e
+    if not isinstance(target, str):
+        raise CaseError(f"{folder}/case.json does not say where backend {name!r} comes from (no target); "
+                        "save cases of backends loaded by bnconf.adapters.registry.load")
+    candidates = [b for b in load(target) if b.name == name]
     if not candidates:
-        raise ValueError(f"{case['target']} no longer provides a backend named {case['backend']!r}")
-    running = None
-    if "running_mean" in arrays:
-        running = RunningStats(arrays["running_mean"], arrays["running_var"], case["running_count"])
-    inputs = Inputs(x=arrays["x"], axis=case["axis"], eps=case["eps"], gamma=arrays.get("gamma"), beta=arrays.get("beta"),
-                    running=running, momentum=case["momentum"], dy=arrays.get("dy"))
-    return candidates[0], Mode(case["mode"]), inputs, case["dtype"], case["device"]
+        raise CaseError(f"{target} no longer provides a backend named {name!r}; replay with the version that "
+                        f"saved it ({case.get('versions')}) or {again}")
+    return candidates[0], mode, inputs, dtype, device
 
 
 def print_replay(folder) -> int:

@@ -15,12 +15,31 @@ import sys
 
 from ..adapters.protocol import BackendError
 from ..adapters.registry import TargetError
+from ..spec import InputError
 from ..spec.formats import FORMATS
 from .terminal import table
 
 
 class UsageError(ValueError):
     """Bad input to the command line, with what to change."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like bnconf's own."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _bad_input() -> tuple:
+    """bnconf's own errors: bad input, each with a message that names the problem and the fix."""
+    from ..conformance.repro import CaseError  # imported here: `bnconf conventions` needs none of it
+
+    return UsageError, TargetError, BackendError, InputError, CaseError
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def _selfcheck(args) -> int:
@@ -50,72 +69,114 @@ def _report(args) -> int:
 
     import numpy as np
 
-    from ..conformance import battery, crosscheck, selection
+    from ..conformance import battery, crosscheck, inference, isolation, selection
     from ..conformance.discrepancies import REGISTRY
     from . import figures, render
 
+    if args.examples < 1:
+        raise UsageError(f"--examples must be 1 or more, got {args.examples}")
+    if args.pair_examples < 0:
+        raise UsageError(f"--pair-examples must be 0 (no cross-framework table) or more, got {args.pair_examples}")
+    for option, value in (("--time-limit", args.time_limit), ("--memory-limit", args.memory_limit)):
+        if not value > 0:
+            raise UsageError(f"{option} must be more than 0, got {value}")
+    if not args.name or args.name in (".", "..") or any(sep in args.name for sep in "/\\"):
+        raise UsageError(f"--name {args.name!r} is not a file name stem; give a plain name such as 'report' "
+                         "(the folder goes in --out)")
+    dtypes = selection.choice(args.dtype, "dtype")
+    unknown = [d for d in dtypes if d not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown dtype {', '.join(unknown)}; pick --dtype from {', '.join(FORMATS)}")
     out = Path(args.out)
-    try:
+    try:  # before the battery runs: an unwritable folder must not cost a whole run
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".{args.name}.write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        print(f"bnconf report: cannot write to {out}: {e.strerror or e}; pick another folder with --out", file=sys.stderr)
-        return 2
-    if args.examples < 1:
-        raise UsageError(f"--examples must be 1 or more, got {args.examples}")
-    if args.pair_examples < 0:
-        raise UsageError(f"--pair-examples must be 0 (no cross-framework table) or more, got {args.pair_examples}")
-    dtypes = selection.choice(args.dtype, "dtype")
-    unknown = [d for d in dtypes if d not in FORMATS]
-    if unknown:
-        raise UsageError(f"unknown dtype {', '.join(unknown)}: bnconf knows {', '.join(FORMATS)}")
+        raise UsageError(f"cannot write to {out}: {e.strerror or e}; pick another folder with --out") from e
     found, missing = selection.backends(selection.choice(args.backend, "backend"))
-    cells = selection.cells(found, selection.choice(args.device, "device"), dtypes)
+    devices = selection.choice(args.device, "device")
+    cells = selection.cells(found, devices, dtypes)
     if not cells:
-        raise UsageError("nothing to run: no selected backend supports the selected devices and dtypes "
-                         f"(backends: {', '.join(b.name for b in found) or 'none available'})")
+        offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
+        raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
+                         f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
+                         f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
     for u in missing:
         print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
-    results = battery.run_battery(cells, args.examples, args.seed, progress=say)
     environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
     for b in found:
         environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
+    results: list = []  # grows as cells arrive
+    inferred: dict = {}
+    pictures: dict = {}
 
-    pictures = {f"{args.name}-{suffix}.png": drawn for suffix, drawn in figures.render_all(results).items()}
-    for file_name, (_, png) in pictures.items():
-        (out / file_name).write_bytes(png)
-
-    inferred = _inferred(found) if args.command == "validate" else []
-
-    def write(pairs) -> render.Report:
+    def report_of(pairs, status: str) -> render.Report:
         bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
-        report = render.Report(results, environment, args.seed, args.examples, battery.conforms(results) and not bad_pair,
-                               battery.discrepancy_use(results, REGISTRY), pairs, pictures, inferred)
-        (out / f"{args.name}.md").write_text(render.markdown(report))
-        (out / f"{args.name}.html").write_text(render.html_page(report))
-        (out / f"{args.name}.json").write_text(render.json_document(report))
+        rows = [r for b in found for r in inferred.get(b.name, [])]
+        return render.Report(list(results), environment, args.seed, args.examples,
+                             battery.conforms(results) and not bad_pair, battery.discrepancy_use(results, REGISTRY),
+                             pairs, pictures, rows, status, len(cells))
+
+    def write(pairs, status: str = "complete") -> render.Report:
+        pictures.clear()
+        pictures.update({f"{args.name}-{suffix}.png": drawn for suffix, drawn in figures.render_all(results).items()})
+        for file_name, (_, png) in pictures.items():
+            _write_atomically(out / file_name, png)
+        report = report_of(pairs, status)
+        _write_atomically(out / f"{args.name}.md", render.markdown(report).encode())
+        _write_atomically(out / f"{args.name}.html", render.html_page(report).encode())
+        _write_atomically(out / f"{args.name}.json", render.json_document(report).encode())
         return report
 
-    report = write([])  # the battery's results are on disk before the cross-framework table runs
-    if args.pair_examples:
-        report = write(crosscheck.run_matrix(found, args.pair_examples, args.seed, progress=say))
+    def arrived(cell) -> None:  # the JSON on disk is a valid partial report after every cell
+        results.append(cell)
+        _write_atomically(out / f"{args.name}.json", render.json_document(report_of([], "running")).encode())
+
+    validating = args.command == "validate"
+    try:
+        if args.isolation:
+            limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
+            _, rows = isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say,
+                                             arrived, infer=validating)
+            inferred.update(rows)
+        else:
+            battery.run_battery(cells, args.examples, args.seed, progress=say, on_cell=arrived)
+            if validating:
+                inferred.update({b.name: inference.report_rows(b) for b in found})
+        report = write([])  # the battery's results are on disk before the cross-framework table runs
+        if args.pair_examples:
+            failed = {c.backend for c in results if c.status in isolation.FAILED}
+            usable = [b for b in found if b.name not in failed]  # a backend that crashed is not run again here
+            report = write(crosscheck.run_matrix(usable, args.pair_examples, args.seed, progress=say))
+    except KeyboardInterrupt:
+        report = write([], "interrupted")
+        print(render.terminal(report))
+        print(f"\ninterrupted after {len(results)} of {len(cells)} cells; partial report written to "
+              f"{out}/{args.name}.{{md,html,json}}", file=sys.stderr)
+        return 130
     ok = report.conforms
     print(render.terminal(report))
     print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
     return 0 if ok else 1
 
 
-def _replay(args) -> int:
+def _write_atomically(path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
     from pathlib import Path
 
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _replay(args) -> int:
     from ..conformance.repro import print_replay
 
-    if not (Path(args.folder) / "case.json").is_file():
-        raise UsageError(f"{args.folder} is not a saved case (no case.json there)")
-    return print_replay(args.folder)
+    return print_replay(args.folder)  # a folder that is not a saved case raises CaseError, naming what is wrong
 
 
 def _battery_options(parser, name: str, examples: int, pair_examples: int) -> None:
@@ -127,29 +188,12 @@ def _battery_options(parser, name: str, examples: int, pair_examples: int) -> No
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same report (default 0)")
     parser.add_argument("--out", default="reports", help="folder for the report files (default reports/)")
     parser.add_argument("--name", default=name, help=f"file name stem (default {name})")
-
-
-def _inferred(backends) -> list[dict]:
-    """Convention inference on each backend (its first device that runs now), as report rows."""
-    from ..adapters.protocol import unavailable
-    from ..conformance.inference import infer
-
-    rows = []
-    for b in backends:
-        device = next((d for d in b.devices if not unavailable(b, d)), None)
-        if device is None:
-            continue
-        try:
-            inference = infer(b, device)
-        except Exception as e:  # probing is advice: a backend it cannot probe still gets its battery verdict
-            rows.append(dict(backend=b.name, property="-", value=None, agrees=False, candidates={},
-                             evidence=f"probing failed: {type(e).__name__}: {e}"))
-            continue
-        agrees = inference.matches(b.convention)
-        rows += [dict(backend=b.name, property=prop, value=str(getattr(f.value, "value", f.value)), agrees=agrees.get(prop, True),
-                      evidence=f.evidence, candidates={str(k): float(v) for k, v in f.candidates.items()})
-                 for prop, f in inference.findings.items()]
-    return rows
+    parser.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS",
+                        help="stop a backend whose case runs longer than this, report it as timed out (default 120)")
+    parser.add_argument("--memory-limit", type=float, default=8.0, metavar="GIB",
+                        help="stop a backend holding more resident memory than this (default 8 GiB)")
+    parser.add_argument("--no-isolation", dest="isolation", action="store_false",
+                        help="run every backend in this process (no crash, time or memory protection)")
 
 
 def _validate(args) -> int:
@@ -158,31 +202,46 @@ def _validate(args) -> int:
     return _report(args)
 
 
+def _problem(e: Exception) -> str:
+    """One line that names what went wrong and what to do about it."""
+    if isinstance(e, _bad_input()):
+        return _one_line(e)
+    if isinstance(e, OSError):
+        return (f"cannot write or read {e.filename or 'a file'}: {e.strerror or e}; "
+                "check the path, its permissions and the free space")
+    return f"internal error: {type(e).__name__}: {_one_line(e)}; rerun with --debug and report it"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="bnconf", description="Batch Normalization conformance checker")
+    """Run one command; its exit status. Bad input: one line on stderr and exit 2 (--debug: the traceback)."""
+    debug = argparse.ArgumentParser(add_help=False)  # --debug after the command too (SUPPRESS keeps one given before)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+    parser = _Parser(prog="bnconf", description="Batch Normalization conformance checker")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="run the conformance battery and write the discrepancy report")
+    report = sub.add_parser("report", parents=[debug], help="run the conformance battery and write the discrepancy report")
     report.add_argument("--backend", action="append", default=[], metavar="TARGET",
                         help="module:attribute or path.py:attribute (repeatable); default: every available backend")
     _battery_options(report, name="report", examples=5, pair_examples=2)
     report.set_defaults(run=_report)
-    validate = sub.add_parser("validate", help="run the whole battery on one backend (yours): exit 0 when it conforms")
+    validate = sub.add_parser("validate", parents=[debug],
+                              help="run the whole battery on one backend (yours): exit 0 when it conforms")
     validate.add_argument("target", metavar="TARGET", help="module:attribute or path/to/file.py:attribute naming the backend(s)")
     _battery_options(validate, name="validate", examples=20, pair_examples=0)
     validate.set_defaults(run=_validate)
-    replay = sub.add_parser("replay", help="rerun a failing case saved by the test suite")
+    replay = sub.add_parser("replay", parents=[debug], help="rerun a failing case saved by the test suite")
     replay.add_argument("folder", help="a folder written by a failing conformance test (bnconf-repro/...)")
     replay.set_defaults(run=_replay)
-    sub.add_parser("selfcheck", help="check the oracle against independent computations").set_defaults(run=_selfcheck)
-    sub.add_parser("conventions", help="list the convention records").set_defaults(run=_conventions)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub.add_parser("selfcheck", parents=[debug],
+                   help="check the oracle against independent computations").set_defaults(run=_selfcheck)
+    sub.add_parser("conventions", parents=[debug], help="list the convention records").set_defaults(run=_conventions)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, TargetError, BackendError) as e:
+    except Exception as e:  # a backend's own failure never gets here: the battery reports it as a cell error
         if args.debug:
             raise
-        print(f"bnconf {args.command}: {e}", file=sys.stderr)
+        print(f"bnconf {args.command}: error: {_problem(e)}", file=sys.stderr)
         return 2
 
 

@@ -3,15 +3,17 @@
 A report is a list of sections (title, header, rows), built once by `sections`; each format renders them.
 
 JSON layout (`bnconf-report/1`):
-    {"format": "bnconf-report/1", "seed": int, "examples": int, "conforms": bool,
+    {"format": "bnconf-report/1", "status": "complete"|"running"|"interrupted", "cells_planned": int,
+     "seed": int, "examples": int, "conforms": bool,
      "environment": {"python": str, "numpy": str, "<framework>": str, "machine": str},
-     "cells": [{"backend", "convention", "device", "dtype", "mode", "status": "ran"|"unsupported"|"error",
+     "cells": [{"backend", "convention", "device", "dtype", "mode",
+                "status": "ran"|"unsupported"|"error"|"crashed"|"timed out"|"out of memory"|"not run",
                 "reason", "seconds", "discrepancies": {"<id>": [covered, needed]},
                 "points": [[max |mean|/std, values per channel, quantity, normwise error, error/bound], ...],
                 "rows": [{"quantity", "verdict", "max_error", "max_ratio", "max_ulp", "detail",
                           "worst_input", "discrepancy", "examples", "failures"}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
-     "inferred": [{"backend", "property", "value", "agrees", "evidence", "candidates": {hypothesis: residual}}],
+     "inferred": [{"backend", "property", "value", "agrees", "verdict", "evidence", "candidates": {hypothesis: residual}}],
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
@@ -19,6 +21,8 @@ JSON layout (`bnconf-report/1`):
 quantity's format; a discrepancy entry is "in use" when some case needed it, "STALE" when it covered cases
 and none needed it. Pair verdicts: "matches after translation", "differs as the spec predicts", "UNEXPECTED
 difference". Timestamps are deliberately absent: the same seed gives the same file but for timings.
+The JSON file is rewritten (atomically) after every cell while the run goes on ("status": "running"), so a
+run killed or interrupted leaves a valid partial report; Ctrl-C writes every format with "interrupted".
 """
 
 import base64
@@ -45,8 +49,10 @@ class Report:
     discrepancies: list = field(default_factory=list)  # battery.DiscrepancyUse
     pairs: list = field(default_factory=list)  # crosscheck.PairResult
     figures: dict = field(default_factory=dict)  # file name -> (title, PNG bytes), see figures.py
-    # convention inference (bnconf validate): {"backend", "property", "value", "agrees", "evidence"} rows
+    # convention inference (bnconf validate): {"backend", "property", "value", "agrees", "verdict", "evidence"} rows
     inferred: list = field(default_factory=list)
+    status: str = "complete"  # "running" (partial, written as results arrive) or "interrupted"
+    cells_planned: int = 0
 
 
 @dataclass
@@ -67,8 +73,8 @@ def _cell_rows(results) -> list[list]:
                 folded.add((c.backend, c.device, c.reason))
                 out.append([c.backend, c.device, "*", "*", "-", "", "", "", "unsupported", c.reason])
             continue
-        if c.status == "error":
-            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", "ERROR", c.reason])
+        if c.status not in ("ran", "unsupported"):  # raised, crashed, timed out, out of memory, not run
+            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.upper(), c.reason])
         for r in c.rows:
             verdict = r.verdict + (f" [{r.discrepancy}]" if r.discrepancy else "") + (f": {r.detail}" if r.detail else "")
             out.append([c.backend, c.device, c.dtype, c.mode, r.quantity, f"{r.max_error:.3g}", f"{r.max_ratio:.3g}",
@@ -129,11 +135,13 @@ def sections(report: Report) -> list[Section]:
                    terminal_columns=9)]
     if report.inferred:
         out.append(Section("Convention inferred by probing, against the declared record",
-                           ["backend", "property", "inferred", "declared record agrees", "evidence"],
-                           [[r["backend"], r["property"], r["value"], "yes" if r["agrees"] else "NO", r["evidence"]]
-                            for r in report.inferred],
-                           note="Designed inputs (conformance/inference_probes.py); each property's candidate "
-                                "hypotheses and their residuals are in the JSON.", terminal_columns=4))
+                           ["backend", "property", "inferred", "against the declared record", "evidence"],
+                           [[r["backend"], r["property"], r["value"], r.get("verdict", "agrees" if r["agrees"] else "DIFFERS"),
+                             r["evidence"]] for r in report.inferred],
+                           note="Designed inputs (conformance/inference_probes.py). \"differs as recorded\": a known "
+                                "discrepancy covers a probe that decided the property; DIFFERS: nobody has explained "
+                                "it. Each property's candidate hypotheses and their residuals are in the JSON.",
+                           terminal_columns=4))
     if report.discrepancies:
         out.append(Section("Known discrepancies", ["id", "backends", "cases covered", "cases that needed it", "status"],
                            [[d.id, d.backends, d.covered, d.needed, d.status] for d in report.discrepancies],
@@ -161,7 +169,10 @@ def sections(report: Report) -> list[Section]:
 
 
 def _headline(report: Report) -> str:
-    return "everything conforms or is a recorded discrepancy" if report.conforms else "NON-CONFORMANT quantities found"
+    verdict = "everything conforms or is a recorded discrepancy" if report.conforms else "NON-CONFORMANT quantities found"
+    if report.status == "complete":
+        return verdict
+    return f"PARTIAL report ({report.status}: {len(report.results)} of {report.cells_planned} cells): {verdict} so far"
 
 
 def terminal(report: Report) -> str:
@@ -190,7 +201,8 @@ def markdown(report: Report) -> str:
 
 
 def _bad(row) -> bool:
-    return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE")) or v == "NO" for v in row)
+    return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE", "CRASHED", "TIMED OUT", "OUT OF MEMORY",
+                                  "NOT RUN", "DIFFERS")) or v == "NO" for v in row)
 
 
 def _figures_html(report: Report) -> str:
@@ -227,6 +239,8 @@ td,th{{border:1px solid #ccc;padding:3px 6px}}tr.bad td{{background:#fdd}}th{{ba
 def json_document(report: Report) -> str:
     doc = {
         "format": FORMAT,
+        "status": report.status,
+        "cells_planned": report.cells_planned,
         "seed": report.seed,
         "examples": report.examples,
         "conforms": report.conforms,

@@ -6,8 +6,18 @@ correct float32/16 implementation may be from the oracle; `expect` and `verdict`
 The prose and the derivations are in SPEC.md beside this file.
 """
 
+from .checks import InputError
 from .conventions import CONVENTIONS, Convention, EpsPlacement, MomentumStyle, Variance, convention, variants
-from .error_model import NUMPY_PAIRWISE, PAIRWISE, RECURSIVE, Precision, Summation, VarianceAlgorithm, precision_for
+from .error_model import (
+    NUMPY_PAIRWISE,
+    PAIRWISE,
+    RECURSIVE,
+    Precision,
+    Summation,
+    VarianceAlgorithm,
+    precision_for,
+    probe_tolerance,
+)
 from .expect import Expected, Inputs, Mode, expected
 from .formats import FORMATS, FloatFormat, float_format
 from .oracle import (

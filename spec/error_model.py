@@ -115,6 +115,17 @@ def precision_for(
 ORACLE_PRECISION = precision_for("float64", summation=NUMPY_PAIRWISE)
 
 
+PROBE_ROUNDINGS = 16  # roundings between a designed probe's exact inputs and the quantity measured from its outputs
+
+
+def probe_tolerance(fmt: str, conditioning: float = 1.0, roundings: int = PROBE_ROUNDINGS) -> float:
+    """The relative residual a correct implementation may show on a designed probe (convention inference):
+    exactly representable inputs, reductions of a few values, `roundings` roundings in format `fmt` each off by
+    at most its unit roundoff u, amplified by the measurement's `conditioning` (e.g. |old| / |batch - old| for
+    a momentum weight read from (new - old) / (batch - old)):  roundings * conditioning * u."""
+    return roundings * conditioning * float_format(fmt).unit_roundoff
+
+
 @dataclass(frozen=True)
 class _Roundoff:
     """The unit roundoffs of one precision, and g = f(n) u_a + u_c for its reductions of length n."""

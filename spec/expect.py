@@ -9,7 +9,7 @@ from enum import Enum
 
 import numpy as np
 
-from . import error_model, oracle
+from . import checks, error_model, oracle
 from .conventions import Convention
 from .error_model import ORACLE_PRECISION, Precision
 from .oracle import RunningStats
@@ -70,13 +70,20 @@ class Expected:
 def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Precision) -> dict[str, Expected]:
     """Oracle values and bounds for each quantity `mode` returns.
 
-    A bound is the implementation's error bound plus the oracle's own (float64) one.
+    A bound is the implementation's error bound plus the oracle's own (float64) one. Inputs that do not
+    fit together (shapes, axis, eps) raise `spec.InputError` naming the problem.
     """
-    mode = Mode(mode)
+    try:
+        mode = Mode(mode)
+    except ValueError:
+        raise checks.InputError(f"mode {mode!r} is not a spec.Mode: expected one of {', '.join(m.value for m in Mode)}") from None
     i = inputs
+    checks.batch(i.x, i.axis, gamma=i.gamma, beta=i.beta, running=i.running, dy=i.dy)
+    checks.eps_value(i.eps)
     if mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD) and i.running is None:
         if not convention.untracked_eval_uses_batch_stats:
-            raise ValueError(f"{mode.value} needs running statistics under {convention.name} (running mean and variance)")
+            raise checks.InputError(f"{mode.value} needs running statistics under {convention.name}: "
+                                    "give Inputs(running=RunningStats(mean, var, count))")
         # an untracked module normalizes with the batch statistics in eval too: the training computation
         train = Mode.TRAIN_FORWARD if mode is Mode.EVAL_FORWARD else Mode.TRAIN_BACKWARD
         return {q: e for q, e in expected(train, i, convention, precision).items() if q in mode.quantities}
@@ -85,7 +92,7 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
     gamma, beta = oracle.affine(i.gamma, i.beta, channels)
     dy = None if i.dy is None else oracle.check_dy(i.dy, x)
     if mode in (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD) and dy is None:
-        raise ValueError(f"{mode.value} needs an upstream gradient dy")
+        raise checks.InputError(f"{mode.value} needs an upstream gradient: give Inputs(dy=...) of x's shape")
     common = dict(convention=convention, axis=i.axis, eps=i.eps)
     if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD):
         running = i.running if mode is Mode.TRAIN_FORWARD else None  # a backward needs no running update

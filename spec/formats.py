@@ -51,9 +51,9 @@ def float_format(dtype) -> FloatFormat:
     try:
         return FORMATS[name]
     except KeyError:
-        raise ValueError(
-            f"unsupported dtype {name!r}: bnconf knows {', '.join(FORMATS)}"
-        ) from None
+        from .checks import InputError  # checks imports this module
+
+        raise InputError(f"unsupported dtype {name!r}: bnconf knows {', '.join(FORMATS)}") from None
 
 
 def wider(a: FloatFormat, b: FloatFormat) -> FloatFormat:

@@ -13,8 +13,9 @@ from functools import partial
 
 import numpy as np
 
+from . import checks
+from .checks import InputError
 from .conventions import Convention, EpsPlacement, Variance, new_batch_weight
-from .formats import FORMATS
 
 
 # ---------------------------------------------------------------- inputs
@@ -22,43 +23,31 @@ from .formats import FORMATS
 
 def as_float64(a, name: str) -> np.ndarray:
     """`a` as a float64 array; a clear error for non-real dtypes."""
-    arr = np.asarray(a)
-    if not (arr.dtype.kind in "fiu" or arr.dtype.name in FORMATS):
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return arr.astype(np.float64)
+    return checks.real_array(a, name).astype(np.float64)
 
 
 def channel_axis(ndim: int, axis: int) -> int:
     """`axis` as a non-negative index into an array of rank `ndim`."""
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"the channel axis must be an integer, got {axis!r}")
+    checks.integer("the channel axis", axis)
     if ndim < 2:
-        raise ValueError(f"x must have rank 2 or more (batch and channel axes), got rank {ndim}")
+        raise InputError(f"x must have rank 2 or more (batch and channel axes), got rank {ndim}")
     if not -ndim <= axis < ndim:
-        raise ValueError(f"channel axis {axis} is out of range for an input of rank {ndim}")
+        raise InputError(f"channel axis {axis} is out of range for an input of rank {ndim}")
     return axis % ndim
 
 
 def _per_channel(a, name: str, channels: int) -> np.ndarray:
     arr = as_float64(a, name)
     if arr.shape != (channels,):
-        raise ValueError(f"{name} must have shape ({channels},) (one value per channel), got {arr.shape}")
+        raise InputError(f"{name} has shape {arr.shape}, expected ({channels},): one value per channel")
     return arr
-
-
-def _check_eps(eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
-        raise TypeError(f"eps must be a number, got {eps!r}")
-    if not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
 
 
 def channels_first(x: np.ndarray, axis: int) -> np.ndarray:
     """x rearranged to shape (C, n): one contiguous row per channel."""
     axis = channel_axis(x.ndim, axis)
     if x.shape[axis] == 0:
-        raise ValueError(f"x has no channels: its size along the channel axis {axis} is 0 (shape {x.shape})")
+        raise InputError(f"x has no channels: its size along the channel axis {axis} is 0 (shape {x.shape})")
     return np.ascontiguousarray(np.moveaxis(x, axis, 0)).reshape(x.shape[axis], -1)
 
 
@@ -84,6 +73,7 @@ class BatchStats:
 
 def batch_stats(x, axis: int) -> BatchStats:
     """Mean and variances over every axis but `axis`, by the corrected two-pass algorithm."""
+    checks.batch(x, axis)
     rows = channels_first(as_float64(x, "x"), axis)
     n = rows.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -111,13 +101,13 @@ def selected_variance(stats: BatchStats, which: Variance, convention: Convention
 
 def _check_convention(convention) -> Convention:
     if not isinstance(convention, Convention):
-        raise TypeError(f"convention must be a spec.Convention record (see spec.convention(name)), got {convention!r}")
+        raise InputError(f"convention must be a spec.Convention record (see spec.convention(name)), got {convention!r}")
     return convention
 
 
 def effective_eps(convention: Convention, eps: float) -> float:
     """eps after the convention's clamp: max(eps, eps_min)."""
-    return max(_check_eps(eps), convention.eps_min)
+    return max(checks.eps_value(eps), convention.eps_min)
 
 
 def inverse_std(var, eps: float, placement: EpsPlacement = EpsPlacement.INSIDE_SQRT) -> np.ndarray:
@@ -168,10 +158,9 @@ def update_weight(convention: Convention, momentum: float | None, step: int) -> 
     """w, the weight of the step-th batch (step >= 1) in running <- (1 - w) * running + w * batch."""
     if momentum is None:
         if not convention.cumulative_average:
-            raise ValueError(f"{convention.name} needs a numeric momentum (None is not a cumulative average there)")
+            raise InputError(f"{convention.name} needs a numeric momentum (None is not a cumulative average there)")
         return 1.0 / step
-    if not np.isfinite(momentum):
-        raise ValueError(f"momentum must be a finite number, got {momentum!r}")
+    checks.finite_number("momentum", momentum)
     w = new_batch_weight(convention, momentum)
     if convention.zero_debias:
         # w / (1 - (1 - w)**t), with 1 - (1 - w)**t = -expm1(t log1p(-w)) free of cancellation; limit 1/t as w -> 0
@@ -184,6 +173,8 @@ def update_running_stats(
     running: RunningStats, stats: BatchStats, convention: Convention, momentum: float | None
 ) -> RunningStats:
     """One training step's update: each statistic moves toward the batch's by the weight w."""
+    _check_convention(convention)
+    running = _checked_running(running, len(stats.mean))
     step = running.count + 1
     w = update_weight(convention, momentum, step)
     batch_var = selected_variance(stats, convention.running_var, convention)
@@ -217,12 +208,12 @@ def affine(gamma, beta, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _checked_running(running: RunningStats, channels: int) -> RunningStats:
     if not isinstance(running, RunningStats):
-        raise TypeError(f"running statistics must be a RunningStats(mean, var, count), got {type(running).__name__}")
+        raise InputError(f"running statistics must be a RunningStats(mean, var, count), got {type(running).__name__}")
     if isinstance(running.count, bool) or not isinstance(running.count, (int, np.integer)) or running.count < 0:
-        raise ValueError(f"the running statistics' batch count must be an integer >= 0, got {running.count!r}")
+        raise InputError(f"the running statistics' batch count must be an integer >= 0, got {running.count!r}")
     return RunningStats(
-        _per_channel(running.mean, "running mean", channels),
-        _per_channel(running.var, "running variance", channels),
+        _per_channel(running.mean, "running.mean", channels),
+        _per_channel(running.var, "running.var", channels),
         running.count,
     )
 
@@ -241,8 +232,9 @@ def forward_train(
 ) -> TrainForward:
     """Normalize with the batch statistics; update `running` (if given) by the convention's rule."""
     _check_convention(convention)
+    checks.batch(x, axis, gamma=gamma, beta=beta, running=running)
     if running is not None and not convention.tracks_running_stats:
-        raise ValueError(f"{convention.name} keeps no running statistics; pass running=None")
+        raise InputError(f"{convention.name} keeps no running statistics; pass running=None")
     x = as_float64(x, "x")
     channels = x.shape[channel_axis(x.ndim, axis)]
     g, b = affine(gamma, beta, channels)
@@ -262,7 +254,8 @@ def forward_eval(
     """Normalize with the running statistics: y = gamma * (x - running.mean) * s(running.var) + beta."""
     _check_convention(convention)
     if running is None:
-        raise ValueError("eval mode needs running statistics (running mean and variance)")
+        raise InputError("eval mode needs running statistics: pass running=RunningStats(mean, var, count)")
+    checks.batch(x, axis, gamma=gamma, beta=beta, running=running)
     x = as_float64(x, "x")
     channels = x.shape[channel_axis(x.ndim, axis)]
     g, b = affine(gamma, beta, channels)
@@ -290,7 +283,7 @@ class Gradients:
 def check_dy(dy, x: np.ndarray) -> np.ndarray:
     dy = as_float64(dy, "dy")
     if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+        raise InputError(f"dy has shape {dy.shape}, expected {x.shape}: the shape of x")
     return dy
 
 
@@ -303,6 +296,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     which for the usual V = var, s = (var + eps)**-1/2 is gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)).
     """
     _check_convention(convention)
+    checks.batch(x, axis, gamma=gamma, dy=dy)
     x = as_float64(x, "x")
     dy = check_dy(dy, x)
     channels = x.shape[channel_axis(x.ndim, axis)]
@@ -330,7 +324,8 @@ def backward_eval(
     """Gradients with the running statistics held constant: dx = dy * gamma * s(running.var)."""
     _check_convention(convention)
     if running is None:
-        raise ValueError("eval mode needs running statistics (running mean and variance)")
+        raise InputError("eval mode needs running statistics: pass running=RunningStats(mean, var, count)")
+    checks.batch(x, axis, gamma=gamma, dy=dy, running=running)
     x = as_float64(x, "x")
     dy = check_dy(dy, x)
     channels = x.shape[channel_axis(x.ndim, axis)]

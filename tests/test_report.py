@@ -1,6 +1,7 @@
 """`bnconf report`: files written, exit status, determinism, and a clear error for an unwritable folder."""
 
 import json
+from pathlib import Path
 
 from bnconf.reports.cli import main
 
@@ -24,10 +25,16 @@ def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
 
 
 def test_the_same_seed_gives_the_same_report_but_for_timings(tmp_path):
-    for name in ("a", "b"):
-        main(["report", "--backend", EXAMPLE, "--examples", "8", "--seed", "3", "--out", str(tmp_path), "--name", name])
-    a, b = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in ("a", "b"))
-    assert a == b
+    """Run twice (isolated in workers, then in this process), battery and cross-framework table: identical JSON
+    but for timings; another seed gives another report."""
+    keras = f"{Path(__file__).parent / 'fixtures' / 'misbehaving.py'}:KERAS_IDEAL"
+    runs = {"a": ["--seed", "3"], "b": ["--seed", "3", "--no-isolation"], "c": ["--seed", "4"]}
+    for name, extra in runs.items():
+        main(["report", "--backend", EXAMPLE, "--backend", keras, "--examples", "4", "--pair-examples", "2",
+              "--out", str(tmp_path), "--name", name, *extra])
+    a, b, c = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in runs)
+    assert a["pairs"] and a == b
+    assert a["cells"] != c["cells"]
 
 
 def test_a_wrong_backend_gives_exit_1_and_names_the_quantity(tmp_path):
@@ -120,5 +127,6 @@ def test_validate_runs_the_battery_on_one_target_and_exits_by_its_verdict(tmp_pa
     assert main(["validate", f"{biased}:BACKEND", "--dtype", "float32", "--examples", "30", "--out", str(tmp_path)]) == 1
     inferred = {r["property"]: r for r in json.loads((tmp_path / "validate.json").read_text())["inferred"]}
     assert inferred["running_var"]["value"] == "biased" and not inferred["running_var"]["agrees"]
+    assert inferred["running_var"]["verdict"] == "DIFFERS"
     assert main(["validate", "no_such_module:BACKEND", "--out", str(tmp_path)]) == 2
     assert "cannot import" in capsys.readouterr().err

@@ -19,7 +19,7 @@ X = np.ones((4, 3))
     (Mode.TRAIN_FORWARD, dict(gamma=np.ones(3)), "gamma and beta must be given together"),
     (Mode.TRAIN_FORWARD, dict(running_mean=np.zeros(3)), "running_mean and running_var must be given together"),
     (Mode.TRAIN_BACKWARD, dict(), "needs dy"),
-    (Mode.TRAIN_BACKWARD, dict(dy=np.ones((4, 2))), r"dy has shape \(4, 2\), x has \(4, 3\)"),
+    (Mode.TRAIN_BACKWARD, dict(dy=np.ones((4, 2))), r"dy has shape \(4, 2\), expected \(4, 3\): the shape of x"),
     (Mode.EVAL_FORWARD, dict(), "normalizes with running statistics"),
 ])
 def test_a_request_the_backend_cannot_take_is_named(mode, changes, message):

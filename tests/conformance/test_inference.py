@@ -5,10 +5,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bnconf.adapters.protocol import Outputs
+from bnconf.adapters.protocol import Outputs, unavailable
+from bnconf.adapters.registry import BUILTIN, TargetError, load
 from bnconf.conformance import inference_probes as probes
 from bnconf.conformance.ideal import IdealBackend
-from bnconf.conformance.inference import NOT_TRACKED, infer
+from bnconf.conformance.discrepancies import KnownDiscrepancy
+from bnconf.conformance.inference import HALF_SUMS, NOT_TRACKED, infer
 from bnconf.spec import CONVENTIONS, EpsPlacement, Mode, MomentumStyle, variants
 
 TORCH = CONVENTIONS["torch.nn.BatchNorm2d"]
@@ -152,20 +154,61 @@ class HalfAccumulating(IdealBackend):
         return Outputs(y=np.moveaxis(y.reshape(np.moveaxis(r.x, r.axis, -1).shape), -1, r.axis))
 
 
-def test_half_accumulation_is_detected():
-    f = infer(HalfAccumulating(TORCH), dtype="float16").findings["accumulation[float16]"]
-    assert f.value == "half accumulation", str(f)
+def test_half_accumulation_is_detected_and_held_against_the_declared_accumulator():
+    backend = HalfAccumulating(TORCH)
+    inference = infer(backend, dtype="float16")
+    f = inference.findings["accumulation[float16]"]
+    assert f.value == HALF_SUMS and "as sequential half sums predict" in f.evidence, str(f)
     assert f.candidates["float32 (or wider) accumulation"] > 1.0
+    # it declares the default precision (float32 sums for float16 inputs): an unexplained difference
+    assert inference.verdicts(TORCH, registry=())["accumulation[float16]"] == "DIFFERS"
     assert infer(IdealBackend(TORCH), dtype="float64").findings.keys().isdisjoint({"accumulation[float16]"})
 
 
-def test_torch_backends_are_inferred_as_declared():
-    pytest.importorskip("torch", reason="torch is not installed")
-    from bnconf.adapters import torch_batchnorm
+def test_a_difference_is_explained_only_by_an_entry_that_covers_one_of_its_probes():
+    odd = Declaring(replace(TORCH, momentum_style=MomentumStyle.OLD_WEIGHT), TORCH)
+    inference = infer(odd)
+    entry = lambda **kw: KnownDiscrepancy(id="odd-momentum", backends="odd[*]", quantities=("running_mean",),  # noqa: E731
+                                          explanation="", evidence="", **kw)
+    assert inference.verdicts(TORCH, registry=())["momentum_style"] == "DIFFERS"
+    assert inference.verdicts(TORCH, registry=(entry(),))["momentum_style"] == "differs as recorded: odd-momentum"
+    # an entry for eval only, or for another dtype, covers none of the momentum probes
+    assert inference.verdicts(TORCH, registry=(entry(modes=(Mode.EVAL_FORWARD,)),))["momentum_style"] == "DIFFERS"
+    assert inference.verdicts(TORCH, registry=(entry(dtypes=("float16",)),))["momentum_style"] == "DIFFERS"
+    assert inference.verdicts(TORCH, registry=(entry(),))["eps_placement"] == "agrees"
 
-    for backend in torch_batchnorm.BACKENDS:
-        inference = infer(backend)
-        assert all(inference.matches(backend.convention).values()), str(inference)
-        for half in ("float16", "bfloat16"):
-            if half in backend.dtypes:
-                assert inference[f"accumulation[{half}]"] == "float32 (or wider) accumulation"
+
+@pytest.mark.parametrize("family", sorted(BUILTIN))
+def test_every_builtin_backend_is_inferred_as_declared_or_as_recorded(family):
+    """Each property agrees with the declared record, or a known discrepancy covers a probe that decided it."""
+    try:
+        backends = load(BUILTIN[family][0])
+    except TargetError as e:
+        pytest.skip(f"{family}: {e}")
+    ran = 0
+    for backend in backends:
+        device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+        if device is None:
+            continue
+        inference = infer(backend, device)
+        verdicts = inference.verdicts(backend.convention)
+        unexplained = {k: str(inference.findings[k]) for k, v in verdicts.items() if v == "DIFFERS"}
+        assert not unexplained, f"{backend.name}: {unexplained}"
+        ran += 1
+    if not ran:
+        pytest.skip(f"{family}: no device runs here")
+
+
+class TrainEpsHardCoded(IdealBackend):
+    """Eval uses the eps asked for, training a hard-coded 1e-5 (the TF tutorial layer's mistake)."""
+
+    def run(self, mode, r):
+        return super().run(mode, replace(r, eps=1e-5) if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD) else r)
+
+
+def test_an_eps_used_only_in_training_is_caught():
+    inference = infer(TrainEpsHardCoded(TORCH))
+    verdicts = inference.verdicts(TORCH, registry=())
+    assert verdicts["eps_placement"] == "agrees" and verdicts["eps_min"] == "agrees"
+    assert verdicts["eps_in_training"] == "DIFFERS"
+    assert inference["eps_in_training"] == pytest.approx(1e-5, rel=1e-6)

@@ -12,7 +12,7 @@ X = np.ones((4, 3, 2))
 @pytest.mark.parametrize(
     "call, error, message",
     [
-        (lambda: forward_train(X, gamma=np.ones(2), convention=TORCH, axis=1, eps=1e-5), ValueError, r"gamma must have shape \(3,\)"),
+        (lambda: forward_train(X, gamma=np.ones(2), convention=TORCH, axis=1, eps=1e-5), ValueError, r"gamma has shape \(2,\), expected \(3,\): one value per channel of x \(axis 1 of shape \(4, 3, 2\)\)"),
         (lambda: forward_train(X, convention=TORCH, axis=3, eps=1e-5), ValueError, "channel axis 3 is out of range"),
         (lambda: forward_train(X, convention=TORCH, axis=1.0, eps=1e-5), TypeError, "channel axis must be an integer"),
         (lambda: forward_train(X, convention=TORCH, axis=1, eps=-1.0), ValueError, "eps must be a finite number >= 0"),
@@ -25,7 +25,7 @@ X = np.ones((4, 3, 2))
         (lambda: forward_train(X, running=RunningStats(np.zeros(3), np.ones(3)), convention=convention("keras.layers.BatchNormalization"), axis=1, eps=1e-5, momentum=None), ValueError, "needs a numeric momentum"),
         (lambda: forward_train(X, running=RunningStats(np.zeros(3), np.ones(3)), convention=convention("tf.nn.batch_normalization"), axis=1, eps=1e-5), ValueError, "keeps no running statistics"),
         (lambda: forward_eval(X, convention=TORCH, axis=1, eps=1e-5), ValueError, "eval mode needs running statistics"),
-        (lambda: backward_train(np.ones((4, 3)), X, convention=TORCH, axis=1, eps=1e-5), ValueError, "dy must have the shape of x"),
+        (lambda: backward_train(np.ones((4, 3)), X, convention=TORCH, axis=1, eps=1e-5), ValueError, r"dy has shape \(4, 3\), expected \(4, 3, 2\): the shape of x"),
     ],
 )
 def test_bad_input_is_named(call, error, message):

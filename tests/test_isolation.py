@@ -1,0 +1,86 @@
+"""Isolation: a backend that segfaults, hangs or exhausts memory is reported with the input it was running,
+every other result is kept, and an interrupted run leaves a valid partial report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bnconf.conformance.ideal import IdealBackend
+from bnconf.conformance.isolation import Limits, run_isolated
+from bnconf.conformance.repro import load_case
+from bnconf.reports.cli import main
+from bnconf.spec import CONVENTIONS, Mode
+
+FIXTURE = Path(__file__).parent / "fixtures" / "misbehaving.py"
+
+
+def report(tmp_path, *targets, limits=()):
+    code = main(["report", *[a for t in targets for a in ("--backend", f"{FIXTURE}:{t}")], "--examples", "2",
+                 "--pair-examples", "0", "--out", str(tmp_path), *limits])
+    cells = json.loads((tmp_path / "report.json").read_text())["cells"]
+    return code, {(c["backend"], c["mode"]): c for c in cells}
+
+
+def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_result_is_kept(tmp_path):
+    code, cells = report(tmp_path, "SEGFAULT", "HANG", "GOOD", limits=("--time-limit", "3"))
+    assert code == 1
+    crashed = cells["segfaults in training", "train_forward"]
+    assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["reason"]
+    assert "while running train_forward float64 cpu: shape=" in crashed["reason"]
+    hung = cells["hangs in training", "train_forward"]
+    assert hung["status"] == "timed out" and "no result within 3 s" in hung["reason"]
+    # the input each was running is a replayable case folder
+    folder = crashed["reason"].split("replay: bnconf replay ")[1]
+    backend, mode, inputs, dtype, _ = load_case(folder)
+    assert (backend.name, mode, dtype) == ("segfaults in training", Mode.TRAIN_FORWARD, "float64") and inputs.x.size
+    # the misbehaving backends' other modes, run in a fresh worker, and the good backend all ran
+    others = [c for key, c in cells.items() if key[1] != "train_forward" or key[0].startswith("ideal")]
+    assert len(others) == 3 + 3 + 4 and all(c["status"] == "ran" for c in others)
+
+
+def test_a_backend_that_exhausts_memory_is_stopped_at_the_limit(tmp_path):
+    code, cells = report(tmp_path, "OOM", limits=("--memory-limit", "0.5", "--time-limit", "60"))
+    assert code == 1
+    oom = cells["exhausts memory in training", "train_forward"]
+    assert oom["status"] == "out of memory" and "over the 0.5 GiB limit" in oom["reason"], oom["reason"]
+    assert all(c["status"] == "ran" for key, c in cells.items() if key[1] != "train_forward")
+
+
+def test_a_backend_built_in_this_process_runs_here_and_limits_are_data():
+    ideal = IdealBackend(CONVENTIONS["torch.nn.BatchNorm2d"])  # no target to load it from in a worker
+    results, _ = run_isolated([(ideal, "cpu", "float64", Mode.EVAL_FORWARD)], 2, 0, Limits(seconds=5))
+    assert [r.status for r in results] == ["ran"]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path):
+    """The hanging backend's training forward blocks; its other cells are on disk; Ctrl-C ends the run."""
+    cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", "--backend", f"{FIXTURE}:HANG", "--examples", "2",
+           "--pair-examples", "0", "--time-limit", "600", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    partial = tmp_path / "report.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if partial.exists() and len(json.loads(partial.read_text())["cells"]) == 3:
+            break
+        time.sleep(0.2)
+    doc = json.loads(partial.read_text())
+    assert doc["status"] == "running" and doc["cells_planned"] == 4
+    workers = _children(proc.pid)
+    assert workers, "the hanging worker should be running"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    doc = json.loads(partial.read_text())
+    assert doc["status"] == "interrupted" and len(doc["cells"]) == 3 and all(c["status"] == "ran" for c in doc["cells"])
+    assert "PARTIAL report (interrupted: 3 of 4 cells)" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "report.html").exists()
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
