@@ -29,9 +29,15 @@ class NumpyBatchNorm:
         beta = np.zeros(c) if r.beta is None else r.beta
         out = Outputs()
         if mode is Mode.TRAIN_FORWARD:
+            n = x.size // max(c, 1)
+            if n == 0:
+                raise ValueError(f"training needs at least one value per channel, got x of shape {x.shape}")
+            if r.running_mean is not None and n < 2:  # the Bessel-corrected running variance would be 0/0
+                raise ValueError(f"a running variance needs 2 or more values per channel, got {n} (x of shape {x.shape})")
+            if r.momentum is not None and not 0 <= r.momentum <= 1:
+                raise ValueError(f"momentum must be in [0, 1], got {r.momentum}")
             mean, var = x.mean(axis=reduce), x.var(axis=reduce)
             if r.running_mean is not None:
-                n = x.size // c
                 out.running_mean = (1 - r.momentum) * r.running_mean + r.momentum * mean
                 out.running_var = (1 - r.momentum) * r.running_var + r.momentum * var * n / (n - 1)
         else:

@@ -8,6 +8,7 @@ one JSON line per event from a pipe:
     {"event": "case", "cell": i, "input": "<describe(inputs)>", "folder": "<saved case>"}   before each case
     {"event": "cell", "cell": i, "result": {CellResult}}                                    after each cell
     {"event": "inferred", "rows": [...]}                                                    (validate only)
+    {"event": "edge", "rows": [...]}                                                        edge-case outcomes
 
 The parent kills the worker when a case runs longer than `Limits.seconds` or the worker's process tree
 holds more than `Limits.memory_bytes` resident, and reports the cell as "timed out", "out of memory" or
@@ -142,14 +143,16 @@ def _failure(what: str, case: dict | None, crash_dir: Path, cells_done: int) -> 
 
 
 def _run_worker(target: str, name: str, cells: list, examples: int, seed: int, limits: Limits, crash_dir: Path,
-                infer: bool, on_cell) -> tuple[dict, list | None, tuple[int, str, str] | None]:
-    """Run `cells` (indices into the caller's list, with (device, dtype, mode)) in one worker.
+                extras: dict, on_cell) -> tuple[dict, dict, tuple[int, str, str] | None]:
+    """Run `cells` (indices into the caller's list, with (device, dtype, mode)) in one worker, then the
+    `extras` it asks for ({"infer": bool, "edge": bool}).
 
-    Returns (results by index, inferred rows, failure): failure is (cell index or -1, kind, reason)."""
-    results, inferred = {}, None
+    Returns (results by index, {"inferred"|"edge": rows} that arrived, failure): failure is (cell index or -1,
+    kind, reason)."""
+    results, extra_rows = {}, {}
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
         scratch = Path(tmp)
-        job = dict(target=target, backend=name, examples=examples, seed=seed, infer=infer, scratch=str(scratch),
+        job = dict(target=target, backend=name, examples=examples, seed=seed, scratch=str(scratch), **extras,
                    cells=[[i, device, dtype, mode.value] for i, device, dtype, mode in cells])
         worker = _Worker(job, scratch)
         case, started, failure, closed = None, time.monotonic(), None, False
@@ -165,11 +168,11 @@ def _run_worker(target: str, name: str, cells: list, examples: int, seed: int, l
                         results[e["cell"]] = cell = cell_from_dict(e["result"])
                         if on_cell:
                             on_cell(e["cell"], cell)
-                    elif e["event"] == "inferred":
-                        inferred = e["rows"]
+                    elif e["event"] in ("inferred", "edge"):
+                        extra_rows[e["event"]] = e["rows"]
                 if closed:
                     code = worker.proc.wait()
-                    if code == 0 and (len(results) == len(cells)):
+                    if code == 0 and len(results) == len(cells):
                         break
                     what = f"crashed with {_signal_name(code)}" if code < 0 else f"exited with code {code}"
                     last = worker.last_stderr_line()
@@ -186,24 +189,25 @@ def _run_worker(target: str, name: str, cells: list, examples: int, seed: int, l
                                                     f"{limits.memory_bytes / 2**30:g} GiB limit")
             if failure is not None:
                 index = case["cell"] if case else -1
-                return results, inferred, (index, failure[0], _failure(failure[1], case, crash_dir, len(results)))
-            return results, inferred, None
+                return results, extra_rows, (index, failure[0], _failure(failure[1], case, crash_dir, len(results)))
+            return results, extra_rows, None
         finally:
             worker.close()
 
 
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
-                 progress=None, on_cell=None, infer: bool = False) -> tuple[list[CellResult], dict]:
-    """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend.
+                 progress=None, on_cell=None, infer: bool = False, edge: bool = False) -> tuple[list[CellResult], dict]:
+    """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend, and per
+    backend the convention inference (`infer`) and the edge cases (`edge`) on the cells' devices and dtypes.
 
     Backends loaded from a target (every built-in, every `--backend`) run isolated; an object built in
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
-    arrives. Returns (results in the cells' order, {backend name: inferred rows} when `infer`)."""
+    arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}})."""
     from ..adapters.registry import origin
 
     crash_dir = Path(crash_dir)
     results: list[CellResult | None] = [None] * len(cells)
-    inferred: dict[str, list] = {}
+    extras: dict[str, dict] = {"inferred": {}, "edge": {}}
     groups: dict[int, list[int]] = {}
     for i, (backend, *_rest) in enumerate(cells):
         groups.setdefault(id(backend), []).append(i)
@@ -223,17 +227,15 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
         if target is None:  # nothing to load it from in a child: run it here
             for i in indices:
                 arrived(i, run_cell(*cells[i], examples, seed))
-            if infer:
-                from .inference import report_rows
-
-                inferred[backend.name] = report_rows(backend)
+            for kind, rows in extras_for(backend, [cells[i][1:] for i in indices], infer, edge).items():
+                extras[kind][backend.name] = rows
             continue
         todo = list(indices)
         while todo:
             done, rows, failure = _run_worker(target, backend.name, [(i, *cells[i][1:]) for i in todo], examples, seed,
-                                              limits, crash_dir, infer, arrived)
-            if rows is not None:
-                inferred[backend.name] = rows
+                                              limits, crash_dir, {"infer": infer, "edge": edge}, arrived)
+            for kind, kind_rows in rows.items():
+                extras[kind][backend.name] = kind_rows
             todo = [i for i in todo if i not in done]
             if failure is None:
                 break
@@ -244,7 +246,23 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                 _, device, dtype, mode = cells[i]
                 arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
             todo = [i for i in todo if i not in failed]
-    return [r for r in results], inferred
+    return list(results), extras
+
+
+def extras_for(backend, cells, infer: bool, edge: bool) -> dict:
+    """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran."""
+    out = {}
+    if infer:
+        from .inference import report_rows
+
+        out["inferred"] = report_rows(backend)
+    if edge:
+        from .edge import as_row, run_edge_cases
+
+        dtypes = tuple(dict.fromkeys(dtype for _, dtype, _ in cells))
+        out["edge"] = [as_row(o) for device in dict.fromkeys(d for d, _, _ in cells)
+                       for o in run_edge_cases(backend, device, dtypes)]
+    return out
 
 
 # ---------------------------------------------------------------- the worker
@@ -274,10 +292,9 @@ def _worker(fd: int) -> int:
 
         cell = run_cell(backend, device, dtype, Mode(mode), job["examples"], job["seed"], watch=watched)
         send(event="cell", cell=index, result=asdict(cell))
-    if job["infer"]:
-        from .inference import report_rows
-
-        send(event="inferred", rows=report_rows(backend))
+    cells = [(device, dtype, Mode(mode)) for _, device, dtype, mode in job["cells"]]
+    for kind, rows in extras_for(backend, cells, job.get("infer", False), job.get("edge", False)).items():
+        send(event=kind, rows=rows)
     return 0
 
 

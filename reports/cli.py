@@ -69,7 +69,7 @@ def _report(args) -> int:
 
     import numpy as np
 
-    from ..conformance import battery, crosscheck, inference, isolation, selection
+    from ..conformance import battery, crosscheck, isolation, selection
     from ..conformance.discrepancies import REGISTRY
     from . import figures, render
 
@@ -110,15 +110,16 @@ def _report(args) -> int:
     for b in found:
         environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
     results: list = []  # grows as cells arrive
-    inferred: dict = {}
+    extras: dict = {"inferred": {}, "edge": {}}  # backend name -> rows
     pictures: dict = {}
 
     def report_of(pairs, status: str) -> render.Report:
         bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
-        rows = [r for b in found for r in inferred.get(b.name, [])]
+        inferred, edge = ([r for b in found for r in extras[kind].get(b.name, [])] for kind in ("inferred", "edge"))
+        unexplained = any(not r["agrees"] and not r["recorded"] for r in edge)
         return render.Report(list(results), environment, args.seed, args.examples,
-                             battery.conforms(results) and not bad_pair, battery.discrepancy_use(results, REGISTRY),
-                             pairs, pictures, rows, status, len(cells))
+                             battery.conforms(results) and not bad_pair and not unexplained,
+                             battery.discrepancy_use(results, REGISTRY), pairs, pictures, inferred, status, len(cells), edge)
 
     def write(pairs, status: str = "complete") -> render.Report:
         pictures.clear()
@@ -140,12 +141,15 @@ def _report(args) -> int:
         if args.isolation:
             limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
             _, rows = isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say,
-                                             arrived, infer=validating)
-            inferred.update(rows)
+                                             arrived, infer=validating, edge=args.edge_cases)
+            for kind in extras:
+                extras[kind].update(rows[kind])
         else:
             battery.run_battery(cells, args.examples, args.seed, progress=say, on_cell=arrived)
-            if validating:
-                inferred.update({b.name: inference.report_rows(b) for b in found})
+            for b in found:
+                ran = [c[1:] for c in cells if c[0] is b]
+                for kind, rows in isolation.extras_for(b, ran, validating, args.edge_cases).items():
+                    extras[kind][b.name] = rows
         report = write([])  # the battery's results are on disk before the cross-framework table runs
         if args.pair_examples:
             failed = {c.backend for c in results if c.status in isolation.FAILED}
@@ -192,6 +196,8 @@ def _battery_options(parser, name: str, examples: int, pair_examples: int) -> No
                         help="stop a backend whose case runs longer than this, report it as timed out (default 120)")
     parser.add_argument("--memory-limit", type=float, default=8.0, metavar="GIB",
                         help="stop a backend holding more resident memory than this (default 8 GiB)")
+    parser.add_argument("--no-edge-cases", dest="edge_cases", action="store_false",
+                        help="skip the edge-case behaviour table (spec/edge_cases.py)")
     parser.add_argument("--no-isolation", dest="isolation", action="store_false",
                         help="run every backend in this process (no crash, time or memory protection)")
 

@@ -14,6 +14,7 @@ JSON layout (`bnconf-report/1`):
                           "worst_input", "discrepancy", "examples", "failures"}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
      "inferred": [{"backend", "property", "value", "agrees", "verdict", "evidence", "candidates": {hypothesis: residual}}],
+     "edge": [{"backend", "device", "dtype", "case", "mode", "agrees", "outcome", "recorded"}],
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .edge_table import edge_section_rows, edge_summary
 from .terminal import table
 
 FORMAT = "bnconf-report/1"
@@ -53,6 +55,7 @@ class Report:
     inferred: list = field(default_factory=list)
     status: str = "complete"  # "running" (partial, written as results arrive) or "interrupted"
     cells_planned: int = 0
+    edge: list = field(default_factory=list)  # edge-case outcomes, conformance.edge.as_row dicts
 
 
 @dataclass
@@ -142,6 +145,14 @@ def sections(report: Report) -> list[Section]:
                                 "discrepancy covers a probe that decided the property; DIFFERS: nobody has explained "
                                 "it. Each property's candidate hypotheses and their residuals are in the JSON.",
                            terminal_columns=4))
+    if report.edge:
+        header, rows = edge_section_rows(report.edge, grouped=True)
+        counts = edge_summary(report.edge)
+        out.append(Section("Edge-case behaviour", header, rows,
+                           note=f"spec/edge_cases.py (SPEC.md section 5) states each case's outcome, a value or 'must "
+                                f"raise'; {counts['agree']} of {counts['outcomes']} outcomes agree, {counts['recorded']} "
+                                f"differ as recorded (conformance/known/edge.py), {counts['unexplained']} unexplained.",
+                           terminal_columns=None))
     if report.discrepancies:
         out.append(Section("Known discrepancies", ["id", "backends", "cases covered", "cases that needed it", "status"],
                            [[d.id, d.backends, d.covered, d.needed, d.status] for d in report.discrepancies],
@@ -249,6 +260,7 @@ def json_document(report: Report) -> str:
         "discrepancies": [dict(asdict(d), status=d.status) for d in report.discrepancies],
         "pairs": [asdict(p) for p in report.pairs],
         "inferred": report.inferred,
+        "edge": report.edge,
         "seconds_per_backend": seconds_per_backend(report.results),
     }
     return json.dumps(doc, indent=1, sort_keys=True, default=str)

@@ -21,6 +21,9 @@ def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
     doc = json.loads((tmp_path / "t.json").read_text())
     assert doc["format"] == "bnconf-report/1" and doc["conforms"] is True
     assert {c["mode"] for c in doc["cells"]} == {"train_forward", "eval_forward"}
+    edge = {r["case"] for r in doc["edge"]}
+    assert {"nan-in-x", "momentum-outside-unit-interval", "empty-batch"} <= edge and all(r["agrees"] for r in doc["edge"])
+    assert "## Edge-case behaviour" in (tmp_path / "t.md").read_text()
     assert "conforms" in capsys.readouterr().out
 
 
@@ -92,7 +95,7 @@ def test_a_backend_that_returns_nothing_does_not_conform(tmp_path):
 
 
 def test_the_report_has_a_cross_framework_table_and_the_use_of_each_known_discrepancy(tmp_path):
-    assert main(["report", "--backend", "bnconf.adapters.torch_batchnorm:BACKENDS", "--dtype", "bfloat16",
+    assert main(["report", "--no-isolation", "--backend", "bnconf.adapters.torch_batchnorm:BACKENDS", "--dtype", "bfloat16",
                  "--examples", "4", "--pair-examples", "2", "--out", str(tmp_path), "--name", "p"]) == 0
     doc = json.loads((tmp_path / "p.json").read_text())
     assert {(p["source"], p["target"]) for p in doc["pairs"]} >= {("torch.nn.functional.batch_norm", "torch.nn.BatchNorm2d")}

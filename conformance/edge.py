@@ -1,0 +1,365 @@
+"""The edge-case battery: every applicable case of `spec.edge_cases` through one backend, each outcome classified.
+
+    run_edge_cases(backend, device)  ->  [EdgeOutcome(backend, device, dtype, case, mode, agrees, outcome, recorded)]
+
+A case is placed on the backend's smallest rank and first channel axis; a case or mode the backend cannot
+express (`check_request` refuses the request up front, or the case is not for its convention) is skipped.
+An outcome agrees when the backend raises where the spec requires or allows a refusal (a ValueError, or the
+framework's invalid-argument error; any other exception is a crash), or returns values where the spec
+allows that: every element in the class the spec's pattern gives it (finite, NaN, +Inf, -Inf), every
+finite element within the error model's bound of the oracle under the backend's declared convention and
+precision (or the recorded model of a known discrepancy that covers the case), every required quantity
+returned. Otherwise the outcome is a short factual description of what the backend does instead. No
+exception from a backend escapes: it is an outcome. Where a framework really does something other than
+the spec says, `conformance/known/edge.py` records it; an outcome an entry matches is marked recorded, and
+`stale_records` lists entries that matched nothing.
+"""
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+import re
+import traceback
+from typing import Callable
+
+import numpy as np
+
+from ..adapters.protocol import channel_axes, check_request, declared_precision, unavailable
+from ..spec import Convention, Inputs, Mode, Precision, expected, probe_tolerance
+from ..spec.edge_cases import EDGE_CASES, X_SHAPED, EdgeCase, Expectation, Kind, Refusal, kinds, kinds_agree
+from ..spec.verdict import quantity_format, required_quantities
+from .discrepancies import REGISTRY, covering, matches
+from .engine import prepare, request
+from .inference_probes import shaped
+
+AGREES = "returns the spec's values"
+_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
+_MESSAGE_LIMIT = 160
+
+
+@dataclass(frozen=True)
+class EdgeRecord:
+    """A recorded edge behaviour: where `backends` (`*` wildcard) does something other than the spec says."""
+
+    id: str
+    backends: str
+    case: str  # an edge case id, `*` matching any run of characters
+    outcome: str | Callable[[str], bool]  # the outcome description, `*` matching any run of characters; or a predicate
+    explanation: str
+    evidence: str  # framework source file and line of the installed version, or a minimal input and what it returned
+    modes: tuple[Mode, ...] = ()  # empty: any
+    dtypes: tuple[str, ...] = ()
+
+    def matches(self, o: "EdgeOutcome") -> bool:
+        described = self.outcome(o.outcome) if callable(self.outcome) else matches(o.outcome, self.outcome)
+        return (matches(o.backend, self.backends) and matches(o.case, self.case) and described
+                and (not self.modes or o.mode in {m.value for m in self.modes})
+                and (not self.dtypes or o.dtype in self.dtypes))
+
+
+@dataclass
+class EdgeOutcome:
+    """One (backend, case, mode) run: agrees with the spec, or what the backend does instead."""
+
+    backend: str
+    device: str
+    dtype: str
+    case: str
+    mode: str
+    agrees: bool
+    outcome: str
+    recorded: str | None = None  # the id of the EdgeRecord that explains a disagreement
+
+
+def as_row(outcome: EdgeOutcome) -> dict:
+    """The outcome as a JSON-ready dict."""
+    return asdict(outcome)
+
+
+def edge_records() -> tuple[EdgeRecord, ...]:
+    """The recorded edge behaviours (conformance/known/edge.py: data only, no framework import)."""
+    from .known.edge import ENTRIES
+
+    return ENTRIES
+
+
+# ---------------------------------------------------------------- placement
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a backend takes a case's rows: its smallest rank, its first channel axis."""
+
+    rank: int
+    axis: int
+
+    def x_shaped(self, rows: np.ndarray) -> np.ndarray:
+        return shaped(rows, self.rank, self.axis)
+
+    def inputs(self, i: Inputs) -> Inputs:
+        place = lambda a: None if a is None else self.x_shaped(a)  # noqa: E731
+        return replace(i, x=place(i.x), dy=place(i.dy), axis=self.axis)
+
+
+def placement(backend) -> Placement:
+    ranks = sorted(r for r in getattr(backend, "ranks", backend.convention.ranks) if 2 <= r <= 5)
+    return Placement(ranks[0], channel_axes(backend)[0])
+
+
+# ---------------------------------------------------------------- exceptions
+
+
+def is_refusal(e: BaseException) -> bool:
+    """A refusal: a ValueError (PyTorch's and JAX's argument checks) or a framework's invalid-argument error."""
+    return isinstance(e, ValueError) or type(e).__name__ == "InvalidArgumentError"
+
+
+def _raised_in(e: BaseException) -> str | None:
+    """The file of the innermost frame, in this process or in a child process (subprocess_backend's note)."""
+    for note in reversed(getattr(e, "__notes__", ())):
+        files = re.findall(r'File "([^"]+)"', note)
+        if files:
+            return files[-1]
+    frames = traceback.extract_tb(e.__traceback__)
+    return frames[-1].filename if frames else None
+
+
+def describe_exception(e: BaseException) -> str:
+    """'raises Type: first line of the message', saying so when a bnconf adapter (not the framework) raised it."""
+    lines = str(e).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > _MESSAGE_LIMIT:
+        message = message[:_MESSAGE_LIMIT] + "…"
+    where = _raised_in(e)
+    own = where is not None and Path(where).resolve().parent == _ADAPTERS_DIR
+    return f"raises {type(e).__name__}: {message}" + (f" (in bnconf's {Path(where).name})" if own else "")
+
+
+# ---------------------------------------------------------------- describing values
+
+
+def _channels(cols: list[int], channels: int) -> str:
+    if channels > 1 and len(cols) == channels:
+        return "every channel"
+    return ("channels " if len(cols) > 1 else "channel ") + ", ".join(map(str, cols))
+
+
+def describe_kinds(k: np.ndarray) -> str:
+    """A class pattern in rows form ((n, C), or (C,) per channel) in words: 'NaN in channel 0', 'finite'."""
+    k = np.atleast_2d(k)
+    parts = []
+    labels = (("NaN", Kind.NAN), ("+Inf", Kind.POS_INF), ("-Inf", Kind.NEG_INF), ("non-finite", Kind.NONFINITE))
+    for label, kind in labels:
+        cols = [int(c) for c in np.flatnonzero((k == kind).any(axis=0))]
+        if cols:
+            whole = (k[:, cols] == kind).all()
+            parts.append(f"{label} in {'' if whole or k.shape[0] == 1 else 'part of '}{_channels(cols, k.shape[1])}")
+    return "; ".join(parts) or "finite"
+
+
+def _values(v: np.ndarray) -> str:
+    return "[" + ", ".join(f"{float(a):.4g}" for a in np.ravel(v)[:6]) + (", …]" if np.size(v) > 6 else "]")
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Expected values and per-element bounds for one quantity, in the backend's layout."""
+
+    value: np.ndarray
+    bound: np.ndarray
+    ill: np.ndarray
+
+
+def _oracle(mode, placed: Inputs, convention: Convention, precision: Precision) -> dict[str, _Reference]:
+    with np.errstate(all="ignore"):
+        values = expected(mode, placed, convention, precision)
+    return {q: _Reference(e.value, e.bound, e.ill) for q, e in values.items()}
+
+
+def _explicit(exp: Expectation, rows_inputs: Inputs, where: Placement, precision: Precision) -> dict[str, _Reference]:
+    refs = {}
+    for q, v in exp.values(rows_inputs).items():
+        v = where.x_shaped(v) if q in X_SHAPED else np.asarray(v, dtype=np.float64)
+        tol = probe_tolerance(quantity_format(q, precision))
+        refs[q] = _Reference(v, tol * np.abs(v), np.zeros(v.shape, dtype=bool))
+    return refs
+
+
+def _value_problems(observed: dict, refs: dict[str, _Reference], patterns: dict, where: Placement) -> list[str]:
+    """Finite elements outside their bound, worst first per quantity."""
+    problems = []
+    for q, obs in observed.items():
+        ref = refs.get(q)
+        if ref is None or ref.value.shape != obs.shape:
+            continue
+        check = np.isfinite(obs) & np.isfinite(ref.value) & (patterns[q] == Kind.FINITE) & ~ref.ill
+        with np.errstate(all="ignore"):
+            ratio = np.where(check, np.abs(obs - ref.value) / np.maximum(ref.bound, np.finfo(float).tiny), 0.0)
+        if (ratio > 1.0).any():
+            at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+            channel = at[where.axis % where.rank] if q in X_SHAPED else at[0]
+            problems.append(f"{q} off in channel {channel}: {obs[at]:.6g} where the spec has {ref.value[at]:.6g}")
+    return problems
+
+
+def _weight_moved(observed: dict, rows_inputs: Inputs) -> str:
+    """'running_mean moved with weight w = …' (a momentum outside [0, 1] shows as w outside it)."""
+    if "running_mean" not in observed or rows_inputs.running is None or rows_inputs.x.shape[0] == 0:
+        return ""
+    old, batch = rows_inputs.running.mean, rows_inputs.x.mean(axis=0)
+    with np.errstate(all="ignore"):
+        w = (observed["running_mean"] - old) / (batch - old)
+    w = w[np.isfinite(w)]
+    return f", running_mean moved with weight w = {float(np.median(w)):.4g}" if w.size else ""
+
+
+# ---------------------------------------------------------------- one case
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One (backend, case, mode, dtype, device) and its inputs, in rows form and as the backend takes them."""
+
+    backend: object
+    case: EdgeCase
+    mode: Mode
+    dtype: str
+    device: str
+    precision: Precision
+    where: Placement
+    rows: Inputs  # the case's inputs, rounded to the backend's formats, rows form (axis 1)
+    placed: Inputs  # the same on the backend's rank and channel axis
+
+    @property
+    def expectation(self) -> Expectation:
+        return self.case.expect[self.mode]
+
+    def pattern(self, q: str) -> np.ndarray:
+        p = self.case.pattern(self.mode, q)
+        return self.where.x_shaped(p).astype(np.int8) if q in X_SHAPED else p
+
+    def rows_of(self, q: str, a: np.ndarray) -> np.ndarray:
+        """A quantity's array in rows form: (n, C) for x-shaped ones, (C,) as given for the others."""
+        if q not in X_SHAPED:
+            return a
+        moved = np.moveaxis(a, self.where.axis % a.ndim, -1)
+        return moved.reshape(int(np.prod(moved.shape[:-1])), moved.shape[-1])
+
+
+def run_case(backend, case: EdgeCase, mode: Mode, dtype: str, device: str = "cpu") -> EdgeOutcome | None:
+    """Run `mode` of `case` once; None when the backend cannot express it."""
+    conv = backend.convention
+    if mode not in backend.modes or not case.applies(conv) or dtype not in backend.dtypes:
+        return None
+    where = placement(backend)
+    precision = declared_precision(backend, dtype, device)
+    rows = prepare(case.inputs(mode, conv), precision)
+    run = _Run(backend, case, mode, dtype, device, precision, where, rows, where.inputs(rows))
+    req = request(run.placed, dtype, device)
+    try:
+        check_request(backend, mode, req)
+    except ValueError:
+        return None
+    refusal = run.expectation.refusal_for(conv)
+    def outcome(agrees: bool, text: str) -> EdgeOutcome:
+        return EdgeOutcome(backend.name, device, dtype, case.id, mode.value, agrees, text)
+
+    try:
+        returned = backend.run(mode, req).quantities()
+    except Exception as e:  # noqa: BLE001 -- whatever a backend raises is an outcome
+        return outcome(refusal is not Refusal.FORBIDDEN and is_refusal(e), describe_exception(e))
+    observed = {q: v for q, v in returned.items() if q in mode.quantities and q not in run.expectation.unspecified}
+    if refusal is Refusal.REQUIRED:
+        return outcome(False, _accepted(run, observed))
+    problems = _problems(run, observed)
+    return outcome(not problems, "; ".join(problems) if problems else AGREES)
+
+
+def _accepted(run: _Run, observed: dict) -> str:
+    """What a backend that should have refused returned instead."""
+    nonfinite = [f", {q} {describe_kinds(run.rows_of(q, kinds(v)))}"
+                 for q, v in observed.items() if not np.isfinite(v).all()]
+    return "accepts it: returns without raising" + "".join(nonfinite) + _weight_moved(observed, run.rows)
+
+
+def _problems(run: _Run, observed: dict) -> list[str]:
+    """What in the returned values differs from the spec: missing or misshapen quantities, classes, values."""
+    exp = run.expectation
+    missing = required_quantities(run.mode, run.placed) - set(observed) - set(exp.unspecified)
+    problems = [f"does not return {q}" for q in sorted(missing)]
+    patterns = {}
+    for q, obs in list(observed.items()):
+        shape = run.placed.x.shape if q in X_SHAPED else (run.case.channels,)
+        if obs.shape != shape:
+            problems.append(f"returns {q} of shape {obs.shape} where {shape} is expected")
+            del observed[q]
+            continue
+        patterns[q] = run.pattern(q)
+        got = kinds(obs)
+        if not kinds_agree(got, patterns[q]).all():
+            problems.append(f"{q} {describe_kinds(run.rows_of(q, got))} "
+                            f"(spec: {describe_kinds(run.rows_of(q, patterns[q]))})")
+    return problems + min((_value_problems(observed, r, patterns, run.where) for r in _references(run)), key=len)
+
+
+def _references(run: _Run) -> list[dict[str, _Reference]]:
+    """The values the spec expects: explicit ones, or the oracle's under the declared model and, where a known
+    discrepancy of the main battery covers the case, under its recorded model too (a recorded precision or
+    convention is not an edge behaviour: it would otherwise be reported here a second time)."""
+    if run.expectation.values is not None:
+        return [_explicit(run.expectation, run.rows, run.where, run.precision)]
+    conv = run.backend.convention
+    refs = [_oracle(run.mode, run.placed, conv, run.precision)]
+    entry = covering(REGISTRY, run.backend.name, run.mode, run.dtype, run.device, run.placed)
+    if entry is not None:
+        refs.append(_oracle(run.mode, entry.recorded_inputs(run.placed), entry.recorded_convention(conv),
+                            entry.recorded_precision(run.precision)))
+    return refs
+
+
+# ---------------------------------------------------------------- a backend, and the records
+
+
+def case_dtypes(backend, case: EdgeCase, dtypes: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The dtypes a case runs in: each of `dtypes` the case and backend share, or (None) the first of the case's
+    the backend takes."""
+    if dtypes is None:
+        return next(((d,) for d in case.dtypes if d in backend.dtypes), ())
+    return tuple(d for d in dtypes if d in case.dtypes and d in backend.dtypes)
+
+
+def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None = None,
+                   cases: tuple[EdgeCase, ...] = EDGE_CASES,
+                   records: tuple[EdgeRecord, ...] | None = None) -> list[EdgeOutcome]:
+    """Every applicable (case, mode, dtype) on `backend`, disagreements marked with the record that explains them.
+    An unavailable device gives no outcomes."""
+    if unavailable(backend, device):
+        return []
+    records = edge_records() if records is None else records
+    outcomes = []
+    for case in cases:
+        for dtype in case_dtypes(backend, case, dtypes):
+            for mode in case.modes:
+                o = run_case(backend, case, mode, dtype, device)
+                if o is None:
+                    continue
+                if not o.agrees:
+                    o.recorded = next((r.id for r in records if r.matches(o)), None)
+                outcomes.append(o)
+    return outcomes
+
+
+def stale_records(outcomes: list[EdgeOutcome], backend_names,
+                  records: tuple[EdgeRecord, ...] | None = None) -> list[EdgeRecord]:
+    """Entries for a backend that ran (one of `backend_names`) that no disagreeing outcome matched."""
+    records = edge_records() if records is None else records
+    ran = [r for r in records if any(matches(name, r.backends) for name in backend_names)]
+    return [r for r in ran if not any(o.recorded == r.id for o in outcomes)]
+
+
+def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:
+    """Disagreements no record explains."""
+    return [o for o in outcomes if not o.agrees and o.recorded is None]
+
+
+__all__ = ["AGREES", "EdgeOutcome", "EdgeRecord", "as_row", "describe_exception", "describe_kinds", "edge_records",
+           "is_refusal", "placement", "run_case", "run_edge_cases", "stale_records", "unexplained"]

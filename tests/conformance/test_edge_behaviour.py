@@ -1,0 +1,112 @@
+"""The edge-case battery (conformance/edge.py) on every built-in backend: each outcome agrees with the spec's edge
+cases or is recorded (conformance/known/edge.py), and no record is stale; plus the records' matching and the
+report table, framework-free."""
+
+import json
+
+import pytest
+
+from bnconf.adapters.protocol import unavailable
+from bnconf.adapters.registry import BUILTIN, TargetError, load
+from bnconf.conformance.discrepancies import matches
+from bnconf.conformance.edge import (
+    EdgeOutcome, EdgeRecord, as_row, describe_exception, edge_records, run_edge_cases, stale_records, unexplained,
+)
+from bnconf.reports.edge_table import edge_section_rows, edge_summary
+from bnconf.spec import Mode
+from bnconf.spec.edge_cases import CASES
+
+
+def _o(backend="fw.bn[x]", case="nan-in-x", mode="train_forward", agrees=False,
+       outcome="y finite (spec: NaN in channel 0)", dtype="float32", recorded=None) -> EdgeOutcome:
+    return EdgeOutcome(backend, "cpu", dtype, case, mode, agrees, outcome, recorded)
+
+
+def test_records_match_by_backend_case_outcome_mode_and_dtype():
+    r = EdgeRecord(id="r", backends="fw.*[x]", case="*-in-x", outcome="y finite*", explanation="", evidence="",
+                   modes=(Mode.TRAIN_FORWARD,), dtypes=("float32",))
+    assert r.matches(_o())
+    assert r.matches(_o(case="inf-in-x"))
+    assert not r.matches(_o(backend="fw.bn[y]"))  # brackets are literal
+    assert not r.matches(_o(mode="eval_forward"))
+    assert not r.matches(_o(dtype="float16"))
+    assert not r.matches(_o(outcome="y NaN in every channel (spec: NaN in channel 0)"))
+    by_predicate = EdgeRecord(id="p", backends="*", case="nan-in-x", outcome=lambda text: "finite" in text,
+                              explanation="", evidence="")
+    assert by_predicate.matches(_o())
+
+
+def test_a_record_that_explains_nothing_is_stale_and_one_for_a_backend_not_run_is_not():
+    used = EdgeRecord(id="used", backends="fw.*", case="*", outcome="*", explanation="", evidence="")
+    unused = EdgeRecord(id="unused", backends="fw.*", case="gamma-zero", outcome="*", explanation="", evidence="")
+    elsewhere = EdgeRecord(id="elsewhere", backends="other.*", case="*", outcome="*", explanation="", evidence="")
+    outcomes = [_o(recorded="used")]
+    assert [r.id for r in stale_records(outcomes, ["fw.bn[x]"], (used, unused, elsewhere))] == ["unused"]
+
+
+def test_every_record_names_a_case_and_has_evidence():
+    ids = [r.id for r in edge_records()]
+    assert len(ids) == len(set(ids))
+    for r in edge_records():
+        assert r.explanation and r.evidence, r.id
+        assert any(matches(case, r.case) for case in CASES), r.id
+
+
+def test_outcomes_serialize():
+    row = as_row(_o(recorded="r"))
+    assert json.loads(json.dumps(row)) == row
+    assert set(row) == {"backend", "device", "dtype", "case", "mode", "agrees", "outcome", "recorded"}
+
+
+def test_an_exception_from_a_child_process_names_where_it_was_raised():
+    e = ValueError("bad\nmore lines")
+    e.add_note('raised in the child process of x:\nTraceback ...\n'
+               '  File "/somewhere/keras/src/ops/nn.py", line 3, in f\n')
+    assert describe_exception(e) == "raises ValueError: bad"
+
+
+def test_the_edge_table_merges_modes_and_shows_refusals_and_records():
+    outcomes = [
+        _o(case="nan-in-x", mode="train_forward", agrees=True, outcome="returns the spec's values"),
+        _o(case="nan-in-x", mode="eval_backward", outcome="dx NaN in channel 0 (spec: finite)", recorded="leak"),
+        _o(case="single-value-untracked", agrees=True, outcome="raises ValueError: Expected more than 1 value"),
+        _o(case="gamma-zero", agrees=True, outcome="returns the spec's values"),
+        _o(backend="other", case="gamma-zero", agrees=True, outcome="returns the spec's values"),
+    ]
+    header, rows = edge_section_rows(outcomes)
+    assert header == ["backend", "device", "dtype", "case", "outcome", "recorded"]
+    assert rows == [
+        ["fw.bn[x]", "cpu", "float32", "nan-in-x", "eval backward: dx NaN in channel 0 (spec: finite)", "leak"],
+        ["fw.bn[x]", "cpu", "float32", "single-value-untracked",
+         "agrees (raises ValueError: Expected more than 1 value)", ""],
+        ["fw.bn[x]", "cpu", "float32", "gamma-zero", "agrees", ""],
+        ["other", "cpu", "float32", "gamma-zero", "agrees", ""],
+    ]
+    assert edge_section_rows([as_row(o) for o in outcomes]) == (header, rows)  # from a JSON report too
+    header, grouped = edge_section_rows(outcomes, grouped=True)
+    assert header == ["case", "outcome", "recorded", "backends"]
+    assert grouped[-1] == ["gamma-zero", "agrees", "", "fw.bn[x] (cpu, float32), other (cpu, float32)"]
+    assert edge_summary(outcomes) == {"outcomes": 5, "agree": 4, "recorded": 1, "unexplained": 0}
+
+
+@pytest.mark.parametrize("family", sorted(BUILTIN))
+def test_every_builtin_backend_meets_the_edge_cases_or_is_recorded(family):
+    """Each outcome agrees with the spec or matches a recorded edge behaviour; every record for the family's
+    backends is needed."""
+    try:
+        backends = load(BUILTIN[family][0])
+    except TargetError as e:
+        pytest.skip(f"{family}: {e}")
+    outcomes, names = [], []
+    for backend in backends:
+        device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+        if device is None:
+            continue
+        outcomes += run_edge_cases(backend, device)
+        names.append(backend.name)
+    if not names:
+        pytest.skip(f"{family}: no device runs here")
+    wrong = [(o.backend, o.case, o.mode, o.outcome) for o in unexplained(outcomes)]
+    assert not wrong, f"edge outcomes neither as the spec says nor recorded: {wrong}"
+    stale = [r.id for r in stale_records(outcomes, names)]
+    assert not stale, f"recorded edge behaviours no outcome needed: {stale}"
