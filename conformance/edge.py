@@ -329,9 +329,12 @@ def case_dtypes(backend, case: EdgeCase, dtypes: tuple[str, ...] | None) -> tupl
 
 def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None = None,
                    cases: tuple[EdgeCase, ...] = EDGE_CASES,
-                   records: tuple[EdgeRecord, ...] | None = None) -> list[EdgeOutcome]:
+                   records: tuple[EdgeRecord, ...] | None = None, before=None, after=None,
+                   skip=frozenset()) -> list[EdgeOutcome]:
     """Every applicable (case, mode, dtype) on `backend`, disagreements marked with the record that explains them.
-    An unavailable device gives no outcomes."""
+    An unavailable device gives no outcomes. `before(case, mode, dtype)` and `after(outcome)` are told around
+    each run (an isolating worker reports which case is running and streams the outcomes); `skip` holds
+    (dtype, case id, mode value) triples not to run (already run by a worker that crashed later)."""
     if unavailable(backend, device):
         return []
     records = edge_records() if records is None else records
@@ -339,12 +342,18 @@ def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None 
     for case in cases:
         for dtype in case_dtypes(backend, case, dtypes):
             for mode in case.modes:
+                if (dtype, case.id, mode.value) in skip:
+                    continue
+                if before:
+                    before(case, mode, dtype)
                 o = run_case(backend, case, mode, dtype, device)
                 if o is None:
                     continue
                 if not o.agrees:
                     o.recorded = next((r.id for r in records if r.matches(o)), None)
                 outcomes.append(o)
+                if after:
+                    after(o)
     return outcomes
 
 

@@ -9,12 +9,15 @@ one JSON line per event from a pipe:
     {"event": "cell", "cell": i, "result": {CellResult}}                                    after each cell
     {"event": "inferred", "rows": [...]}                                                    (validate only)
     {"event": "edge", "rows": [...]}                                                        edge-case outcomes
+    {"event": "pair", "cell": k, "result": {PairResult}}        the cross-framework table (one worker)
 
 The parent kills the worker when a case runs longer than `Limits.seconds` or the worker's process tree
 holds more than `Limits.memory_bytes` resident, and reports the cell as "timed out", "out of memory" or
 "crashed" (signal or exit code, with the last line of the worker's stderr) together with the input it was
 running, copied as a replayable case folder (`bnconf replay`). The backend's remaining cells run in a fresh
-worker. Workers start in their own session, so Ctrl-C reaches only the parent, which stops them.
+worker; an edge case that crashes is that case's outcome. The cross-framework table runs in one more worker
+(every pair needs two frameworks): a pair that crashes is reported as such and the next pairs go on.
+Workers start in their own session, so Ctrl-C reaches only the parent, which stops them.
 """
 
 import json
@@ -32,9 +35,11 @@ from pathlib import Path
 
 from ..spec import Mode
 from .battery import CellResult, QuantityRow, describe, run_cell
+from .crosscheck import MODES, PairResult, PairRow, representatives, run_pair
 
 FAILED = ("crashed", "timed out", "out of memory", "not run")
 POLL_SECONDS = 0.05
+EDGE_KEY = ("device", "dtype", "case", "mode")  # identifies an edge-case outcome
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,11 @@ class Limits:
 
 def cell_from_dict(d: dict) -> CellResult:
     return CellResult(**{**d, "rows": [QuantityRow(**r) for r in d.get("rows", [])]})
+
+
+def pair_from_dict(d: dict) -> PairResult:
+    rows = d.get("rows")
+    return PairResult(**{**d, "rows": None if rows is None else [PairRow(**r) for r in rows]})
 
 
 # ---------------------------------------------------------------- the parent
@@ -130,10 +140,10 @@ class _Worker:
         self.stderr.close()
 
 
-def _failure(what: str, case: dict | None, crash_dir: Path, cells_done: int) -> str:
-    """The failed cell's reason: what happened and the input it was running (kept as a replayable folder)."""
+def _failure(what: str, case: dict | None, crash_dir: Path, done: int) -> str:
+    """A failure's reason: what happened and the input it was running (kept as a replayable folder)."""
     if case is None:
-        return f"{what}, " + ("between cases" if cells_done else "before its first case (importing or starting the backend)")
+        return f"{what}, " + ("between cases" if done else "before its first case (importing or starting the backend)")
     reason = f"{what} while running {case['input']}"
     if case.get("folder") and Path(case["folder"]).is_dir():
         kept = crash_dir / Path(case["folder"]).name
@@ -142,20 +152,14 @@ def _failure(what: str, case: dict | None, crash_dir: Path, cells_done: int) -> 
     return reason
 
 
-def _run_worker(target: str, name: str, cells: list, examples: int, seed: int, limits: Limits, crash_dir: Path,
-                extras: dict, on_cell) -> tuple[dict, dict, tuple[int, str, str] | None]:
-    """Run `cells` (indices into the caller's list, with (device, dtype, mode)) in one worker, then the
-    `extras` it asks for ({"infer": bool, "edge": bool}).
+def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str, str, dict | None] | None:
+    """Run one worker on `job`, handing each event to `handle(event)`, within `limits`.
 
-    Returns (results by index, {"inferred"|"edge": rows} that arrived, failure): failure is (cell index or -1,
-    kind, reason)."""
-    results, extra_rows = {}, {}
+    None when the worker ends cleanly; else (kind, reason, the "case" event it was running or None), kind
+    one of "crashed", "timed out", "out of memory"."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
-        scratch = Path(tmp)
-        job = dict(target=target, backend=name, examples=examples, seed=seed, scratch=str(scratch), **extras,
-                   cells=[[i, device, dtype, mode.value] for i, device, dtype, mode in cells])
-        worker = _Worker(job, scratch)
-        case, started, failure, closed = None, time.monotonic(), None, False
+        worker = _Worker({**job, "scratch": tmp}, Path(tmp))
+        case, started, done, failure = None, time.monotonic(), 0, None
         try:
             while failure is None:
                 events, closed = worker.events(POLL_SECONDS)
@@ -163,34 +167,24 @@ def _run_worker(target: str, name: str, cells: list, examples: int, seed: int, l
                     started = time.monotonic()
                     if e["event"] == "case":
                         case = e
-                    elif e["event"] == "cell":
-                        case = None
-                        results[e["cell"]] = cell = cell_from_dict(e["result"])
-                        if on_cell:
-                            on_cell(e["cell"], cell)
-                    elif e["event"] in ("inferred", "edge"):
-                        extra_rows[e["event"]] = e["rows"]
+                    else:
+                        case, done = None, done + 1
+                    handle(e)
                 if closed:
                     code = worker.proc.wait()
-                    if code == 0 and len(results) == len(cells):
-                        break
+                    if code == 0:
+                        return None
                     what = f"crashed with {_signal_name(code)}" if code < 0 else f"exited with code {code}"
                     last = worker.last_stderr_line()
-                    kind = "out of memory" if "MemoryError" in last else "crashed"
-                    failure = (kind, f"{what}" + (f" ({last})" if last else ""))
+                    failure = ("out of memory" if "MemoryError" in last else "crashed", what + (f" ({last})" if last else ""))
                 elif time.monotonic() - started > limits.seconds:
                     _stop(worker.proc)
                     failure = ("timed out", f"timed out: no result within {limits.seconds:g} s")
-                else:
-                    rss = tree_rss(worker.proc.pid)
-                    if rss > limits.memory_bytes:
-                        _stop(worker.proc)
-                        failure = ("out of memory", f"out of memory: {rss / 2**30:.2f} GiB resident, over the "
-                                                    f"{limits.memory_bytes / 2**30:g} GiB limit")
-            if failure is not None:
-                index = case["cell"] if case else -1
-                return results, extra_rows, (index, failure[0], _failure(failure[1], case, crash_dir, len(results)))
-            return results, extra_rows, None
+                elif (rss := tree_rss(worker.proc.pid)) > limits.memory_bytes:
+                    _stop(worker.proc)
+                    failure = ("out of memory", f"out of memory: {rss / 2**30:.2f} GiB resident, over the "
+                                                f"{limits.memory_bytes / 2**30:g} GiB limit")
+            return failure[0], _failure(failure[1], case, crash_dir, done), case
         finally:
             worker.close()
 
@@ -230,27 +224,80 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
             for kind, rows in extras_for(backend, [cells[i][1:] for i in indices], infer, edge).items():
                 extras[kind][backend.name] = rows
             continue
-        todo = list(indices)
-        while todo:
-            done, rows, failure = _run_worker(target, backend.name, [(i, *cells[i][1:]) for i in todo], examples, seed,
-                                              limits, crash_dir, {"infer": infer, "edge": edge}, arrived)
-            for kind, kind_rows in rows.items():
-                extras[kind][backend.name] = kind_rows
-            todo = [i for i in todo if i not in done]
+
+        def handle(e: dict) -> None:
+            if e["event"] == "cell":
+                arrived(e["cell"], cell_from_dict(e["result"]))
+            elif e["event"] in extras:
+                extras[e["event"]].setdefault(backend.name, []).extend(e["rows"])
+
+        todo, extra_kinds = list(indices), {"infer": infer, "edge": edge}
+        while todo or any(extra_kinds.values()):
+            job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **extra_kinds,
+                       cells=[[i, *cells[i][1:3], cells[i][3].value] for i in todo],
+                       extra_cells=[[*cells[i][1:3], cells[i][3].value] for i in indices],
+                       edge_done=[[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])])
+            failure = _supervise(job, limits, crash_dir, handle)
+            todo = [i for i in todo if results[i] is None]
             if failure is None:
                 break
-            index, kind, reason = failure
-            first = index if index in todo else todo[0]
-            failed = [first] if index >= 0 else list(todo)  # a start-up failure would repeat: give up on the rest
+            kind, reason, case = failure
+            if case is not None and case["cell"] < 0:  # an edge case: that is its outcome, the others go on
+                if case.get("edge"):
+                    extras["edge"].setdefault(backend.name, []).append(
+                        dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind}: {reason}", recorded=None))
+                extra_kinds = {"infer": False, "edge": bool(case.get("edge"))}
+                continue
+            failed = [case["cell"]] if case is not None else list(todo)  # start-up failures would repeat
             for i in failed:
                 _, device, dtype, mode = cells[i]
                 arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
-            todo = [i for i in todo if i not in failed]
+            todo = [i for i in todo if results[i] is None]
+            if case is None:
+                if infer and backend.name not in extras["inferred"]:
+                    extras["inferred"][backend.name] = [dict(backend=backend.name, property="-", value=None, agrees=False,
+                                                             verdict="probing failed", candidates={}, evidence=reason)]
+                break
     return list(results), extras
 
 
-def extras_for(backend, cells, infer: bool, edge: bool) -> dict:
-    """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran."""
+def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Limits(), device: str = "cpu",
+                        progress=None) -> list[PairResult]:
+    """The cross-framework table (crosscheck.run_matrix) in one worker; a pair that crashes, hangs or runs out
+    of memory is that pair's result, and the pairs after it run in a fresh worker."""
+    from ..adapters.registry import origin
+
+    reps = [b for b in representatives(backends, device) if origin(b) is not None]
+    pairs = [(a, b, mode) for k, a in enumerate(reps) for b in reps[k + 1:] for mode in MODES]
+    results: list[PairResult | None] = [None] * len(pairs)
+
+    def handle(e: dict) -> None:
+        if e["event"] == "case" and progress:
+            progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
+        elif e["event"] == "pair":
+            results[e["cell"]] = pair_from_dict(e["result"])
+
+    todo = list(range(len(pairs)))
+    while todo:
+        job = dict(kind="matrix", examples=examples, seed=seed, device=device,
+                   backends=[[origin(b), b.name] for b in reps],
+                   pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
+        failure = _supervise(job, limits, Path(tempfile.gettempdir()), handle)
+        if failure is not None:
+            kind, reason, case = failure
+            failed = [case["cell"]] if case is not None else [k for k in todo if results[k] is None]
+            for k in failed:
+                a, b, mode = pairs[k]
+                results[k] = PairResult(a.name, b.name, mode.value, "error", f"{kind}: {reason}")
+        todo = [k for k in todo if results[k] is None]
+    return [r for r in results if r is not None]
+
+
+def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=()) -> dict:
+    """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran.
+    `before_edge(device, case, mode, dtype)` is told before each edge case runs; with `on_edge(row)` each edge
+    outcome goes there as it arrives instead of into the result; `edge_done` lists (device, dtype, case id,
+    mode) already run."""
     out = {}
     if infer:
         from .inference import report_rows
@@ -259,25 +306,23 @@ def extras_for(backend, cells, infer: bool, edge: bool) -> dict:
     if edge:
         from .edge import as_row, run_edge_cases
 
+        rows = []
         dtypes = tuple(dict.fromkeys(dtype for _, dtype, _ in cells))
-        out["edge"] = [as_row(o) for device in dict.fromkeys(d for d, _, _ in cells)
-                       for o in run_edge_cases(backend, device, dtypes)]
+        for device in dict.fromkeys(d for d, _, _ in cells):
+            before = before_edge and (lambda *a, device=device: before_edge(device, *a))
+            run_edge_cases(backend, device, dtypes, before=before, after=lambda o: (on_edge or rows.append)(as_row(o)),
+                           skip={(t, c, m) for d, t, c, m in edge_done if d == device})
+        if on_edge is None:
+            out["edge"] = rows
     return out
 
 
 # ---------------------------------------------------------------- the worker
 
 
-def _worker(fd: int) -> int:
+def _battery_job(job: dict, send) -> None:
     from ..adapters.registry import load
     from .repro import save_case
-
-    job = json.loads(sys.stdin.read())
-    out = os.fdopen(fd, "w", buffering=1)
-
-    def send(**event) -> None:
-        out.write(json.dumps(event) + "\n")
-        out.flush()
 
     backend = next(b for b in load(job["target"]) if b.name == job["backend"])
     scratch = Path(job["scratch"]) / "cases"
@@ -292,9 +337,42 @@ def _worker(fd: int) -> int:
 
         cell = run_cell(backend, device, dtype, Mode(mode), job["examples"], job["seed"], watch=watched)
         send(event="cell", cell=index, result=asdict(cell))
-    cells = [(device, dtype, Mode(mode)) for _, device, dtype, mode in job["cells"]]
-    for kind, rows in extras_for(backend, cells, job.get("infer", False), job.get("edge", False)).items():
+
+    def before_edge(device, case, mode, dtype):
+        send(event="case", cell=-1, input=f"edge case {case.id} {mode.value} {dtype} {device}",
+             edge=dict(device=device, dtype=dtype, case=case.id, mode=mode.value))
+
+    cells = [(device, dtype, Mode(mode)) for device, dtype, mode in job["extra_cells"]]
+    extras = extras_for(backend, cells, job["infer"], job["edge"], before_edge, lambda row: send(event="edge", rows=[row]),
+                        [tuple(k) for k in job["edge_done"]])
+    for kind, rows in extras.items():
         send(event=kind, rows=rows)
+
+
+def _matrix_job(job: dict, send) -> None:
+    from ..adapters.registry import load
+
+    by_name = {}
+    for target, name in job["backends"]:
+        by_name[name] = next(b for b in load(target) if b.name == name)
+    for k, a, b, mode in job["pairs"]:
+        send(event="case", cell=k, input=f"{a} vs {b} {mode}")
+        try:
+            result = run_pair(by_name[a], by_name[b], Mode(mode), job["examples"], job["seed"], job["device"])
+        except Exception as e:  # noqa: BLE001 - one pair's failure never loses the others
+            result = PairResult(a, b, mode, "error", f"{type(e).__name__}: {e}")
+        send(event="pair", cell=k, result=asdict(result))
+
+
+def _worker(fd: int) -> int:
+    job = json.loads(sys.stdin.read())
+    out = os.fdopen(fd, "w", buffering=1)
+
+    def send(**event) -> None:
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+
+    {"battery": _battery_job, "matrix": _matrix_job}[job["kind"]](job, send)
     return 0
 
 

@@ -138,8 +138,8 @@ def _report(args) -> int:
 
     validating = args.command == "validate"
     try:
+        limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
         if args.isolation:
-            limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
             _, rows = isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say,
                                              arrived, infer=validating, edge=args.edge_cases)
             for kind in extras:
@@ -154,7 +154,11 @@ def _report(args) -> int:
         if args.pair_examples:
             failed = {c.backend for c in results if c.status in isolation.FAILED}
             usable = [b for b in found if b.name not in failed]  # a backend that crashed is not run again here
-            report = write(crosscheck.run_matrix(usable, args.pair_examples, args.seed, progress=say))
+            if args.isolation:
+                pairs = isolation.run_matrix_isolated(usable, args.pair_examples, args.seed, limits, progress=say)
+            else:
+                pairs = crosscheck.run_matrix(usable, args.pair_examples, args.seed, progress=say)
+            report = write(pairs)
     except KeyboardInterrupt:
         report = write([], "interrupted")
         print(render.terminal(report))

@@ -30,23 +30,34 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def heatmap_matrix(results) -> tuple[list[str], list[tuple[str, str]], np.ndarray]:
-    """(backends, (dtype, quantity) columns, worst error/bound; NaN where nothing ran)."""
+RECORDED, FAILED = "R", "!"  # heat-map marks: above the bound as a recorded discrepancy, or not conforming
+
+
+def heatmap_matrix(results) -> tuple[list[str], list[tuple[str, str]], np.ndarray, dict]:
+    """(backends, (dtype, quantity) columns, worst error/bound with NaN where nothing ran, marks): `marks`
+    maps (row, column) to "!" where a quantity is NON-CONFORMANT, else to "R" where it exceeds the declared
+    bound only as a recorded known discrepancy."""
     worst: dict[tuple[str, str, str], float] = {}
+    mark: dict[tuple[str, str, str], str] = {}
     for c in results:
         for r in c.rows:
             key = (c.backend, c.dtype, r.quantity)
             worst[key] = max(worst.get(key, 0.0), r.max_ratio)
+            if r.verdict.startswith("NON"):
+                mark[key] = FAILED
+            elif r.verdict == "known discrepancy" and r.max_ratio > 1 and mark.get(key) != FAILED:
+                mark[key] = RECORDED
     backends = sorted({k[0] for k in worst})
     columns = sorted({k[1:] for k in worst}, key=lambda dq: (_DTYPES.index(dq[0]) if dq[0] in _DTYPES else 9, dq[1]))
     matrix = np.full((len(backends), len(columns)), np.nan)
     for (b, d, q), v in worst.items():
         matrix[backends.index(b), columns.index((d, q))] = v
-    return backends, columns, matrix
+    marks = {(backends.index(b), columns.index((d, q))): m for (b, d, q), m in mark.items()}
+    return backends, columns, matrix, marks
 
 
 def heatmap(results) -> bytes | None:
-    backends, columns, matrix = heatmap_matrix(results)
+    backends, columns, matrix, marks = heatmap_matrix(results)
     if not backends:
         return None
     plt = _pyplot()
@@ -57,10 +68,11 @@ def heatmap(results) -> bytes | None:
     image = ax.imshow(shown, norm=LogNorm(1e-3, 1e3), cmap="RdYlGn_r", aspect="auto")
     ax.set_xticks(range(len(columns)), [f"{d} {q}" for d, q in columns], rotation=90, fontsize=7)
     ax.set_yticks(range(len(backends)), backends, fontsize=7)
-    for i, j in zip(*np.nonzero(matrix > 1)):  # outside the bound: a recorded discrepancy or a failure
-        ax.text(j, i, "x", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="worst error / bound (x: above 1, see the table)")
-    ax.set_title("Worst error in units of the error model's bound")
+    for (i, j), m in marks.items():
+        ax.text(j, i, m, ha="center", va="center", fontsize=7, fontweight="bold" if m == FAILED else "normal")
+    fig.colorbar(image, ax=ax, label="worst error / bound")
+    ax.set_title(f"Worst error in units of the error model's bound\n({RECORDED}: above it as a recorded known "
+                 f"discrepancy; {FAILED}: NON-CONFORMANT, see the table)", fontsize=9)
     return _png(fig)
 
 

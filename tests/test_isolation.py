@@ -26,7 +26,7 @@ def report(tmp_path, *targets, limits=()):
 
 
 def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_result_is_kept(tmp_path):
-    code, cells = report(tmp_path, "SEGFAULT", "HANG", "GOOD", limits=("--time-limit", "3"))
+    code, cells = report(tmp_path, "SEGFAULT", "HANG", "GOOD", limits=("--time-limit", "3", "--no-edge-cases"))
     assert code == 1
     crashed = cells["segfaults in training", "train_forward"]
     assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["reason"]
@@ -43,7 +43,7 @@ def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_res
 
 
 def test_a_backend_that_exhausts_memory_is_stopped_at_the_limit(tmp_path):
-    code, cells = report(tmp_path, "OOM", limits=("--memory-limit", "0.5", "--time-limit", "60"))
+    code, cells = report(tmp_path, "OOM", limits=("--memory-limit", "0.5", "--time-limit", "60", "--no-edge-cases"))
     assert code == 1
     oom = cells["exhausts memory in training", "train_forward"]
     assert oom["status"] == "out of memory" and "over the 0.5 GiB limit" in oom["reason"], oom["reason"]
@@ -84,3 +84,23 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path):
     assert "PARTIAL report (interrupted: 3 of 4 cells)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.html").exists()
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_an_edge_case_that_crashes_is_its_outcome_and_the_other_edge_cases_still_run(tmp_path):
+    code, _ = report(tmp_path, "NAN_SEGFAULT")
+    edge = json.loads((tmp_path / "report.json").read_text())["edge"]
+    crashed = [r for r in edge if r["outcome"].startswith("crashed")]
+    assert code == 1 and {r["case"] for r in crashed} == {"nan-in-x"}
+    assert all("SIGSEGV" in r["outcome"] and "edge case nan-in-x" in r["outcome"] for r in crashed)
+    cases = {r["case"] for r in edge}
+    assert {"inf-in-x", "gamma-zero", "constant-channel"} <= cases  # the ones after it ran in a fresh worker
+
+
+def test_a_pair_that_crashes_is_that_pairs_result_and_the_table_goes_on():
+    from bnconf.adapters.registry import load
+    from bnconf.conformance.isolation import run_matrix_isolated
+
+    segfault, keras = load(f"{FIXTURE}:SEGFAULT") + load(f"{FIXTURE}:KERAS_IDEAL")
+    pairs = {p.mode: p for p in run_matrix_isolated([segfault, keras], 2, 0, Limits(seconds=30))}
+    assert pairs["train_forward"].status == "error" and "SIGSEGV" in pairs["train_forward"].reason
+    assert pairs["eval_forward"].status == "ran" and pairs["train_backward"].status == "ran"

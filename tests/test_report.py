@@ -33,7 +33,7 @@ def test_the_same_seed_gives_the_same_report_but_for_timings(tmp_path):
     keras = f"{Path(__file__).parent / 'fixtures' / 'misbehaving.py'}:KERAS_IDEAL"
     runs = {"a": ["--seed", "3"], "b": ["--seed", "3", "--no-isolation"], "c": ["--seed", "4"]}
     for name, extra in runs.items():
-        main(["report", "--backend", EXAMPLE, "--backend", keras, "--examples", "4", "--pair-examples", "2",
+        main(["report", "--backend", EXAMPLE, "--backend", keras, "--examples", "3", "--pair-examples", "1",
               "--out", str(tmp_path), "--name", name, *extra])
     a, b, c = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in runs)
     assert a["pairs"] and a == b
