@@ -366,6 +366,13 @@ def run_batch_norm(device, layout: str, mode: Mode, r: Request, profile: LaunchP
     n, c, s = view_dims(r.x.shape, layout)
     if training and n * s < 2:
         raise ValueError(f"training needs more than one value per channel, got input shape {r.x.shape}")
+    if training and r.momentum is not None and not 0.0 <= r.momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] (the new batch's weight), got {r.momentum}")
+    if n * s == 0:  # an empty eval batch: nothing to launch; empty y or dx, empty sums for dgamma and dbeta
+        empty = Outputs(y=None if backward else np.zeros(r.x.shape), dx=np.zeros(r.x.shape) if backward else None)
+        if backward and r.gamma is not None:
+            empty.dgamma, empty.dbeta = np.zeros(c), np.zeros(c)
+        return empty
 
     on_device = lambda a: device.asarray(to_storage(a, r.dtype))  # noqa: E731
     k = BatchNormLaunches(device, layout, r.dtype, on_device(r.x), device.asarray(_params(r.gamma, c, 1.0)),

@@ -181,7 +181,8 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     rows = channels_first(x, axis)
     r = _Roundoff.of(p, stats.count)
     n, mu, var = stats.count, np.abs(stats.mean), stats.var
-    d_mean = (r.reduction + 2 * r.compute) * np.abs(rows).mean(axis=1)
+    mean_abs = np.abs(rows).mean(axis=1) if rows.size else np.full(len(var), np.nan)  # empty batch: undefined
+    d_mean = (r.reduction + 2 * r.compute) * mean_abs
     # squares and their mean may underflow: half the smallest subnormal each, a few times over
     tiny = 4 * r.tiny_compute
     if p.variance is VarianceAlgorithm.TWO_PASS:
@@ -191,7 +192,7 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var + tiny
     max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
     max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
-    sum_overflow = n * np.abs(rows).mean(axis=1) > r.accumulate_max if rows.size else np.zeros(len(var), bool)
+    sum_overflow = n * mean_abs > r.accumulate_max if rows.size else np.zeros(len(var), bool)
     overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
     overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
     if p.variance is VarianceAlgorithm.ONE_PASS:  # declared: the one-pass bound is the model itself

@@ -294,6 +294,7 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     With V = k * var (k = 1 biased, n/(n-1) Bessel-corrected) and s = s(V):
         dx = gamma * s * (dy - mean(dy)) + gamma * s'(V) * (2k/n) * (x - mean) * sum(dy * (x - mean))
     which for the usual V = var, s = (var + eps)**-1/2 is gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    An empty batch (n = 0) has an empty dx and dgamma = dbeta = 0, empty sums (SPEC.md section 5, empty-batch).
     """
     _check_convention(convention)
     checks.batch(x, axis, gamma=gamma, dy=dy)
@@ -301,6 +302,8 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     dy = check_dy(dy, x)
     channels = x.shape[channel_axis(x.ndim, axis)]
     g, _ = affine(gamma, None, channels)
+    if x.size == 0:
+        return Gradients(np.zeros_like(x), np.zeros(channels), np.zeros(channels))
     stats = batch_stats(x, axis)
     n = stats.count
     k = variance_factor(convention.normalize_with, n, convention.bessel_divisor_min)

@@ -74,18 +74,6 @@ ENTRIES: tuple[EdgeRecord, ...] = (
         ),
     ),
     EdgeRecord(
-        id="edge-bnconf-cuda-kernel-momentum-not-checked",
-        backends="bnconf.cuda_kernel*",
-        case="momentum-outside-unit-interval",
-        outcome=ACCEPTS,
-        explanation=(
-            "bnconf's own CUDA kernel mirrors torch.nn.functional.batch_norm, whose convention it declares, and "
-            "passes any momentum to the statistics kernel (fixable: a check in adapters/cuda_kernel.py)."
-        ),
-        evidence="bnconf adapters/cuda_kernel.py:377 `k.batch_statistics(r.eps, 0.0 if r.momentum is None else "
-                 "r.momentum, *running)`, no range check before it. Observed: running_mean moved with w = 1.5.",
-    ),
-    EdgeRecord(
         id="edge-tf-fused-exponential-avg-factor-not-checked",
         backends="tf.compat.v1.nn.fused_batch_norm*",
         case="momentum-outside-unit-interval",
@@ -336,21 +324,5 @@ ENTRIES: tuple[EdgeRecord, ...] = (
         evidence="dm-haiku v0.0.17 haiku/_src/batch_norm.py:170-171 `mean_of_squares = jnp.mean(jnp.square(inputs), "
                  "axis, keepdims=True)` and :181 `var = mean_of_squares - jnp.square(mean)` in inputs.dtype. "
                  "Observed: float16 x = 300 ± {2, 4} (variance 10): y NaN in that channel (and at -300 ± {1, 3}).",
-    ),
-    # ---- bnconf's own kernel refuses an empty eval batch
-    EdgeRecord(
-        id="edge-bnconf-cuda-kernel-empty-eval",
-        backends="bnconf.cuda_kernel*",
-        case="empty-batch",
-        outcome="raises ValueError: empty input*",
-        modes=(Mode.EVAL_FORWARD,),
-        explanation=(
-            "bnconf's CUDA kernel computes its launch geometry before looking at the mode and refuses any empty "
-            "input, an eval step on an empty batch included, where the spec requires an empty y (fixable: return "
-            "the empty output before launching)."
-        ),
-        evidence="bnconf adapters/cuda_kernel.py:120-121 `if min(n, c, s) < 1: raise ValueError(f\"empty input: "
-                 "...\")`. "
-                 "Observed: eval forward on x of shape (0, 3) raises it.",
     ),
 )

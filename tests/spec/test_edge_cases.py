@@ -226,13 +226,13 @@ def test_a_momentum_outside_the_unit_interval_accepted_silently_is_caught():
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")
 def test_the_bare_oracle_poisons_running_statistics_with_an_empty_batch():
-    """IEEE arithmetic on an empty batch gives NaN statistics: the oracle alone is not the edge spec (its
-    backward even divides by n = 0 in Python floats, a crash the battery reports as an outcome)."""
+    """IEEE arithmetic on an empty batch gives NaN statistics: the oracle's forward alone is not the edge spec
+    (its backward is: an empty dx and empty sums for dgamma and dbeta)."""
     outcomes = {o.mode: o for o in run_edge_cases(IdealBackend(KERAS)) if o.case == "empty-batch"}
     assert outcomes["train_forward"].outcome == ("running_mean NaN in every channel (spec: finite); "
                                                  "running_var NaN in every channel (spec: finite)")
     assert outcomes["eval_forward"].agrees
-    assert not outcomes["train_forward"].agrees and not outcomes["train_backward"].agrees
+    assert not outcomes["train_forward"].agrees and outcomes["train_backward"].agrees
 
 
 def test_a_crash_is_not_a_refusal_and_never_escapes():
@@ -253,3 +253,10 @@ def test_a_silently_clamped_eps_is_caught():
 def test_half_precision_squares_are_caught():
     o = _outcome(HalfSquares(TORCH), "float16-squares-overflow")
     assert o.dtype == "float16" and not o.agrees and "y NaN in" in o.outcome
+
+
+def test_the_oracle_gradient_of_an_empty_batch_is_empty_sums():
+    from bnconf.spec import CONVENTIONS, backward_train
+
+    g = backward_train(np.zeros((0, 3)), np.zeros((0, 3)), convention=CONVENTIONS["torch.nn.BatchNorm2d"], axis=1, eps=1e-5)
+    assert g.dx.shape == (0, 3) and np.array_equal(g.dgamma, np.zeros(3)) and np.array_equal(g.dbeta, np.zeros(3))
