@@ -93,7 +93,7 @@ def load(target: str) -> list:
         fix = ("check the module name, or that its package is installed in this Python" if module_part.startswith(e.name or "-")
                else f"{module_part} needs it: install it in this Python")
         raise TargetError(f"{target!r}: cannot import {e.name or 'it'}: {e}; {fix}") from e
-    except Exception as e:  # a user's module failing at import: say so in one line
+    except (Exception, SystemExit) as e:  # a user's module failing (or exiting) at import: say so in one line
         raise TargetError(f"{target!r}: importing it raised {type(e).__name__}: {e}; fix the module") from e
     backends = list(obj) if isinstance(obj, (list, tuple)) else [obj]
     module_part, _, attr = target.rpartition(":")

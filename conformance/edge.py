@@ -17,6 +17,7 @@ the spec says, `conformance/known/edge.py` records it; an outcome an entry match
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+import os
 import re
 import traceback
 from typing import Callable
@@ -109,8 +110,11 @@ def placement(backend) -> Placement:
 
 
 def is_refusal(e: BaseException) -> bool:
-    """A refusal: a ValueError (PyTorch's and JAX's argument checks) or a framework's invalid-argument error."""
-    return isinstance(e, ValueError) or type(e).__name__ == "InvalidArgumentError"
+    """A refusal: a ValueError (PyTorch's and JAX's argument checks) or a framework's invalid-argument error,
+    but not one NumPy raised on the way (a reduction over an empty array is an accident, not a check)."""
+    where = _raised_in(e) or ""
+    accidental = f"{os.sep}numpy{os.sep}" in where
+    return (isinstance(e, ValueError) or type(e).__name__ == "InvalidArgumentError") and not accidental
 
 
 def _raised_in(e: BaseException) -> str | None:
@@ -245,8 +249,9 @@ class _Run:
         return moved.reshape(int(np.prod(moved.shape[:-1])), moved.shape[-1])
 
 
-def run_case(backend, case: EdgeCase, mode: Mode, dtype: str, device: str = "cpu") -> EdgeOutcome | None:
-    """Run `mode` of `case` once; None when the backend cannot express it."""
+def run_case(backend, case: EdgeCase, mode: Mode, dtype: str, device: str = "cpu", before=None) -> EdgeOutcome | None:
+    """Run `mode` of `case` once; None when the backend cannot express it. `before()` is called right before
+    the backend runs."""
     conv = backend.convention
     if mode not in backend.modes or not case.applies(conv) or dtype not in backend.dtypes:
         return None
@@ -263,6 +268,8 @@ def run_case(backend, case: EdgeCase, mode: Mode, dtype: str, device: str = "cpu
     def outcome(agrees: bool, text: str) -> EdgeOutcome:
         return EdgeOutcome(backend.name, device, dtype, case.id, mode.value, agrees, text)
 
+    if before:
+        before()
     try:
         returned = backend.run(mode, req).quantities()
     except Exception as e:  # noqa: BLE001 -- whatever a backend raises is an outcome
@@ -344,9 +351,8 @@ def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None 
             for mode in case.modes:
                 if (dtype, case.id, mode.value) in skip:
                     continue
-                if before:
-                    before(case, mode, dtype)
-                o = run_case(backend, case, mode, dtype, device)
+                o = run_case(backend, case, mode, dtype, device,
+                             before=before and (lambda case=case, mode=mode, dtype=dtype: before(case, mode, dtype)))
                 if o is None:
                     continue
                 if not o.agrees:
@@ -359,10 +365,16 @@ def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None 
 
 def stale_records(outcomes: list[EdgeOutcome], backend_names,
                   records: tuple[EdgeRecord, ...] | None = None) -> list[EdgeRecord]:
-    """Entries for a backend that ran (one of `backend_names`) that no disagreeing outcome matched."""
+    """Entries that covered an outcome (a backend that ran, one of `backend_names`, in the entry's case, modes
+    and dtypes) and matched none of them."""
     records = edge_records() if records is None else records
-    ran = [r for r in records if any(matches(name, r.backends) for name in backend_names)]
-    return [r for r in ran if not any(o.recorded == r.id for o in outcomes)]
+
+    def covered(r: EdgeRecord) -> bool:
+        return any(matches(o.backend, r.backends) and o.backend in backend_names and matches(o.case, r.case)
+                   and (not r.modes or o.mode in {m.value for m in r.modes}) and (not r.dtypes or o.dtype in r.dtypes)
+                   for o in outcomes)
+
+    return [r for r in records if covered(r) and not any(o.recorded == r.id for o in outcomes)]
 
 
 def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:

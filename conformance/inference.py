@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..adapters.protocol import Request, channel_axes, declared_precision
-from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, probe_tolerance
+from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, float_format, probe_tolerance
 from . import inference_probes as p
 from .discrepancies import REGISTRY
 from .ideal import inputs_of
@@ -30,6 +30,10 @@ EPS = 1e-3
 TINY_EPS = 1e-9
 NOT_TRACKED = "no running statistics"
 WIDE_SUMS, HALF_SUMS = "float32 (or wider)", "half"
+RUNNING = ("running_mean", "running_var")
+# the quantities each property is read from: a known discrepancy explains a difference only through them
+READ_FROM = {"momentum_style": RUNNING, "zero_debias": RUNNING, "cumulative_average": RUNNING,
+             "running_var": RUNNING, "bessel_divisor_min": RUNNING}  # the others: y
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,12 @@ class Inference:
         return out
 
     def explaining(self, prop: str, registry=REGISTRY) -> list[str]:
-        """The ids of the registry's entries that cover one of the probes behind `prop`, in registry order."""
+        """The ids of the registry's entries that cover one of the probes behind `prop` and record a difference
+        in a quantity `prop` is read from, in registry order."""
+        read_from = set(READ_FROM.get(prop.split("[")[0], ("y",)))
         cases = [(mode, r.dtype, r.device, inputs_of(r)) for mode, r in self.findings[prop].probes]
-        return [d.id for d in registry if any(d.covers(self.backend, *case) for case in cases)]
+        return [d.id for d in registry
+                if read_from & set(d.quantities) and any(d.covers(self.backend, *case) for case in cases)]
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.dtype}):\n" + "\n".join(f"  {f}" for f in self.findings.values())
@@ -131,22 +138,26 @@ def _eps_min_agrees(found, declared: float) -> bool:
 class _Probe:
     """Runs requests on one backend, dtype and device, in the backend's rank and channel axis, and logs them.
 
-    `tol_y` is the tolerance of quantities read from y (the input format), `tol_stats` of those read from
-    running statistics (the backend's declared statistics format)."""
+    `tol_y` is the tolerance of quantities read from y (the coarser of the input format and the declared
+    compute format), `stats_format` the format running statistics are read in (the declared statistics format)."""
 
-    def __init__(self, backend, device: str, dtype: str | None):
-        self.backend, self.device = backend, device
+    def __init__(self, backend, device: str, dtype: str | None, before=None):
+        self.backend, self.device, self.before = backend, device, before
         self.dtype = dtype or next(d for d in ("float64", "float32", *backend.dtypes) if d in backend.dtypes)
         ranks = tuple(getattr(backend, "ranks", backend.convention.ranks))
         self.rank = 2 if 2 in ranks else min(ranks)
         axes = channel_axes(backend)
         self.axis = backend.convention.channel_axis if backend.convention.channel_axis in axes else axes[0]
-        self.tol_y = probe_tolerance(self.dtype)
-        self.stats_format = declared_precision(backend, self.dtype, device).stats
+        declared = declared_precision(backend, self.dtype, device)
+        coarser = max((self.dtype, declared.compute), key=lambda f: float_format(f).unit_roundoff)
+        self.tol_y = probe_tolerance(coarser)  # y is computed in the declared format, then stored in the input's
+        self.stats_format = declared.stats
         self.log: list[tuple[Mode, Request]] = []
 
     def call(self, mode: Mode, r: Request):
         self.log.append((mode, r))
+        if self.before:
+            self.before(mode, r)
         return self.backend.run(mode, r)
 
     def run(self, mode: Mode, rows, dtype: str | None = None, **kw):
@@ -425,12 +436,12 @@ def _accumulation(pr: _Probe, dtype: str) -> Finding:
 # ---------------------------------------------------------------- entry point
 
 
-def infer(backend, device: str = "cpu", dtype: str | None = None) -> Inference:
+def infer(backend, device: str = "cpu", dtype: str | None = None, before=None) -> Inference:
     """Probe `backend` in `dtype` (default float64, else float32, else its first) and infer its convention.
 
     Half-precision accumulation is probed for every float16/bfloat16 dtype the backend declares (only `dtype`
-    when one is given and it is a half format)."""
-    pr = _Probe(backend, device, dtype)
+    when one is given and it is a half format). `before(mode, request)` is told before each probe runs."""
+    pr = _Probe(backend, device, dtype, before)
     findings: list[Finding] = []
 
     def probing(step, *args):
@@ -464,7 +475,7 @@ def infer(backend, device: str = "cpu", dtype: str | None = None) -> Inference:
     return Inference(backend.name, pr.dtype, {f.property: f for f in findings}, device, accumulation)
 
 
-def report_rows(backend) -> list[dict]:
+def report_rows(backend, before=None) -> list[dict]:
     """Inference on `backend`'s first device that runs now, as the report's rows (JSON-ready)."""
     from ..adapters.protocol import unavailable
 
@@ -472,7 +483,7 @@ def report_rows(backend) -> list[dict]:
     if device is None:
         return []
     try:
-        inference = infer(backend, device)
+        inference = infer(backend, device, before=before)
     except Exception as e:  # noqa: BLE001 - probing is advice: a backend it cannot probe still gets its verdict
         return [dict(backend=backend.name, property="-", value=None, agrees=False, verdict="probing failed",
                      candidates={}, evidence=f"probing failed: {type(e).__name__}: {e}")]

@@ -39,6 +39,7 @@ from .crosscheck import MODES, PairResult, PairRow, representatives, run_pair
 
 FAILED = ("crashed", "timed out", "out of memory", "not run")
 POLL_SECONDS = 0.05
+EDGE, PROBE = -1, -2  # the "cell" of a case event sent by an edge case or a convention probe
 EDGE_KEY = ("device", "dtype", "case", "mode")  # identifies an edge-case outcome
 
 
@@ -81,7 +82,8 @@ def tree_rss(pid: int) -> int:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Kill the worker's whole session (its own children too) and reap it."""
+    """Kill the worker's whole session, its own children too (also those left after the worker itself died),
+    and reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -133,8 +135,7 @@ class _Worker:
         return (fatal or lines or [""])[-1][:300]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            _stop(self.proc)
+        _stop(self.proc)
         self.selector.close()
         self.pipe.close()
         self.stderr.close()
@@ -155,11 +156,11 @@ def _failure(what: str, case: dict | None, crash_dir: Path, done: int) -> str:
 def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str, str, dict | None] | None:
     """Run one worker on `job`, handing each event to `handle(event)`, within `limits`.
 
-    None when the worker ends cleanly; else (kind, reason, the "case" event it was running or None), kind
-    one of "crashed", "timed out", "out of memory"."""
+    None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
+    one of "crashed" (a signal, an exit code, or an exit without "done"), "timed out", "out of memory"."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
         worker = _Worker({**job, "scratch": tmp}, Path(tmp))
-        case, started, done, failure = None, time.monotonic(), 0, None
+        case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
             while failure is None:
                 events, closed = worker.events(POLL_SECONDS)
@@ -167,16 +168,26 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str,
                     started = time.monotonic()
                     if e["event"] == "case":
                         case = e
+                    elif e["event"] == "done":
+                        finished = True
                     else:
                         case, done = None, done + 1
                     handle(e)
                 if closed:
-                    code = worker.proc.wait()
-                    if code == 0:
+                    try:  # the pipe is closed: the worker is ending, within what is left of the time limit
+                        code = worker.proc.wait(timeout=max(1.0, limits.seconds - (time.monotonic() - started)))
+                    except subprocess.TimeoutExpired:
+                        _stop(worker.proc)
+                        code = None
+                    if finished:
                         return None
-                    what = f"crashed with {_signal_name(code)}" if code < 0 else f"exited with code {code}"
-                    last = worker.last_stderr_line()
-                    failure = ("out of memory" if "MemoryError" in last else "crashed", what + (f" ({last})" if last else ""))
+                    if code is None:
+                        failure = ("timed out", f"timed out: no result within {limits.seconds:g} s")
+                    else:
+                        what = f"crashed with {_signal_name(code)}" if code < 0 else f"exited with code {code} unfinished"
+                        last = worker.last_stderr_line()
+                        failure = ("out of memory" if "MemoryError" in last else "crashed",
+                                   what + (f" ({last})" if last else ""))
                 elif time.monotonic() - started > limits.seconds:
                     _stop(worker.proc)
                     failure = ("timed out", f"timed out: no result within {limits.seconds:g} s")
@@ -190,18 +201,20 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str,
 
 
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
-                 progress=None, on_cell=None, infer: bool = False, edge: bool = False) -> tuple[list[CellResult], dict]:
+                 progress=None, on_cell=None, infer: bool = False, edge: bool = False,
+                 extras: dict | None = None) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend, and per
     backend the convention inference (`infer`) and the edge cases (`edge`) on the cells' devices and dtypes.
 
     Backends loaded from a target (every built-in, every `--backend`) run isolated; an object built in
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
-    arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}})."""
+    arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}}),
+    the latter filled in place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them)."""
     from ..adapters.registry import origin
 
     crash_dir = Path(crash_dir)
     results: list[CellResult | None] = [None] * len(cells)
-    extras: dict[str, dict] = {"inferred": {}, "edge": {}}
+    extras = {"inferred": {}, "edge": {}} if extras is None else extras
     groups: dict[int, list[int]] = {}
     for i, (backend, *_rest) in enumerate(cells):
         groups.setdefault(id(backend), []).append(i)
@@ -242,22 +255,23 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
             if failure is None:
                 break
             kind, reason, case = failure
-            if case is not None and case["cell"] < 0:  # an edge case: that is its outcome, the others go on
-                if case.get("edge"):
-                    extras["edge"].setdefault(backend.name, []).append(
-                        dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind}: {reason}", recorded=None))
-                extra_kinds = {"infer": False, "edge": bool(case.get("edge"))}
-                continue
-            failed = [case["cell"]] if case is not None else list(todo)  # start-up failures would repeat
-            for i in failed:
-                _, device, dtype, mode = cells[i]
-                arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
-            todo = [i for i in todo if results[i] is None]
-            if case is None:
-                if infer and backend.name not in extras["inferred"]:
+            if case is None or case["cell"] == PROBE:  # start-up (it would repeat) or a convention probe
+                for i in todo:
+                    _, device, dtype, mode = cells[i]
+                    arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
+                todo = []
+                if extra_kinds["infer"]:
                     extras["inferred"][backend.name] = [dict(backend=backend.name, property="-", value=None, agrees=False,
-                                                             verdict="probing failed", candidates={}, evidence=reason)]
-                break
+                                                             verdict=kind.upper(), candidates={}, evidence=reason)]
+                extra_kinds = {"infer": False, "edge": extra_kinds["edge"] and case is not None}
+            elif case["cell"] == EDGE:  # that edge case's outcome; the others go on in a fresh worker
+                extras["edge"].setdefault(backend.name, []).append(
+                    dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind}: {reason}", recorded=None))
+                extra_kinds = {"infer": False, "edge": True}
+            else:
+                _, device, dtype, mode = cells[case["cell"]]
+                arrived(case["cell"], CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
+                todo = [i for i in todo if results[i] is None]
     return list(results), extras
 
 
@@ -293,7 +307,8 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
     return [r for r in results if r is not None]
 
 
-def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=()) -> dict:
+def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=(),
+               before_probe=None) -> dict:
     """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran.
     `before_edge(device, case, mode, dtype)` is told before each edge case runs; with `on_edge(row)` each edge
     outcome goes there as it arrives instead of into the result; `edge_done` lists (device, dtype, case id,
@@ -302,7 +317,7 @@ def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edg
     if infer:
         from .inference import report_rows
 
-        out["inferred"] = report_rows(backend)
+        out["inferred"] = report_rows(backend, before=before_probe)
     if edge:
         from .edge import as_row, run_edge_cases
 
@@ -327,6 +342,7 @@ def _battery_job(job: dict, send) -> None:
     backend = next(b for b in load(job["target"]) if b.name == job["backend"])
     scratch = Path(job["scratch"]) / "cases"
     for index, device, dtype, mode in job["cells"]:
+        send(event="case", cell=index, input=f"{mode} {dtype} {device}, before its first case")
 
         @contextmanager
         def watched(backend, mode, inputs, dtype, device, index=index):
@@ -338,15 +354,19 @@ def _battery_job(job: dict, send) -> None:
         cell = run_cell(backend, device, dtype, Mode(mode), job["examples"], job["seed"], watch=watched)
         send(event="cell", cell=index, result=asdict(cell))
 
+    def before_probe(mode, r):
+        send(event="case", cell=PROBE, input=f"convention probe: {mode.value} {r.dtype} {r.device} on x of shape {r.x.shape}")
+
     def before_edge(device, case, mode, dtype):
-        send(event="case", cell=-1, input=f"edge case {case.id} {mode.value} {dtype} {device}",
+        send(event="case", cell=EDGE, input=f"edge case {case.id} {mode.value} {dtype} {device}",
              edge=dict(device=device, dtype=dtype, case=case.id, mode=mode.value))
 
     cells = [(device, dtype, Mode(mode)) for device, dtype, mode in job["extra_cells"]]
-    extras = extras_for(backend, cells, job["infer"], job["edge"], before_edge, lambda row: send(event="edge", rows=[row]),
-                        [tuple(k) for k in job["edge_done"]])
-    for kind, rows in extras.items():
-        send(event=kind, rows=rows)
+    if job["infer"]:
+        send(event="inferred", rows=extras_for(backend, cells, True, False, before_probe=before_probe)["inferred"])
+    if job["edge"]:
+        extras_for(backend, cells, False, True, before_edge=before_edge, on_edge=lambda row: send(event="edge", rows=[row]),
+                   edge_done=[tuple(k) for k in job["edge_done"]])
 
 
 def _matrix_job(job: dict, send) -> None:
@@ -373,12 +393,25 @@ def _worker(fd: int) -> int:
         out.flush()
 
     {"battery": _battery_job, "matrix": _matrix_job}[job["kind"]](job, send)
+    send(event="done")
     return 0
+
+
+def _die_with_the_parent() -> None:
+    """Linux: the kernel kills this worker when the process that started it dies (a parent killed with
+    SIGKILL runs no cleanup, and the worker lives in its own session)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
     import faulthandler
 
+    _die_with_the_parent()
     faulthandler.enable()  # a segfault leaves "Fatal Python error: Segmentation fault" and the stack on stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     raise SystemExit(_worker(int(sys.argv[1])))

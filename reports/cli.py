@@ -11,6 +11,7 @@ shows the traceback).
 """
 
 import argparse
+import signal
 import sys
 
 from ..adapters.protocol import BackendError
@@ -78,8 +79,8 @@ def _report(args) -> int:
     if args.pair_examples < 0:
         raise UsageError(f"--pair-examples must be 0 (no cross-framework table) or more, got {args.pair_examples}")
     for option, value in (("--time-limit", args.time_limit), ("--memory-limit", args.memory_limit)):
-        if not value > 0:
-            raise UsageError(f"{option} must be more than 0, got {value}")
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{option} must be a finite number more than 0, got {value}")
     if not args.name or args.name in (".", "..") or any(sep in args.name for sep in "/\\"):
         raise UsageError(f"--name {args.name!r} is not a file name stem; give a plain name such as 'report' "
                          "(the folder goes in --out)")
@@ -117,8 +118,9 @@ def _report(args) -> int:
         bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
         inferred, edge = ([r for b in found for r in extras[kind].get(b.name, [])] for kind in ("inferred", "edge"))
         unexplained = any(not r["agrees"] and not r["recorded"] for r in edge)
+        probe_failed = any(r["verdict"].lower() in isolation.FAILED for r in inferred)  # crashed, timed out, ...
         return render.Report(list(results), environment, args.seed, args.examples,
-                             battery.conforms(results) and not bad_pair and not unexplained,
+                             battery.conforms(results) and not bad_pair and not unexplained and not probe_failed,
                              battery.discrepancy_use(results, REGISTRY), pairs, pictures, inferred, status, len(cells), edge)
 
     def write(pairs, status: str = "complete") -> render.Report:
@@ -137,20 +139,21 @@ def _report(args) -> int:
         _write_atomically(out / f"{args.name}.json", render.json_document(report_of([], "running")).encode())
 
     validating = args.command == "validate"
+    stop = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a cancelled job ends like Ctrl-C: workers stopped, report kept
+        signal.signal(sig, _interrupt)
     try:
         limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
         if args.isolation:
-            _, rows = isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say,
-                                             arrived, infer=validating, edge=args.edge_cases)
-            for kind in extras:
-                extras[kind].update(rows[kind])
+            isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say, arrived,
+                                   infer=validating, edge=args.edge_cases, extras=extras)
         else:
             battery.run_battery(cells, args.examples, args.seed, progress=say, on_cell=arrived)
             for b in found:
                 ran = [c[1:] for c in cells if c[0] is b]
                 for kind, rows in isolation.extras_for(b, ran, validating, args.edge_cases).items():
                     extras[kind][b.name] = rows
-        report = write([])  # the battery's results are on disk before the cross-framework table runs
+        report = write([], "running" if args.pair_examples else "complete")  # on disk before the pairs run
         if args.pair_examples:
             failed = {c.backend for c in results if c.status in isolation.FAILED}
             usable = [b for b in found if b.name not in failed]  # a backend that crashed is not run again here
@@ -165,10 +168,17 @@ def _report(args) -> int:
         print(f"\ninterrupted after {len(results)} of {len(cells)} cells; partial report written to "
               f"{out}/{args.name}.{{md,html,json}}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, stop[0])
+        signal.signal(signal.SIGHUP, stop[1])
     ok = report.conforms
     print(render.terminal(report))
     print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
     return 0 if ok else 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _write_atomically(path, data: bytes) -> None:

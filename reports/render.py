@@ -18,6 +18,7 @@ JSON layout (`bnconf-report/1`):
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
+Non-finite numbers are the strings "nan", "inf", "-inf" (strict JSON has none).
 `max_ratio` is the largest error in units of the error model's bound; `max_ulp` the error in ULPs of the
 quantity's format; a discrepancy entry is "in use" when some case needed it, "STALE" when it covered cases
 and none needed it. Pair verdicts: "matches after translation", "differs as the spec predicts", "UNEXPECTED
@@ -263,4 +264,16 @@ def json_document(report: Report) -> str:
         "edge": report.edge,
         "seconds_per_backend": seconds_per_backend(report.results),
     }
-    return json.dumps(doc, indent=1, sort_keys=True, default=str)
+    return json.dumps(_finite(doc), indent=1, sort_keys=True, default=str, allow_nan=False)
+
+
+def _finite(value):
+    """Strict JSON (RFC 8259) has no NaN or Infinity: a non-finite number is written as the string
+    "nan", "inf" or "-inf"."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -53,6 +53,7 @@ def _one_line_error(capsys, argv, *fragments):
 TARGETS = {
     "syntax.py": "def broken(:\n",
     "needs_framework.py": "import bnconf_framework_not_installed_xyz\n",
+    "exits.py": "import sys\nsys.exit('usage: exits.py [-h]')\n",
     "no_run.py": "from bnconf.spec import Mode, convention\n"
                  "class NoRun:\n    name = 'no-run'\n    convention = convention('torch.nn.BatchNorm2d')\n"
                  "    modes = frozenset(Mode)\n    dtypes = ('float32',)\n    devices = ('cpu',)\nBACKEND = NoRun()\n",
@@ -81,6 +82,7 @@ def targets(tmp_path):
     ("{dir}/missing.py:BACKEND", ["no file", "missing.py", "check the path"]),
     ("{dir}/syntax.py:BACKEND", ["raised SyntaxError", "syntax.py, line 1", "fix the module"]),
     ("{dir}/needs_framework.py:BACKEND", ["cannot import bnconf_framework_not_installed_xyz", "install it"]),
+    ("{dir}/exits.py:BACKEND", ["importing it raised SystemExit: usage: exits.py [-h]", "fix the module"]),
     ("bnconf.adapters.example_numpy:NOPE", ["has no attribute 'NOPE'", "backends there: BACKEND"]),
     ("bnconf.spec:CONVENTIONS", ["a dict is not a backend", "needs name, convention, modes, dtypes, devices and run"]),
     ("{dir}/no_run.py:BACKEND", ["backend 'no-run' has no run(mode, request) method", "add one"]),
@@ -98,10 +100,11 @@ def test_a_bad_target_is_one_line_with_exit_2(target, fragments, targets, capsys
 
 @pytest.mark.parametrize("args, fragments", [
     (["--dtype", "float8"], ["unknown dtype float8", "pick --dtype from float64, float32, float16, bfloat16"]),
-    (["--device", "tpu"], ["nothing to run"]),
+    (["--device", "tpu"], ["nothing to run", "device tpu", "they offer devices cpu"]),
     (["--examples", "0"], ["--examples must be 1 or more, got 0"]),
     (["--pair-examples", "-1"], ["--pair-examples must be 0"]),
-    (["--time-limit", "0"], ["--time-limit must be more than 0"]),
+    (["--time-limit", "0"], ["--time-limit must be a finite number more than 0"]),
+    (["--memory-limit", "inf"], ["--memory-limit must be a finite number more than 0, got inf"]),
     (["--name", "a/b"], ["--name 'a/b' is not a file name stem"]),
 ])
 def test_bad_options_are_one_line_with_exit_2(args, fragments, tmp_path, capsys):

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bnconf.conformance.ideal import IdealBackend
 from bnconf.conformance.isolation import Limits, run_isolated
 from bnconf.conformance.repro import load_case
@@ -60,8 +62,10 @@ def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
-def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path):
-    """The hanging backend's training forward blocks; its other cells are on disk; Ctrl-C ends the run."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path, stop):
+    """The hanging backend's training forward blocks; its other cells are on disk; Ctrl-C (or a cancelled
+    job's SIGTERM) ends the run."""
     cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", "--backend", f"{FIXTURE}:HANG", "--examples", "2",
            "--pair-examples", "0", "--time-limit", "600", "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -76,7 +80,7 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path):
     workers = _children(proc.pid)
     assert workers, "the hanging worker should be running"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-2000:]
     doc = json.loads(partial.read_text())
@@ -104,3 +108,34 @@ def test_a_pair_that_crashes_is_that_pairs_result_and_the_table_goes_on():
     pairs = {p.mode: p for p in run_matrix_isolated([segfault, keras], 2, 0, Limits(seconds=30))}
     assert pairs["train_forward"].status == "error" and "SIGSEGV" in pairs["train_forward"].reason
     assert pairs["eval_forward"].status == "ran" and pairs["train_backward"].status == "ran"
+
+
+def test_a_worker_that_exits_early_without_error_is_a_crash_not_a_lost_cell(tmp_path):
+    code, cells = report(tmp_path, "EXITS_QUIETLY", limits=("--no-edge-cases",))
+    quiet = cells["exits quietly in training", "train_forward"]
+    assert code == 1 and quiet["status"] == "crashed" and "exited with code 0 unfinished" in quiet["reason"]
+    assert len(cells) == 4
+
+
+def test_validate_is_not_conformant_when_a_convention_probe_crashes(tmp_path):
+    code = main(["validate", f"{FIXTURE}:PROBE_SEGFAULT", "--examples", "2", "--out", str(tmp_path)])
+    inferred = json.loads((tmp_path / "validate.json").read_text())["inferred"]
+    assert code == 1 and [r["verdict"] for r in inferred] == ["CRASHED"]
+    assert "convention probe" in inferred[0]["evidence"] and "SIGSEGV" in inferred[0]["evidence"]
+
+
+def test_a_killed_run_takes_its_worker_with_it(tmp_path):
+    cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", "--backend", f"{FIXTURE}:HANG", "--examples", "1",
+           "--pair-examples", "0", "--no-edge-cases", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not workers:
+        time.sleep(0.2)
+        workers = _children(proc.pid)
+    assert workers
+    proc.kill()  # SIGKILL: no cleanup runs in the parent
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)

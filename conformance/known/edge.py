@@ -7,6 +7,8 @@ tensorflow 2.21.0, tf_keras 2.21.0, keras 3.15.1, flax 0.12.8, dm-haiku 0.0.17, 
 is what the edge battery's input for the case returned (x as in the case: n values of 3 channels).
 """
 
+from dataclasses import replace
+
 from ...spec import Mode
 from ..edge import EdgeRecord
 
@@ -325,4 +327,14 @@ ENTRIES: tuple[EdgeRecord, ...] = (
                  "axis, keepdims=True)` and :181 `var = mean_of_squares - jnp.square(mean)` in inputs.dtype. "
                  "Observed: float16 x = 300 ± {2, 4} (variance 10): y NaN in that channel (and at -300 ± {1, 3}).",
     ),
+)
+
+
+# fused=True with float64 silently runs the non-fused path (conformance/known/tensorflow.py,
+# tf-v1-layers-fused-float64-falls-back-to-non-fused): the non-fused layer's edge behaviours follow it there
+ENTRIES += tuple(
+    replace(r, id=r.id.replace("non-fused", "fused-float64"), backends=V1_LAYERS + "[fused*", dtypes=("float64",),
+            explanation="fused=True with float64 inputs falls back to the non-fused layer (see "
+                        "tf-v1-layers-fused-float64-falls-back-to-non-fused), which does this: " + r.explanation)
+    for r in ENTRIES if r.backends == V1_LAYERS + "[non-fused]"
 )

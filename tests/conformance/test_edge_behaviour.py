@@ -2,6 +2,7 @@
 cases or is recorded (conformance/known/edge.py), and no record is stale; plus the records' matching and the
 report table, framework-free."""
 
+from dataclasses import replace
 import json
 
 import pytest
@@ -36,12 +37,15 @@ def test_records_match_by_backend_case_outcome_mode_and_dtype():
     assert by_predicate.matches(_o())
 
 
-def test_a_record_that_explains_nothing_is_stale_and_one_for_a_backend_not_run_is_not():
+def test_a_record_that_explains_nothing_it_covered_is_stale_and_one_that_covered_nothing_is_not():
     used = EdgeRecord(id="used", backends="fw.*", case="*", outcome="*", explanation="", evidence="")
     unused = EdgeRecord(id="unused", backends="fw.*", case="gamma-zero", outcome="*", explanation="", evidence="")
     elsewhere = EdgeRecord(id="elsewhere", backends="other.*", case="*", outcome="*", explanation="", evidence="")
-    outcomes = [_o(recorded="used")]
-    assert [r.id for r in stale_records(outcomes, ["fw.bn[x]"], (used, unused, elsewhere))] == ["unused"]
+    other_dtype = EdgeRecord(id="float16 only", backends="fw.*", case="gamma-zero", outcome="*", explanation="",
+                             evidence="", dtypes=("float16",))
+    outcomes = [_o(recorded="used"), replace(_o(), case="gamma-zero", agrees=True, outcome="agrees")]
+    records = (used, unused, elsewhere, other_dtype)
+    assert [r.id for r in stale_records(outcomes, ["fw.bn[x]"], records)] == ["unused"]
 
 
 def test_every_record_names_a_case_and_has_evidence():
@@ -110,3 +114,15 @@ def test_every_builtin_backend_meets_the_edge_cases_or_is_recorded(family):
     assert not wrong, f"edge outcomes neither as the spec says nor recorded: {wrong}"
     stale = [r.id for r in stale_records(outcomes, names)]
     assert not stale, f"recorded edge behaviours no outcome needed: {stale}"
+
+
+def test_a_value_error_numpy_raises_by_accident_is_not_a_refusal():
+    import numpy as np
+
+    from bnconf.conformance.edge import is_refusal
+
+    try:
+        np.abs(np.zeros((0, 3))).max(axis=0)  # what a careless backend hits on an empty batch
+    except ValueError as e:
+        assert not is_refusal(e)
+    assert is_refusal(ValueError("momentum must be in [0, 1], got 1.5"))

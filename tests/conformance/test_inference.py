@@ -176,6 +176,9 @@ def test_a_difference_is_explained_only_by_an_entry_that_covers_one_of_its_probe
     assert inference.verdicts(TORCH, registry=(entry(modes=(Mode.EVAL_FORWARD,)),))["momentum_style"] == "DIFFERS"
     assert inference.verdicts(TORCH, registry=(entry(dtypes=("float16",)),))["momentum_style"] == "DIFFERS"
     assert inference.verdicts(TORCH, registry=(entry(),))["eps_placement"] == "agrees"
+    # an entry about another quantity explains nothing here
+    y_only = replace(entry(), quantities=("y",))
+    assert inference.verdicts(TORCH, registry=(y_only,))["momentum_style"] == "DIFFERS"
 
 
 @pytest.mark.parametrize("family", sorted(BUILTIN))
