@@ -66,3 +66,24 @@ def edge_summary(outcomes) -> dict[str, int]:
         "recorded": sum(not r["agrees"] and bool(r["recorded"]) for r in rows),
         "unexplained": sum(not r["agrees"] and not r["recorded"] for r in rows),
     }
+
+
+def edge_matrix_rows(outcomes) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per backend, one column per edge case, each cell "agrees" (every mode and dtype
+    does what the spec says, a refusal included where allowed), "recorded" (a disagreement explained in
+    conformance/known/edge.py), "DIFFERS" (one nobody has explained) or "-" (not run)."""
+    rows = [_row(o) for o in outcomes]
+    cases = _unique(r["case"] for r in rows)
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["backend"], r["case"]), []).append(r)
+
+    def cell(group: list[dict] | None) -> str:
+        if not group:
+            return "-"
+        if any(not o["agrees"] and not o["recorded"] for o in group):
+            return "DIFFERS"
+        return "recorded" if any(not o["agrees"] for o in group) else "agrees"
+
+    backends = _unique(r["backend"] for r in rows)
+    return ["backend", *cases], [[b, *(cell(by.get((b, c))) for c in cases)] for b in backends]

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .edge_table import edge_section_rows, edge_summary
+from .edge_table import edge_matrix_rows, edge_section_rows, edge_summary
 from .terminal import table
 
 FORMAT = "bnconf-report/1"
@@ -147,9 +147,13 @@ def sections(report: Report) -> list[Section]:
                                 "it. Each property's candidate hypotheses and their residuals are in the JSON.",
                            terminal_columns=4))
     if report.edge:
+        out.append(Section("Edge-case behaviour per backend", *edge_matrix_rows(report.edge),
+                           note="Per backend and edge case over its modes and dtypes: agrees with the spec (SPEC.md "
+                                "section 5), recorded (what it does instead is explained in conformance/known/edge.py; "
+                                "the next table says what), DIFFERS (unexplained) or - (not run)."))
         header, rows = edge_section_rows(report.edge, grouped=True)
         counts = edge_summary(report.edge)
-        out.append(Section("Edge-case behaviour", header, rows,
+        out.append(Section("Edge-case behaviour: what each backend does", header, rows,
                            note=f"spec/edge_cases.py (SPEC.md section 5) states each case's outcome, a value or 'must "
                                 f"raise'; {counts['agree']} of {counts['outcomes']} outcomes agree, {counts['recorded']} "
                                 f"differ as recorded (conformance/known/edge.py), {counts['unexplained']} unexplained.",

@@ -13,7 +13,7 @@ from bnconf.conformance.discrepancies import matches
 from bnconf.conformance.edge import (
     EdgeOutcome, EdgeRecord, as_row, describe_exception, edge_records, run_edge_cases, stale_records, unexplained,
 )
-from bnconf.reports.edge_table import edge_section_rows, edge_summary
+from bnconf.reports.edge_table import edge_matrix_rows, edge_section_rows, edge_summary
 from bnconf.spec import Mode
 from bnconf.spec.edge_cases import CASES
 
@@ -126,3 +126,11 @@ def test_a_value_error_numpy_raises_by_accident_is_not_a_refusal():
     except ValueError as e:
         assert not is_refusal(e)
     assert is_refusal(ValueError("momentum must be in [0, 1], got 1.5"))
+
+
+def test_the_per_backend_matrix_says_agrees_recorded_differs_or_not_run():
+    outcomes = [_o(case="nan-in-x", recorded="r"), _o(case="gamma-zero", agrees=True, outcome="agrees"),
+                _o(backend="fw.bn[y]", case="nan-in-x"), _o(backend="fw.bn[y]", case="nan-in-x", agrees=True)]
+    header, rows = edge_matrix_rows(outcomes)
+    assert header == ["backend", "nan-in-x", "gamma-zero"]
+    assert rows == [["fw.bn[x]", "recorded", "agrees"], ["fw.bn[y]", "DIFFERS", "-"]]
