@@ -354,6 +354,8 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
     """
     b, rows = partial(broadcast, ndim=dy.ndim, axis=axis), partial(channels_first, axis=axis)
     g, gz = rows(dy), rows(dy * z)
+    if g.shape[1] == 0:  # an empty batch: dx is empty, dgamma and dbeta are exact empty sums
+        return {"dx": np.zeros(dy.shape), **_parameter_gradient_bounds(g, gz, rows(d_z), r)}
     mean_g, mean_gz = g.mean(axis=1), gz.mean(axis=1)
     d_mean_g = (r.reduction + r.compute) * np.abs(g).mean(axis=1)
     d_mean_gz = (r.reduction + 2 * r.compute) * np.abs(gz).mean(axis=1) + (np.abs(g) * rows(d_z)).mean(axis=1)
