@@ -133,8 +133,7 @@ def _expected(backend, mode: Mode, i: Inputs, dtype: str, device: str, precision
     entry = covering(REGISTRY, backend.name, mode, dtype, device, i)
     if entry is None:
         return expected(mode, i, backend.convention, precision), None
-    values = expected(mode, entry.recorded_inputs(i), entry.recorded_convention(backend.convention),
-                      entry.recorded_precision(precision))
+    values = expected(mode, *entry.recorded_model(i, backend.convention, precision))
     if entry.unchecked is not None:  # channels the record claims nothing about: no claim here either
         skip = np.asarray(entry.unchecked(i), dtype=bool)
         values = {q: replace(e, ill=e.ill | _along_channels(skip, e.value, i)) for q, e in values.items()}

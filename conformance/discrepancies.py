@@ -57,6 +57,10 @@ class KnownDiscrepancy:
     def recorded_inputs(self, inputs: Inputs) -> Inputs:
         return self.adjust(inputs) if self.adjust else inputs
 
+    def recorded_model(self, inputs: Inputs, convention: Convention, precision: Precision):
+        """The recorded behaviour as the oracle's arguments: (adjusted inputs, convention, precision)."""
+        return self.recorded_inputs(inputs), self.recorded_convention(convention), self.recorded_precision(precision)
+
 
 def _registry() -> tuple["KnownDiscrepancy", ...]:
     """Every family's entries: one module per framework under conformance/known/ (data only, no framework import)."""

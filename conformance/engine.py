@@ -81,14 +81,14 @@ def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registr
     declared = judge(mode, observed, prepared, backend.convention, precision)
     if entry is None:
         return Assessment(declared)
-    recorded_inputs, recorded_observed = entry.recorded_inputs(prepared), observed
+    recorded_inputs, convention, recorded_precision = entry.recorded_model(prepared, backend.convention, precision)
+    recorded_observed = observed
     if entry.unchecked is not None:
         keep = ~np.asarray(entry.unchecked(prepared), dtype=bool)
         recorded_inputs, recorded_observed = only_channels(recorded_inputs, observed, keep)
         if not keep.any():  # the record claims nothing about this case
             return Assessment(declared, entry, {})
-    recorded = judge(mode, recorded_observed, recorded_inputs, entry.recorded_convention(backend.convention),
-                     entry.recorded_precision(precision))
+    recorded = judge(mode, recorded_observed, recorded_inputs, convention, recorded_precision)
     return Assessment(declared, entry, recorded)
 
 

@@ -69,8 +69,7 @@ def machine_for(backend):
                 self.error = RunningStats(np.zeros(CHANNELS), np.zeros(CHANNELS))
                 return
             if entry is not None:  # the recorded behaviour, for the quantities the entry names
-                convention, p = entry.recorded_convention(convention), entry.recorded_precision(precision)
-                oracle_inputs = entry.recorded_inputs(oracle_inputs)
+                oracle_inputs, convention, p = entry.recorded_model(oracle_inputs, convention, precision)
             exp = expected(Mode.TRAIN_FORWARD, oracle_inputs, convention, p)
             results = judge(Mode.TRAIN_FORWARD, out.quantities(), oracle_inputs, convention, p)
             bad = {q: f"{c.verdict.value} {c.detail} (error/bound {c.max_ratio:.3g})" for q, c in results.items()
