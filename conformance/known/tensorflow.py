@@ -7,6 +7,7 @@ import numpy as np
 from ...spec import Mode, precision_for
 from ...spec.conventions import TF_V1_LAYERS_NONFUSED
 from ...spec.oracle import channels_first
+from ..arrays import round_to
 from ..discrepancies import KnownDiscrepancy
 
 FLOAT16_MAX = 65504.0
@@ -96,6 +97,19 @@ def gradient_overflow_channels(i) -> np.ndarray:
                 out |= ~(0.5 * upstream * inv**3 <= NEAR_FLOAT16_MAX)
     return out
 
+
+
+def _bias_factor_is_zero(shadow: str):
+    """Whether the zero-debias factor 1 - (1 - w)**t is 0: w = float32(1 - float32(decay)) stored in the
+    shadow's format, and 1 - w formed there, round to exactly 1 (t >= 1 then changes nothing)."""
+
+    def when(i) -> bool:
+        if i.momentum is None:
+            return False
+        w = float(round_to(np.array(float(np.float32(1.0 - np.float32(i.momentum)))), shadow))
+        return float(round_to(np.array(1.0 - w), shadow)) == 1.0
+
+    return when
 
 ENTRIES: tuple[KnownDiscrepancy, ...] = (
     KnownDiscrepancy(
@@ -234,26 +248,28 @@ ENTRIES: tuple[KnownDiscrepancy, ...] = (
         ),
     ),
     # before tf-tutorial-ema-float32-decay, which also covers float64 tutorial cases: the first match wins
-    KnownDiscrepancy(
-        id="tf-tutorial-zero-debias-decay-one-nan",
+    *(KnownDiscrepancy(
+        id="tf-tutorial-zero-debias-decay-one-nan" + ("" if shadow == "wide" else f"-{shadow}"),
         backends=TUTORIAL + "[zero_debias]*",
+        dtypes=("float64", "float32") if shadow == "wide" else (shadow,),
         modes=TRAIN_FORWARD,
-        when=lambda i: i.momentum is not None and float(np.float32(1.0 - np.float32(i.momentum))) == 0.0,
+        when=_bias_factor_is_zero("float32" if shadow == "wide" else shadow),
         unchecked=lambda i: np.ones(np.shape(i.x)[i.axis], bool),  # every channel: nothing finite to check
         quantities=RUNNING,
         explanation=(
-            "With decay 1 (or any decay that rounds to 1 in float32) the zero-debiased shadow is "
-            "biased / (1 - decay**t) = biased / 0: NaN or inf, where the limit (the oracle's zero-debias "
-            "weight 1/t at w -> 0) is finite. The record checks nothing finite there: it "
-            "identifies the case (decay rounding to 1 in float32)."
+            "With decay 1, or a decay whose 1 - decay rounds away (w = float32(1 - float32(decay)) is 0, or the "
+            "shadow's format rounds 1 - w to 1: a bfloat16 shadow at decay 1 - 2**-9), the zero-debiased shadow is "
+            "biased / (1 - (1 - w)**t) = biased / 0: NaN or inf, where the limit (the oracle's zero-debias weight "
+            "1/t at w -> 0) is finite. The record checks nothing finite there: it identifies the case."
         ),
         evidence=(
-            "tensorflow v2.21.0 tensorflow/python/training/moving_averages.py _zero_debias.update_fn: "
-            "`bias_factor = 1 - math_ops.pow(1.0 - decay, update_local_step)`; `state_ops.assign(v, "
-            "update_biased / bias_factor)`. Report: float64 x of shape (4, 3, 1), decay 1.0: running_mean "
-            "nan, oracle 53.62."
+            "tensorflow v2.21.0 tensorflow/python/training/moving_averages.py assign_moving_average: "
+            "`decay = ops.convert_to_tensor(1.0 - decay)` then _zero_debias.update_fn: `bias_factor = 1 - "
+            "math_ops.pow(1.0 - decay, update_local_step)`; `state_ops.assign(v, update_biased / bias_factor)`. "
+            "Report: float64 x of shape (4, 3, 1), decay 1.0: running_mean nan, oracle 53.62. Thorough profile: "
+            "bfloat16 x of shape (2, 2), decay 0.998046875 = 1 - 2**-9 from count 0: running_mean inf, oracle 0.383."
         ),
-    ),
+    ) for shadow in ("wide", "bfloat16")),
     KnownDiscrepancy(
         id="tf-tutorial-ema-float32-decay",
         backends=TUTORIAL + "*",
