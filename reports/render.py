@@ -23,8 +23,10 @@ Non-finite numbers are the strings "nan", "inf", "-inf" (strict JSON has none).
 quantity's format; a discrepancy entry is "in use" when some case needed it, "STALE" when it covered cases
 and none needed it. Pair verdicts: "matches after translation", "differs as the spec predicts", "UNEXPECTED
 difference". Timestamps are deliberately absent: the same seed gives the same file but for timings.
-The JSON file is rewritten (atomically) after every cell while the run goes on ("status": "running"), so a
-run killed or interrupted leaves a valid partial report; Ctrl-C writes every format with "interrupted".
+The JSON file is rewritten (atomically) as cells arrive while the run goes on ("status": "running"; a large
+report skips rewrites that would take over a tenth of the run's time, so it is at most about a second
+behind), so a run killed or interrupted leaves a valid partial report; Ctrl-C writes every format with
+"interrupted".
 """
 
 import base64
