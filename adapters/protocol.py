@@ -152,6 +152,11 @@ def unavailable(backend, device: str) -> str | None:
     return check(device) if callable(check) else None
 
 
+def first_available_device(backend) -> str | None:
+    """The first of the backend's devices that can run now, or None."""
+    return next((d for d in backend.devices if not unavailable(backend, d)), None)
+
+
 def check_request(backend, mode: Mode, r: Request) -> None:
     """Raise spec.InputError (a ValueError) naming what in `r` the backend cannot take: its dtype, device,
     rank or channel axis, eps, half of a pair (gamma/beta, running mean/var) or a pair member of the wrong

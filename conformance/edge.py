@@ -50,11 +50,16 @@ class EdgeRecord:
     modes: tuple[Mode, ...] = ()  # empty: any
     dtypes: tuple[str, ...] = ()
 
-    def matches(self, o: "EdgeOutcome") -> bool:
-        described = self.outcome(o.outcome) if callable(self.outcome) else matches(o.outcome, self.outcome)
-        return (matches(o.backend, self.backends) and matches(o.case, self.case) and described
+    def covers(self, o: "EdgeOutcome") -> bool:
+        """The outcome is one this entry speaks about: its backend, case, mode and dtype."""
+        return (matches(o.backend, self.backends) and matches(o.case, self.case)
                 and (not self.modes or o.mode in {m.value for m in self.modes})
                 and (not self.dtypes or o.dtype in self.dtypes))
+
+    def matches(self, o: "EdgeOutcome") -> bool:
+        """The entry covers the outcome and records what it says."""
+        described = self.outcome(o.outcome) if callable(self.outcome) else matches(o.outcome, self.outcome)
+        return self.covers(o) and described
 
 
 @dataclass
@@ -369,12 +374,8 @@ def stale_records(outcomes: list[EdgeOutcome], backend_names,
     and dtypes) and matched none of them."""
     records = edge_records() if records is None else records
 
-    def covered(r: EdgeRecord) -> bool:
-        return any(matches(o.backend, r.backends) and o.backend in backend_names and matches(o.case, r.case)
-                   and (not r.modes or o.mode in {m.value for m in r.modes}) and (not r.dtypes or o.dtype in r.dtypes)
-                   for o in outcomes)
-
-    return [r for r in records if covered(r) and not any(o.recorded == r.id for o in outcomes)]
+    ran = [o for o in outcomes if o.backend in backend_names]
+    return [r for r in records if any(r.covers(o) for o in ran) and not any(o.recorded == r.id for o in outcomes)]
 
 
 def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:

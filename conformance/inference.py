@@ -477,9 +477,9 @@ def infer(backend, device: str = "cpu", dtype: str | None = None, before=None) -
 
 def report_rows(backend, before=None) -> list[dict]:
     """Inference on `backend`'s first device that runs now, as the report's rows (JSON-ready)."""
-    from ..adapters.protocol import unavailable
+    from ..adapters.protocol import first_available_device
 
-    device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+    device = first_available_device(backend)
     if device is None:
         return []
     try:

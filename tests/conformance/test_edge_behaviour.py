@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bnconf.adapters.protocol import unavailable
+from bnconf.adapters.protocol import first_available_device
 from bnconf.adapters.registry import BUILTIN, TargetError, load
 from bnconf.conformance.discrepancies import matches
 from bnconf.conformance.edge import (
@@ -103,7 +103,7 @@ def test_every_builtin_backend_meets_the_edge_cases_or_is_recorded(family):
         pytest.skip(f"{family}: {e}")
     outcomes, names = [], []
     for backend in backends:
-        device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+        device = first_available_device(backend)
         if device is None:
             continue
         outcomes += run_edge_cases(backend, device)

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bnconf.adapters.protocol import Outputs, unavailable
+from bnconf.adapters.protocol import Outputs, first_available_device
 from bnconf.adapters.registry import BUILTIN, TargetError, load
 from bnconf.conformance import inference_probes as probes
 from bnconf.conformance.ideal import IdealBackend
@@ -190,7 +190,7 @@ def test_every_builtin_backend_is_inferred_as_declared_or_as_recorded(family):
         pytest.skip(f"{family}: {e}")
     ran = 0
     for backend in backends:
-        device = next((d for d in backend.devices if not unavailable(backend, d)), None)
+        device = first_available_device(backend)
         if device is None:
             continue
         inference = infer(backend, device)
