@@ -17,7 +17,9 @@ device)` (its declared arithmetic, a `spec.Precision`; default `spec.precision_f
 
 bnconf gives the backend NumPy float64 arrays whose values are exactly representable in `request.dtype`,
 and momentum and eps in the backend's own convention; the backend converts to and from its own tensors
-and returns NumPy arrays of any real dtype.
+and returns NumPy arrays of a real floating-point dtype (not necessarily the request's: float32 for a float16
+request is fine); complex, integer, boolean, string or object arrays make that case an error.
+The backend must not write into the request's arrays (bnconf reports it when it does).
 """
 
 import reprlib
@@ -67,13 +69,58 @@ class Outputs:
     dbeta: np.ndarray | None = None
     batches_seen: int | None = None
 
-    def quantities(self) -> dict[str, np.ndarray]:
-        """The array quantities returned, as float64."""
-        return {
-            f.name: np.asarray(getattr(self, f.name), dtype=np.float64)
+    def quantities(self, request: Request | None = None) -> dict[str, np.ndarray]:
+        """The array quantities returned, as float64 copies; OutputError for one that is not real floating point
+        or, given the `request`, not of the shape it asks for."""
+        out = {
+            f.name: real_floats(f.name, getattr(self, f.name))
             for f in fields(self)
             if f.name != "batches_seen" and getattr(self, f.name) is not None
         }
+        if request is not None:
+            for q, a in out.items():
+                check_shape(q, a, request)
+        return out
+
+
+class OutputError(TypeError):
+    """A backend returned a quantity bnconf cannot judge (not a ValueError: that would read as a refusal)."""
+
+
+REAL_FLOATS = "float16, float32, float64 or bfloat16"
+
+
+def is_real_float(dtype: np.dtype) -> bool:
+    """A real floating-point dtype: NumPy's (kind 'f') or ml_dtypes' bfloat16."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def real_floats(quantity: str, value) -> np.ndarray:
+    """`value` as a float64 copy (never the backend's own buffer), or OutputError naming the quantity, what
+    it is and the fix: complex, integer, boolean, string or object values would be judged after a lossy or
+    parsing conversion."""
+    try:
+        a = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - e.g. a framework tensor NumPy cannot hold
+        raise OutputError(f"{quantity} is a {type(value).__name__} NumPy cannot convert ({type(e).__name__}: {e}); "
+                          f"return it as a NumPy array of {REAL_FLOATS}") from None
+    if not is_real_float(a.dtype):
+        raise OutputError(f"{quantity} is a {type(value).__name__} of dtype {a.dtype}, which bnconf cannot judge "
+                          f"without losing or parsing values; return it as a real floating-point NumPy array "
+                          f"({REAL_FLOATS})")
+    return np.array(a, dtype=np.float64)
+
+
+ELEMENTWISE = ("y", "dx")  # the other quantities hold one value per channel
+
+
+def check_shape(quantity: str, a: np.ndarray, r: Request) -> None:
+    """OutputError unless `a` has x's shape (y, dx) or one value per channel (the others)."""
+    x = np.shape(r.x)
+    expected, what = (x, "x's shape") if quantity in ELEMENTWISE else ((x[r.axis],), "one value per channel")
+    if a.shape != expected:
+        raise OutputError(f"{quantity} has shape {a.shape}; bnconf expects {expected} ({what}, x being {x} with "
+                          f"channel axis {r.axis}): return it in that shape")
 
 
 @runtime_checkable

@@ -11,6 +11,7 @@ reported as `Unavailable` with the reason; importing this module imports no fram
 import importlib
 import importlib.util
 import sys
+import zlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -49,7 +50,9 @@ def _import_target(target: str):
         path = Path(module_part)
         if not path.is_file():
             raise TargetError(f"{target!r}: no file {path} (from {Path.cwd()}); check the path")
-        name = f"bnconf_user_{abs(hash(path.resolve()))}"
+        name = f"bnconf_user_{zlib.crc32(str(path.resolve()).encode()):08x}"
+        if name in sys.modules:  # the same file named twice is one module, its backends the same objects
+            return _attribute(sys.modules[name], module_part, attr)
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -60,6 +63,11 @@ def _import_target(target: str):
             raise
     else:
         module = importlib.import_module(module_part)
+    return _attribute(module, module_part, attr)
+
+
+def _attribute(module, module_part: str, attr: str):
+    target = f"{module_part}:{attr}"
     if not hasattr(module, attr):
         there = _backend_names(module)
         raise TargetError(f"{target!r}: {module_part} has no attribute {attr!r}; "
@@ -104,7 +112,18 @@ def load(target: str) -> list:
         except BackendError as e:
             raise BackendError(f"{target!r}: {e}") from None
         _ORIGINS[id(b)] = where  # absolute for files, so that a saved case replays from anywhere
+    check_unique_names(backends, repr(target))
     return backends
+
+
+def check_unique_names(backends, where: str) -> None:
+    """Raise BackendError when two backends share a name: a name identifies a backend in a worker, a saved
+    case, a known discrepancy and the report, so two of them would be judged as one."""
+    seen: dict[str, object] = {}
+    for b in backends:
+        if b.name in seen and seen[b.name] is not b:
+            raise BackendError(f"{where}: two different backends are named {b.name!r}; give each backend a unique name")
+        seen[b.name] = b
 
 
 def discover() -> tuple[list, list[Unavailable]]:

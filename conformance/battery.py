@@ -2,10 +2,14 @@
 
 For each (backend, device, dtype, mode) cell, Hypothesis draws `examples` cases from the same strategies
 the pytest suite uses, targets the largest error/bound ratio, and every quantity keeps its worst case.
-The result is plain data (`CellResult`, `QuantityRow`) that the renderers turn into tables and JSON.
+The result is plain data (`CellResult`, `QuantityRow`, with `status.CellStatus` and `status.RowVerdict`) that
+the renderers turn into tables and JSON. A case whose backend raises, returns outputs that are not real
+floating-point arrays or writes into its inputs makes the cell an error; a failing case runs a second time, and
+outputs that change name the backend non-deterministic.
 A fixed seed gives the same cases, so the same report.
 """
 
+import sys
 import time
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -14,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings, target
 
-from ..adapters.protocol import unavailable
+from ..adapters.protocol import OutputError, unavailable
 from ..spec import Inputs, Verdict
 from ..spec.oracle import channels_first
 from .cases import case_inputs
 from .discrepancies import matches
-from .engine import ACCEPTED, assess
+from .engine import ACCEPTED, assess, rerun_difference
+from .status import CellStatus, RowVerdict
 
 
 @dataclass
@@ -27,7 +32,7 @@ class QuantityRow:
     """The worst case of one quantity in one cell."""
 
     quantity: str
-    verdict: str  # conforms / known discrepancy / ill-conditioned / NON-CONFORMANT (+ the spec verdict)
+    verdict: RowVerdict = RowVerdict.CONFORMS
     max_error: float = 0.0
     max_ratio: float = 0.0
     max_ulp: float = 0.0
@@ -36,6 +41,22 @@ class QuantityRow:
     discrepancy: str = ""
     examples: int = 0
     failures: int = 0
+    failure: str = ""  # NON-CONFORMANT: the spec's verdict on the case shown (e.g. "convention difference")
+
+    def __post_init__(self):
+        """Accept the verdict as its string, and the older "NON-CONFORMANT (<failure>)" text of saved reports."""
+        text = getattr(self.verdict, "value", self.verdict)
+        word = RowVerdict.NON_CONFORMANT.value
+        if text.startswith(word + " (") and text.endswith(")"):
+            text, self.failure = word, self.failure or text[len(word) + 2:-1]
+        self.verdict = RowVerdict(text)
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict as reports show it: "NON-CONFORMANT (<failure>)", else the verdict's word."""
+        if self.verdict is RowVerdict.NON_CONFORMANT and self.failure:
+            return f"{self.verdict.value} ({self.failure})"
+        return self.verdict.value
 
 
 @dataclass
@@ -45,7 +66,7 @@ class CellResult:
     device: str
     dtype: str
     mode: str
-    status: str  # "ran", "unsupported", "error"
+    status: CellStatus
     reason: str = ""
     seconds: float = 0.0
     rows: list[QuantityRow] = field(default_factory=list)
@@ -53,6 +74,9 @@ class CellResult:
     discrepancies: dict[str, list[int]] = field(default_factory=dict)
     # one point per case and quantity: [max |mean|/std, values per channel, quantity, normwise error, error/bound]
     points: list[list] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.status = CellStatus(self.status)  # also from its string, as a worker's JSON gives it
 
 
 def conditioning(inputs: Inputs) -> tuple[float, int]:
@@ -74,11 +98,21 @@ def describe(inputs: Inputs) -> str:
     return " ".join(parts)
 
 
+def _severity(ratio: float) -> float:
+    """A ratio for ranking cases: NaN (an error the bound cannot measure) ranks as the worst."""
+    return float("inf") if np.isnan(ratio) else ratio
+
+
+def target_score(ratio: float) -> float:
+    """What Hypothesis maximises: the ratio, finite (it rejects infinity and NaN, which are findings here)."""
+    return ratio if np.isfinite(ratio) else sys.float_info.max
+
+
 def _record(rows: dict, assessment, inputs: Inputs) -> None:
     recorded = assessment.recorded or {}
     problems = assessment.problems()
     for q, c in assessment.declared.items():
-        row = rows.setdefault(q, QuantityRow(q, "conforms"))
+        row = rows.setdefault(q, QuantityRow(q))
         row.examples += 1
         known = assessment.discrepancy is not None and q in assessment.discrepancy.quantities and c.verdict not in ACCEPTED
         judged = recorded.get(q, c) if known else c
@@ -86,17 +120,35 @@ def _record(rows: dict, assessment, inputs: Inputs) -> None:
         if failing:
             row.failures += 1
         # the row shows the worst failing case once there is one, else the worst accepted case
-        if (failing and (row.failures == 1 or c.max_ratio >= row.max_ratio)) or (not row.failures and c.max_ratio >= row.max_ratio):
+        worse = _severity(c.max_ratio) >= _severity(row.max_ratio)
+        if (failing and (row.failures == 1 or worse)) or (not row.failures and worse):
             shown = judged if failing else c
             row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
             row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
             row.detail, row.worst_input = shown.detail, describe(inputs)
+            if failing:
+                row.failure = judged.verdict.value
         if failing:
-            row.verdict = f"NON-CONFORMANT ({judged.verdict.value})"
-        elif known and not row.verdict.startswith("NON"):
-            row.verdict, row.discrepancy = "known discrepancy", assessment.discrepancy.id
-        elif c.verdict is Verdict.ILL_CONDITIONED and row.verdict == "conforms":
-            row.verdict = "ill-conditioned"
+            row.verdict = RowVerdict.NON_CONFORMANT
+        elif known and row.verdict is not RowVerdict.NON_CONFORMANT:
+            row.verdict, row.discrepancy = RowVerdict.KNOWN, assessment.discrepancy.id
+        elif c.verdict is Verdict.ILL_CONDITIONED and row.verdict is RowVerdict.CONFORMS:
+            row.verdict = RowVerdict.ILL_CONDITIONED
+
+
+def _note(rows: dict, notes: dict) -> None:
+    """Add what each row's cases showed beyond their values (e.g. non-determinism) to the row's detail."""
+    for q, note in notes.items():
+        row = rows[q]
+        row.detail = f"{row.detail}; {note}" if row.detail else note
+
+
+RAISED, UNJUDGEABLE, WROTE = "raised", "returned outputs bnconf cannot judge", "made the backend write into its inputs"
+
+
+def _reason(errors: dict) -> str:
+    """The cell's error reason: per kind, how many cases and the first of them."""
+    return "; ".join(f"{len(cases)} case(s) {kind}; first: {cases[0]}" for kind, cases in errors.items() if cases)
 
 
 @contextmanager
@@ -126,13 +178,14 @@ def import_independent_draws():
 def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: int, watch=None) -> CellResult:
     """One cell explored by Hypothesis. `watch(backend, mode, inputs, dtype, device)`, a context manager
     entered around each case, lets an isolating worker say which input is running (conformance/isolation)."""
-    cell = CellResult(backend.name, backend.convention.name, device, dtype, mode.value, "ran")
+    cell = CellResult(backend.name, backend.convention.name, device, dtype, mode.value, CellStatus.RAN)
     reason = unavailable(backend, device)
     if reason:
-        cell.status, cell.reason = "unsupported", reason
+        cell.status, cell.reason = CellStatus.UNSUPPORTED, reason
         return cell
     rows: dict[str, QuantityRow] = {}
-    errors: list[str] = []
+    errors: dict[str, list[str]] = {RAISED: [], UNJUDGEABLE: [], WROTE: []}
+    notes: dict[str, str] = {}  # quantity -> the first sign of non-determinism in its failing cases
     start = time.perf_counter()
 
     @seed(run_seed * 1_000_003 + zlib.crc32(f"{backend.name}|{device}|{dtype}|{mode.value}".encode()))  # per cell
@@ -143,10 +196,20 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
         try:
             with watch(backend, mode, inputs, dtype, device) if watch else nullcontext():
                 a = assess(backend, mode, inputs, dtype, device)
+                # a failing case runs twice: a backend whose outputs change is named as non-deterministic
+                unsteady = rerun_difference(backend, mode, a, dtype, device) if a.problems() else ""
+        except OutputError as e:  # complex, integer, string... outputs: reported like a raising backend
+            errors[UNJUDGEABLE].append(f"{e} [{describe(inputs)}]")
+            return
         except Exception as e:  # a backend that raises is reported, with the input, and the cell goes on
-            errors.append(f"{type(e).__name__}: {e} [{describe(inputs)}]")
+            errors[RAISED].append(f"{type(e).__name__}: {e} [{describe(inputs)}]")
             return
         _record(rows, a, inputs)
+        if a.wrote_into:
+            errors[WROTE].append(f"{a.wrote_into} [{describe(inputs)}]")
+        if unsteady:
+            for q in a.problems():
+                notes.setdefault(q, unsteady)
         kappa, n = conditioning(inputs)
         if kappa > 0:  # cases with a constant channel say nothing about accuracy against conditioning
             cell.points += [[round(kappa, 6), n, q, float(f"{c.normwise_error:.4g}"), float(f"{c.max_ratio:.4g}")]
@@ -155,14 +218,15 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
             counts = cell.discrepancies.setdefault(a.discrepancy.id, [0, 0])
             counts[0] += 1
             counts[1] += a.discrepancy_seen
-        target(max((c.max_ratio for c in a.declared.values()), default=0.0))
+        target(target_score(max((_severity(c.max_ratio) for c in a.declared.values()), default=0.0)))
 
     with import_independent_draws():
         explore()
     cell.seconds = time.perf_counter() - start
+    _note(rows, notes)
     cell.rows = sorted(rows.values(), key=lambda r: r.quantity)
-    if errors:
-        cell.status, cell.reason = "error", f"{len(errors)} case(s) raised; first: {errors[0]}"
+    if any(errors.values()):
+        cell.status, cell.reason = CellStatus.ERROR, _reason(errors)
     return cell
 
 
@@ -181,7 +245,7 @@ def run_battery(cells, examples: int, run_seed: int, progress=None, on_cell=None
 def conforms(results: list[CellResult]) -> bool:
     """True when every quantity conforms, is ill-conditioned or is a recorded discrepancy, and nothing raised,
     crashed, timed out or ran out of memory."""
-    return all(c.status in ("ran", "unsupported") and not any(r.verdict.startswith("NON") for r in c.rows) for c in results)
+    return all(CellStatus(c.status).acceptable and all(RowVerdict(r.verdict).accepted for r in c.rows) for c in results)
 
 
 @dataclass
@@ -202,7 +266,7 @@ class DiscrepancyUse:
 
 def discrepancy_use(results: list[CellResult], registry) -> list[DiscrepancyUse]:
     """Every registry entry that names a backend of the run, with how many cases it covered and needed."""
-    names = {c.backend for c in results if c.status != "unsupported"}
+    names = {c.backend for c in results if c.status != CellStatus.UNSUPPORTED}
     out = []
     for entry in registry:
         if not any(matches(n, entry.backends) for n in names):

@@ -27,8 +27,9 @@ from ..spec.conventions import new_batch_weight
 from ..spec.oracle import channel_axis
 from .battery import describe, import_independent_draws
 from .cases import case_inputs
-from .discrepancies import REGISTRY, covering
+from .discrepancies import covering
 from .engine import prepare, request
+from .known import DISCREPANCIES as REGISTRY
 
 MODES = (Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD, Mode.TRAIN_BACKWARD)
 MATCHES, PREDICTED, UNEXPECTED = "matches after translation", "differs as the spec predicts", "UNEXPECTED difference"
@@ -205,8 +206,10 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
     return result
 
 
-def run_matrix(backends, examples: int, run_seed: int, device: str = "cpu", progress=None) -> list[PairResult]:
-    """Every unordered pair of representatives (one backend per convention), in every comparable mode."""
+def run_matrix(backends, examples: int, run_seed: int, device: str = "cpu", progress=None,
+               on_pair=None) -> list[PairResult]:
+    """Every unordered pair of representatives (one backend per convention), in every comparable mode;
+    `on_pair(result)` sees each result as it arrives."""
     reps = representatives(backends, device)
     pairs = [(a, b) for k, a in enumerate(reps) for b in reps[k + 1:]]
     results = []
@@ -218,4 +221,6 @@ def run_matrix(backends, examples: int, run_seed: int, device: str = "cpu", prog
                 results.append(run_pair(a, b, mode, examples, run_seed, device))
             except Exception as e:  # one pair's failure never loses the others
                 results.append(PairResult(a.name, b.name, mode.value, "error", f"{type(e).__name__}: {e}"))
+            if on_pair:
+                on_pair(results[-1])
     return results

@@ -20,7 +20,6 @@ from pathlib import Path
 import os
 import re
 import traceback
-from typing import Callable
 
 import numpy as np
 
@@ -28,38 +27,15 @@ from ..adapters.protocol import channel_axes, check_request, declared_precision,
 from ..spec import Convention, Inputs, Mode, Precision, expected, probe_tolerance
 from ..spec.edge_cases import EDGE_CASES, X_SHAPED, EdgeCase, Expectation, Kind, Refusal, kinds, kinds_agree
 from ..spec.verdict import quantity_format, required_quantities
-from .discrepancies import REGISTRY, covering, matches
+from .discrepancies import covering
 from .engine import prepare, request
 from .inference_probes import shaped
+from .known import DISCREPANCIES as REGISTRY, EDGE_RECORDS
+from .records import EdgeRecord
 
 AGREES = "returns the spec's values"
 _ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 _MESSAGE_LIMIT = 160
-
-
-@dataclass(frozen=True)
-class EdgeRecord:
-    """A recorded edge behaviour: where `backends` (`*` wildcard) does something other than the spec says."""
-
-    id: str
-    backends: str
-    case: str  # an edge case id, `*` matching any run of characters
-    outcome: str | Callable[[str], bool]  # the outcome description, `*` matching any run of characters; or a predicate
-    explanation: str
-    evidence: str  # framework source file and line of the installed version, or a minimal input and what it returned
-    modes: tuple[Mode, ...] = ()  # empty: any
-    dtypes: tuple[str, ...] = ()
-
-    def covers(self, o: "EdgeOutcome") -> bool:
-        """The outcome is one this entry speaks about: its backend, case, mode and dtype."""
-        return (matches(o.backend, self.backends) and matches(o.case, self.case)
-                and (not self.modes or o.mode in {m.value for m in self.modes})
-                and (not self.dtypes or o.dtype in self.dtypes))
-
-    def matches(self, o: "EdgeOutcome") -> bool:
-        """The entry covers the outcome and records what it says."""
-        described = self.outcome(o.outcome) if callable(self.outcome) else matches(o.outcome, self.outcome)
-        return self.covers(o) and described
 
 
 @dataclass
@@ -82,10 +58,8 @@ def as_row(outcome: EdgeOutcome) -> dict:
 
 
 def edge_records() -> tuple[EdgeRecord, ...]:
-    """The recorded edge behaviours (conformance/known/edge.py: data only, no framework import)."""
-    from .known.edge import ENTRIES
-
-    return ENTRIES
+    """The built-in recorded edge behaviours (`known.EDGE_RECORDS`)."""
+    return EDGE_RECORDS
 
 
 # ---------------------------------------------------------------- placement

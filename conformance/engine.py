@@ -5,14 +5,16 @@
            (and, where a known discrepancy covers the case, under the recorded behaviour too: `assess`)
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..adapters.protocol import Request, declared_precision
 from ..spec import Comparison, Inputs, Mode, Precision, RunningStats, Verdict, judge
 from .arrays import round_to
-from .discrepancies import REGISTRY, KnownDiscrepancy, covering
+from .discrepancies import covering
+from .known import DISCREPANCIES as REGISTRY
+from .records import KnownDiscrepancy
 
 ACCEPTED = (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)
 
@@ -54,6 +56,9 @@ class Assessment:
     declared: dict[str, Comparison]
     discrepancy: KnownDiscrepancy | None = None
     recorded: dict[str, Comparison] | None = None
+    wrote_into: str = ""  # what the backend wrote into among its inputs ("" when nothing)
+    inputs: Inputs | None = field(default=None, repr=False, compare=False)  # as prepared for the backend
+    observed: dict = field(default_factory=dict, repr=False, compare=False)  # its outputs, float64
 
     def problems(self) -> dict[str, Comparison]:
         """Quantities that match neither the declared semantics nor, where one applies, the record."""
@@ -77,19 +82,77 @@ def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registr
     entry = covering(registry, backend.name, mode, dtype, device, inputs)
     # inputs are rounded to what the recorded behaviour holds when it keeps statistics in another format
     prepared = prepare(inputs, entry.recorded_precision(precision) if entry else precision)
-    observed = backend.run(mode, request(prepared, dtype, device)).quantities()
+    observed, wrote_into = run_case(backend, mode, prepared, dtype, device)
     declared = judge(mode, observed, prepared, backend.convention, precision)
+    seen = dict(wrote_into=wrote_into, inputs=prepared, observed=observed)
     if entry is None:
-        return Assessment(declared)
+        return Assessment(declared, **seen)
     recorded_inputs, convention, recorded_precision = entry.recorded_model(prepared, backend.convention, precision)
     recorded_observed = observed
     if entry.unchecked is not None:
         keep = ~np.asarray(entry.unchecked(prepared), dtype=bool)
         recorded_inputs, recorded_observed = only_channels(recorded_inputs, observed, keep)
         if not keep.any():  # the record claims nothing about this case
-            return Assessment(declared, entry, {})
+            return Assessment(declared, entry, {}, **seen)
     recorded = judge(mode, recorded_observed, recorded_inputs, convention, recorded_precision)
-    return Assessment(declared, entry, recorded)
+    return Assessment(declared, entry, recorded, **seen)
+
+
+REQUEST_ARRAYS = ("x", "gamma", "beta", "running_mean", "running_var", "dy")
+
+
+def run_case(backend, mode: Mode, prepared: Inputs, dtype: str, device: str) -> tuple[dict[str, np.ndarray], str]:
+    """One call on fresh copies of `prepared`: (the outputs as float64 copies, what the backend wrote into among
+    its inputs, "" when nothing). A backend that updates its inputs in place and returns them changes nothing
+    else: the outputs are copied, and the copies it was given are compared with untouched ones."""
+    given, kept = request(prepared, dtype, device), request(prepared, dtype, device)
+    observed = backend.run(mode, given).quantities(kept)
+    return observed, written_inputs(kept, given)
+
+
+def written_inputs(before: Request, after: Request) -> str:
+    """Which of the request's arrays differ after the call from `before`, with the first change ("" if none)."""
+    out = []
+    for name in REQUEST_ARRAYS:
+        old, new = getattr(before, name), getattr(after, name)
+        if old is None:
+            continue
+        new = np.asarray(new)
+        if new.shape != old.shape:
+            out.append(f"{name} (reshaped from {old.shape} to {new.shape})")
+            continue
+        changed = ~((old == new) | (np.isnan(old) & np.isnan(new)))
+        if changed.any():
+            at = np.unravel_index(int(np.argmax(changed)), changed.shape)
+            out.append(f"{name} ({int(changed.sum())} of {old.size} values changed, first at {tuple(map(int, at))}: "
+                       f"{float(old[at])!r} -> {float(new[at])!r})")
+    return "the backend wrote into its input " + ", ".join(out) if out else ""
+
+
+def rerun_difference(backend, mode: Mode, a: Assessment, dtype: str, device: str) -> str:
+    """Run `a`'s case once more: "" when the outputs are the same bit for bit (NaN where NaN), else what says
+    the backend is non-deterministic."""
+    try:
+        again, _ = run_case(backend, mode, a.inputs, dtype, device)
+    except Exception as e:  # noqa: BLE001 - raising on the second run is itself a difference
+        return f"non-deterministic: a second run of the same input raised {type(e).__name__}: {e}"
+    differences = output_differences(a.observed, again)
+    return "non-deterministic: two runs of the same input differ: " + "; ".join(differences) if differences else ""
+
+
+@np.errstate(invalid="ignore")
+def output_differences(first: dict, second: dict) -> list[str]:
+    """Per quantity where two runs' outputs differ: by how much, in how many values."""
+    out = []
+    for q in sorted(set(first) | set(second)):
+        a, b = first.get(q), second.get(q)
+        if a is None or b is None or a.shape != b.shape:
+            out.append(f"{q} returned {'with another shape' if a is not None and b is not None else 'by one run only'}")
+            continue
+        differ = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+        if differ.any():
+            out.append(f"{q} by up to {float(np.max(np.abs(a - b)[differ])):.3g} ({int(differ.sum())} of {a.size} values)")
+    return out
 
 
 def only_channels(inputs: Inputs, observed: dict, keep: np.ndarray) -> tuple[Inputs, dict]:

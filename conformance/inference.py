@@ -20,8 +20,8 @@ import numpy as np
 from ..adapters.protocol import Request, channel_axes, declared_precision
 from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, float_format, probe_tolerance
 from . import inference_probes as p
-from .discrepancies import REGISTRY
 from .ideal import inputs_of
+from .known import DISCREPANCIES as REGISTRY
 
 HALF = ("float16", "bfloat16")
 MOMENTA = (0.1, 0.3)  # in the backend's own convention; two values so that w = m and w = 1 - m never coincide
@@ -155,10 +155,15 @@ class _Probe:
         self.log: list[tuple[Mode, Request]] = []
 
     def call(self, mode: Mode, r: Request):
+        """Run one probe on fresh copies of its arrays (the log keeps its own): a backend that writes into its
+        inputs, or returns them updated in place, corrupts no other probe. The outputs come back as float64
+        copies; OutputError where one is not a real floating-point array."""
+        r = p.fresh(r)
         self.log.append((mode, r))
         if self.before:
             self.before(mode, r)
-        return self.backend.run(mode, r)
+        out = self.backend.run(mode, p.fresh(r))
+        return replace(out, **out.quantities())
 
     def run(self, mode: Mode, rows, dtype: str | None = None, **kw):
         x = p.shaped(rows, self.rank, self.axis)

@@ -5,6 +5,8 @@ the values the predictions assume. All arrays are float64 NumPy arrays of shape 
 tensor by `shaped`: n along axis 0, C along the channel axis, 1 elsewhere.
 """
 
+from dataclasses import fields, replace
+
 import numpy as np
 
 from ..spec.oracle import channels_first
@@ -15,6 +17,15 @@ EPS_PROBE_VARS = 4.0 ** -np.array([np.inf, 10, 7, 4, 0])
 EPS_TRAIN_HALF_RANGE = 2.0 ** -np.array([12, 10, 7, 4, 0])  # train fallback: values +-a, biased variance a**2
 MOMENTUM_ROWS = np.array([[1.0, 2.0], [2.0, 6.0], [4.0, 7.0], [5.0, 9.0]])  # n = 4 per channel
 RUNNING_START = (8.0, 16.0)  # (mean, variance), far from every batch's
+for _constant in (EPS_PROBE_VARS, EPS_TRAIN_HALF_RANGE, MOMENTUM_ROWS):
+    _constant.flags.writeable = False  # shared by every probe: nothing may change them
+
+
+def fresh(request):
+    """`request` (a dataclass) with its own copy of every array: a backend given it can write into nothing
+    another call, the probe log or this module's constants use."""
+    return replace(request, **{f.name: np.array(getattr(request, f.name)) for f in fields(request)
+                               if isinstance(getattr(request, f.name), np.ndarray)})
 
 
 def shaped(rows: np.ndarray, rank: int, axis: int) -> np.ndarray:

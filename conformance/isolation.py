@@ -23,6 +23,7 @@ Workers start in their own session, so Ctrl-C reaches only the parent, which sto
 import json
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,8 +37,7 @@ from pathlib import Path
 from ..spec import Mode
 from .battery import CellResult, QuantityRow, describe, run_cell
 from .crosscheck import MODES, PairResult, PairRow, representatives, run_pair
-
-FAILED = ("crashed", "timed out", "out of memory", "not run")
+from .status import CellStatus
 POLL_SECONDS = 0.05
 EDGE, PROBE = -1, -2  # the "cell" of a case event sent by an edge case or a convention probe
 EDGE_KEY = ("device", "dtype", "case", "mode")  # identifies an edge-case outcome
@@ -141,29 +141,33 @@ class _Worker:
         self.stderr.close()
 
 
-def _failure(what: str, case: dict | None, crash_dir: Path, done: int) -> str:
-    """A failure's reason: what happened and the input it was running (kept as a replayable folder)."""
+def _failure(what: str, case: dict | None, crash_dir: Path, done: int, target: str | None) -> str:
+    """A failure's reason: what happened and the input it was running (kept as a replayable folder, with
+    the command that replays it on the same target)."""
     if case is None:
         return f"{what}, " + ("between cases" if done else "before its first case (importing or starting the backend)")
     reason = f"{what} while running {case['input']}"
     if case.get("folder") and Path(case["folder"]).is_dir():
         kept = crash_dir / Path(case["folder"]).name
         shutil.copytree(case["folder"], kept, dirs_exist_ok=True)
-        reason += f"; replay: bnconf replay {kept}"
+        reason += f"; replay: bnconf replay {shlex.quote(str(kept))} --backend {shlex.quote(target or 'TARGET')}"
     return reason
 
 
-def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str, str, dict | None] | None:
-    """Run one worker on `job`, handing each event to `handle(event)`, within `limits`.
+def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None) -> tuple[str, str, dict | None] | None:
+    """Run one worker on `job`, handing each event to `handle(event)`, within `limits`; `on_idle()` is called
+    when a poll brings no event (the run waits on a slow case: time to flush what arrived).
 
     None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
-    one of "crashed" (a signal, an exit code, or an exit without "done"), "timed out", "out of memory"."""
+    a CellStatus: CRASHED (a signal, an exit code, or an exit without "done"), TIMED_OUT, OUT_OF_MEMORY."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
         worker = _Worker({**job, "scratch": tmp}, Path(tmp))
         case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
             while failure is None:
                 events, closed = worker.events(POLL_SECONDS)
+                if not events and on_idle:
+                    on_idle()
                 for e in events:
                     started = time.monotonic()
                     if e["event"] == "case":
@@ -182,34 +186,35 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle) -> tuple[str,
                     if finished:
                         return None
                     if code is None:
-                        failure = ("timed out", f"timed out: no result within {limits.seconds:g} s")
+                        failure = (CellStatus.TIMED_OUT, f"timed out: no result within {limits.seconds:g} s")
                     else:
                         what = f"crashed with {_signal_name(code)}" if code < 0 else f"exited with code {code} unfinished"
                         last = worker.last_stderr_line()
-                        failure = ("out of memory" if "MemoryError" in last else "crashed",
+                        failure = (CellStatus.OUT_OF_MEMORY if "MemoryError" in last else CellStatus.CRASHED,
                                    what + (f" ({last})" if last else ""))
                 elif time.monotonic() - started > limits.seconds:
                     _stop(worker.proc)
-                    failure = ("timed out", f"timed out: no result within {limits.seconds:g} s")
+                    failure = (CellStatus.TIMED_OUT, f"timed out: no result within {limits.seconds:g} s")
                 elif (rss := tree_rss(worker.proc.pid)) > limits.memory_bytes:
                     _stop(worker.proc)
-                    failure = ("out of memory", f"out of memory: {rss / 2**30:.2f} GiB resident, over the "
+                    failure = (CellStatus.OUT_OF_MEMORY, f"out of memory: {rss / 2**30:.2f} GiB resident, over the "
                                                 f"{limits.memory_bytes / 2**30:g} GiB limit")
-            return failure[0], _failure(failure[1], case, crash_dir, done), case
+            return failure[0], _failure(failure[1], case, crash_dir, done, job.get("target")), case
         finally:
             worker.close()
 
 
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
-                 extras: dict | None = None) -> tuple[list[CellResult], dict]:
+                 extras: dict | None = None, on_idle=None) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend, and per
     backend the convention inference (`infer`) and the edge cases (`edge`) on the cells' devices and dtypes.
 
     Backends loaded from a target (every built-in, every `--backend`) run isolated; an object built in
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
     arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}}),
-    the latter filled in place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them)."""
+    the latter filled in place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them);
+    `on_idle()` is called while a worker is busy with a case and nothing arrives."""
     from ..adapters.registry import origin
 
     crash_dir = Path(crash_dir)
@@ -250,7 +255,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                        cells=[[i, *cells[i][1:3], cells[i][3].value] for i in todo],
                        extra_cells=[[*cells[i][1:3], cells[i][3].value] for i in indices],
                        edge_done=[[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])])
-            failure = _supervise(job, limits, crash_dir, handle)
+            failure = _supervise(job, limits, crash_dir, handle, on_idle)
             todo = [i for i in todo if results[i] is None]
             if failure is None:
                 break
@@ -262,11 +267,11 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                 todo = []
                 if extra_kinds["infer"]:
                     extras["inferred"][backend.name] = [dict(backend=backend.name, property="-", value=None, agrees=False,
-                                                             verdict=kind.upper(), candidates={}, evidence=reason)]
+                                                             verdict=kind.value.upper(), candidates={}, evidence=reason)]
                 extra_kinds = {"infer": False, "edge": extra_kinds["edge"] and case is not None}
             elif case["cell"] == EDGE:  # that edge case's outcome; the others go on in a fresh worker
                 extras["edge"].setdefault(backend.name, []).append(
-                    dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind}: {reason}", recorded=None))
+                    dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind.value}: {reason}", recorded=None))
                 extra_kinds = {"infer": False, "edge": True}
             else:
                 _, device, dtype, mode = cells[case["cell"]]
@@ -276,33 +281,40 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
 
 
 def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Limits(), device: str = "cpu",
-                        progress=None) -> list[PairResult]:
+                        progress=None, slots: list | None = None, on_pair=None, on_idle=None) -> list[PairResult]:
     """The cross-framework table (crosscheck.run_matrix) in one worker; a pair that crashes, hangs or runs out
-    of memory is that pair's result, and the pairs after it run in a fresh worker."""
+    of memory is that pair's result, and the pairs after it run in a fresh worker.
+
+    `slots` (a list the caller keeps) is filled in place, one entry per (pair, mode), None until it finishes,
+    so that an interrupted run keeps the finished pairs; `on_pair()` is called after each."""
     from ..adapters.registry import origin
 
     reps = [b for b in representatives(backends, device) if origin(b) is not None]
     pairs = [(a, b, mode) for k, a in enumerate(reps) for b in reps[k + 1:] for mode in MODES]
-    results: list[PairResult | None] = [None] * len(pairs)
+    results = [] if slots is None else slots
+    results[:] = [None] * len(pairs)
+    done = on_pair or (lambda: None)
 
     def handle(e: dict) -> None:
         if e["event"] == "case" and progress:
             progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
         elif e["event"] == "pair":
             results[e["cell"]] = pair_from_dict(e["result"])
+            done()
 
     todo = list(range(len(pairs)))
     while todo:
         job = dict(kind="matrix", examples=examples, seed=seed, device=device,
                    backends=[[origin(b), b.name] for b in reps],
                    pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
-        failure = _supervise(job, limits, Path(tempfile.gettempdir()), handle)
+        failure = _supervise(job, limits, Path(tempfile.gettempdir()), handle, on_idle)
         if failure is not None:
             kind, reason, case = failure
             failed = [case["cell"]] if case is not None else [k for k in todo if results[k] is None]
             for k in failed:
                 a, b, mode = pairs[k]
-                results[k] = PairResult(a.name, b.name, mode.value, "error", f"{kind}: {reason}")
+                results[k] = PairResult(a.name, b.name, mode.value, "error", f"{kind.value}: {reason}")
+                done()
         todo = [k for k in todo if results[k] is None]
     return [r for r in results if r is not None]
 

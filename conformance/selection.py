@@ -2,7 +2,7 @@
 
 import os
 
-from ..adapters.registry import discover, load
+from ..adapters.registry import check_unique_names, discover, load
 
 
 def choice(values: list[str], name: str) -> list[str]:
@@ -12,9 +12,10 @@ def choice(values: list[str], name: str) -> list[str]:
 
 def backends(targets: list[str]):
     """(backends, unavailable families): the named targets, or every built-in and installed backend."""
-    if targets:
-        return [b for t in targets for b in load(t)], []
-    return discover()
+    found, missing = ([b for t in targets for b in load(t)], []) if targets else discover()
+    found = list({id(b): b for b in found}.values())  # a target named twice runs once
+    check_unique_names(found, "the selected backends" if targets else "the installed backends")
+    return found, missing
 
 
 def cells(backends_, devices: list[str], dtypes: list[str]):

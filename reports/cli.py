@@ -11,18 +11,17 @@ shows the traceback).
 """
 
 import argparse
+import os
 import signal
 import sys
-import time
+import traceback
+from contextlib import contextmanager
 
 from ..adapters.protocol import BackendError
 from ..adapters.registry import TargetError
 from ..spec import InputError
 from ..spec.formats import FORMATS
 from .terminal import table
-
-
-PARTIAL_WRITE_SHARE = 10  # the partial JSON is rewritten after a cell unless less than 10 writes' time has passed
 
 
 class UsageError(ValueError):
@@ -39,8 +38,9 @@ class _Parser(argparse.ArgumentParser):
 def _bad_input() -> tuple:
     """bnconf's own errors: bad input, each with a message that names the problem and the fix."""
     from ..conformance.repro import CaseError  # imported here: `bnconf conventions` needs none of it
+    from .output import OutputError
 
-    return UsageError, TargetError, BackendError, InputError, CaseError
+    return UsageError, TargetError, BackendError, InputError, CaseError, OutputError
 
 
 def _one_line(text: str) -> str:
@@ -68,143 +68,138 @@ def _conventions(args) -> int:
     return 0
 
 
+MAX_EXAMPLES = 100_000  # per cell or pair: beyond this a run takes days; split it over --seed values instead
+
+
+def _check_battery_options(args) -> None:
+    """Raise UsageError for an option value the battery cannot run with, naming the fix."""
+    if not 1 <= args.examples <= MAX_EXAMPLES:
+        raise UsageError(f"--examples must be between 1 and {MAX_EXAMPLES}, got {args.examples}; "
+                         f"pick e.g. --examples 5 (more runs can use other --seed values)")
+    if not 0 <= args.pair_examples <= MAX_EXAMPLES:
+        raise UsageError(f"--pair-examples must be between 0 (no cross-framework table) and {MAX_EXAMPLES}, "
+                         f"got {args.pair_examples}; pick e.g. --pair-examples 2")
+    for option, value, unit in (("--time-limit", args.time_limit, "seconds per case, e.g. --time-limit 120"),
+                                ("--memory-limit", args.memory_limit, "GiB, e.g. --memory-limit 8")):
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{option} must be a finite number more than 0, got {value}; give it in {unit}")
+
+
 def _report(args) -> int:
     import platform
     from pathlib import Path
 
     import numpy as np
 
-    from ..conformance import battery, crosscheck, isolation, selection
-    from ..conformance.discrepancies import REGISTRY
-    from . import figures, render
+    from ..conformance import isolation, run, selection
+    from .output import ReportFolder
+    from .publish import Publisher
 
-    if args.examples < 1:
-        raise UsageError(f"--examples must be 1 or more, got {args.examples}")
-    if args.pair_examples < 0:
-        raise UsageError(f"--pair-examples must be 0 (no cross-framework table) or more, got {args.pair_examples}")
-    for option, value in (("--time-limit", args.time_limit), ("--memory-limit", args.memory_limit)):
-        if not 0 < value < float("inf"):
-            raise UsageError(f"{option} must be a finite number more than 0, got {value}")
-    if not args.name or args.name in (".", "..") or any(sep in args.name for sep in "/\\"):
-        raise UsageError(f"--name {args.name!r} is not a file name stem; give a plain name such as 'report' "
-                         "(the folder goes in --out)")
+    _check_battery_options(args)
     dtypes = selection.choice(args.dtype, "dtype")
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
         raise UsageError(f"unknown dtype {', '.join(unknown)}; pick --dtype from {', '.join(FORMATS)}")
-    out = Path(args.out)
-    try:  # before the battery runs: an unwritable folder must not cost a whole run
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".{args.name}.write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write to {out}: {e.strerror or e}; pick another folder with --out") from e
-    found, missing = selection.backends(selection.choice(args.backend, "backend"))
-    devices = selection.choice(args.device, "device")
-    cells = selection.cells(found, devices, dtypes)
-    if not cells:
-        offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
-        raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
-                         f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
-                         f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
-    for u in missing:
-        print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
-    environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
-    for b in found:
-        environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
-    results: list = []  # grows as cells arrive
-    extras: dict = {"inferred": {}, "edge": {}}  # backend name -> rows
-    pictures: dict = {}
+    folder = ReportFolder(Path(args.out), args.name)
+    folder.claim()  # before the battery runs: an unwritable folder or a concurrent run must not cost a whole run
+    try:
+        found, missing = selection.backends(selection.choice(args.backend, "backend"))
+        devices = selection.choice(args.device, "device")
+        cells = selection.cells(found, devices, dtypes)
+        if not cells:
+            offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
+            raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
+                             f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
+                             f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
+        for u in missing:
+            print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
+        environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+        for b in found:
+            environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
+        options = run.RunOptions(args.examples, args.seed, args.pair_examples,
+                                 isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
+                                 isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases)
+        state = run.RunState(len(cells))
+        publisher = Publisher(folder, args.name, state, found, environment, args.seed, args.examples,
+                              lambda s: run.failures(s, found))
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
+        try:
+            with _signals_interrupt():
+                run.execute(found, cells, options, state, folder.crash_dir, say, publisher.arrived, publisher.idle)
+        except KeyboardInterrupt:
+            return _interrupted(publisher, state, folder.out, args.name)
+        report = publisher.write_all("complete")
+    finally:
+        folder.release()
+    print(render_terminal(report))
+    reasons = run.failures(state, found)
+    if reasons:
+        print(f"\nNON-CONFORMANT ({len(reasons)} finding(s); first: {reasons[0]}); "
+              f"report written to {folder.out}/{args.name}.{{md,html,json}}")
+        return 1
+    print(f"\nconforms; report written to {folder.out}/{args.name}.{{md,html,json}}")
+    return 0
 
-    def report_of(pairs, status: str) -> render.Report:
-        bad_pair = any(p.status == "error" or any(r.verdict == crosscheck.UNEXPECTED for r in p.rows or []) for p in pairs)
-        inferred, edge = ([r for b in found for r in extras[kind].get(b.name, [])] for kind in ("inferred", "edge"))
-        unexplained = any(not r["agrees"] and not r["recorded"] for r in edge)
-        probe_failed = any(r["verdict"].lower() in isolation.FAILED for r in inferred)  # crashed, timed out, ...
-        return render.Report(list(results), environment, args.seed, args.examples,
-                             battery.conforms(results) and not bad_pair and not unexplained and not probe_failed,
-                             battery.discrepancy_use(results, REGISTRY), pairs, pictures, inferred, status, len(cells), edge)
 
-    def write(pairs, status: str = "complete") -> render.Report:
-        pictures.clear()
-        pictures.update({f"{args.name}-{suffix}.png": drawn for suffix, drawn in figures.render_all(results).items()})
-        for file_name, (_, png) in pictures.items():
-            _write_atomically(out / file_name, png)
-        report = report_of(pairs, status)
-        _write_atomically(out / f"{args.name}.md", render.markdown(report).encode())
-        _write_atomically(out / f"{args.name}.html", render.html_page(report).encode())
-        _write_atomically(out / f"{args.name}.json", render.json_document(report).encode())
-        return report
+def render_terminal(report) -> str:
+    from . import render
 
-    last_write = {"end": 0.0, "took": 0.0}
+    return render.terminal(report)
 
-    def arrived(cell) -> None:  # the JSON on disk is a valid partial report as cells arrive
-        results.append(cell)
-        # a write costs ~0.1 s at 800 cells: rewrite unless that would take over a tenth of the run's time
-        if time.monotonic() - last_write["end"] >= PARTIAL_WRITE_SHARE * last_write["took"]:
-            start = time.monotonic()
-            _write_atomically(out / f"{args.name}.json", render.json_document(report_of([], "running")).encode())
-            last_write.update(end=time.monotonic(), took=time.monotonic() - start)
 
-    validating = args.command == "validate"
-    stop = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # a cancelled job ends like Ctrl-C: workers stopped, report kept
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP end a run like Ctrl-C (a cancelled job's workers are stopped, its report kept)."""
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
     try:
-        limits = isolation.Limits(args.time_limit, int(args.memory_limit * 2**30))
-        if args.isolation:
-            isolation.run_isolated(cells, args.examples, args.seed, limits, out / f"{args.name}-crashes", say, arrived,
-                                   infer=validating, edge=args.edge_cases, extras=extras)
-        else:
-            battery.run_battery(cells, args.examples, args.seed, progress=say, on_cell=arrived)
-            for b in found:
-                ran = [c[1:] for c in cells if c[0] is b]
-                for kind, rows in isolation.extras_for(b, ran, validating, args.edge_cases).items():
-                    extras[kind][b.name] = rows
-        report = write([], "running" if args.pair_examples else "complete")  # on disk before the pairs run
-        if args.pair_examples:
-            failed = {c.backend for c in results if c.status in isolation.FAILED}
-            usable = [b for b in found if b.name not in failed]  # a backend that crashed is not run again here
-            if args.isolation:
-                pairs = isolation.run_matrix_isolated(usable, args.pair_examples, args.seed, limits, progress=say)
-            else:
-                pairs = crosscheck.run_matrix(usable, args.pair_examples, args.seed, progress=say)
-            report = write(pairs)
-    except KeyboardInterrupt:
-        report = write([], "interrupted")
-        print(render.terminal(report))
-        print(f"\ninterrupted after {len(results)} of {len(cells)} cells; partial report written to "
-              f"{out}/{args.name}.{{md,html,json}}", file=sys.stderr)
-        return 130
+        yield
     finally:
-        signal.signal(signal.SIGTERM, stop[0])
-        signal.signal(signal.SIGHUP, stop[1])
-    ok = report.conforms
-    print(render.terminal(report))
-    print(f"\n{'conforms' if ok else 'NON-CONFORMANT'}; report written to {out}/{args.name}.{{md,html,json}}")
-    return 0 if ok else 1
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(publisher, state, out, name: str) -> int:
+    """The first Ctrl-C: the JSON marked "interrupted" is written with further signals held off (a moment),
+    then the other formats; a second Ctrl-C during those exits at once, the JSON already complete."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    publisher.write_json("interrupted")
+    where = f"{out}/{name}.json"
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda *_: _exit_now(f"interrupted again; the partial report is {where}"))
+    try:
+        report = publisher.write_all("interrupted")
+        print(render_terminal(report))
+    finally:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+    print(f"\ninterrupted during the {state.phase.value} after {len(state.results)} of {state.cells_planned} cells "
+          f"and {len(state.pairs)} pairs; partial report written to {out}/{name}.{{md,html,json}}", file=sys.stderr)
+    return 130
+
+
+def _exit_now(message: str) -> None:
+    sys.stderr.write(f"bnconf: {message}\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _write_atomically(path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _replay(args) -> int:
-    from ..conformance.repro import print_replay
+    from ..conformance.repro import replay
 
-    return print_replay(args.folder)  # a folder that is not a saved case raises CaseError, naming what is wrong
+    if not 0 < args.time_limit < float("inf"):
+        raise UsageError(f"--time-limit must be a finite number more than 0, got {args.time_limit:g}; "
+                         "give it in seconds, e.g. --time-limit 120")
+    return replay(args.folder, args.backend, args.time_limit, trust_folder_target=args.trust_target)
 
 
 def _battery_options(parser, name: str, examples: int, pair_examples: int) -> None:
@@ -259,8 +254,15 @@ def main(argv=None) -> int:
     validate.add_argument("target", metavar="TARGET", help="module:attribute or path/to/file.py:attribute naming the backend(s)")
     _battery_options(validate, name="validate", examples=20, pair_examples=0)
     validate.set_defaults(run=_validate)
-    replay = sub.add_parser("replay", parents=[debug], help="rerun a failing case saved by the test suite")
-    replay.add_argument("folder", help="a folder written by a failing conformance test (bnconf-repro/...)")
+    replay = sub.add_parser("replay", parents=[debug], help="rerun a saved case on the backend you name")
+    replay.add_argument("folder", help="a case folder saved by a run (<out>/<name>-crashes/...) or a failing test")
+    whose = replay.add_mutually_exclusive_group()
+    whose.add_argument("--backend", metavar="TARGET", default=None,
+                       help="the backend to rerun the case on: module:attribute or path/to/file.py:attribute")
+    whose.add_argument("--trust-target", action="store_true",
+                       help="rerun it on the target the folder's case.json names (imports that code: only for a folder you trust)")
+    replay.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS",
+                        help="stop a backend that loads or runs longer than this, report it as timed out (default 120)")
     replay.set_defaults(run=_replay)
     sub.add_parser("selfcheck", parents=[debug],
                    help="check the oracle against independent computations").set_defaults(run=_selfcheck)
@@ -268,10 +270,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # before a run starts (a run in progress handles its own, keeping its report)
+        print(f"bnconf {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # a backend's own failure never gets here: the battery reports it as a cell error
-        if args.debug:
-            raise
-        print(f"bnconf {args.command}: error: {_problem(e)}", file=sys.stderr)
+        if args.debug:  # the traceback instead of the one line; the exit status stays the same
+            traceback.print_exc()
+        else:
+            print(f"bnconf {args.command}: error: {_problem(e)}", file=sys.stderr)
         return 2
 
 

@@ -10,6 +10,8 @@ import io
 
 import numpy as np
 
+from ..conformance.status import RowVerdict
+
 SCATTER_DTYPE, SCATTER_MODE, SCATTER_QUANTITY = "float32", "train_forward", "y"
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -43,9 +45,10 @@ def heatmap_matrix(results) -> tuple[list[str], list[tuple[str, str]], np.ndarra
         for r in c.rows:
             key = (c.backend, c.dtype, r.quantity)
             worst[key] = max(worst.get(key, 0.0), r.max_ratio)
-            if r.verdict.startswith("NON"):
+            verdict = RowVerdict(r.verdict)
+            if verdict is RowVerdict.NON_CONFORMANT:
                 mark[key] = FAILED
-            elif r.verdict == "known discrepancy" and r.max_ratio > 1 and mark.get(key) != FAILED:
+            elif verdict is RowVerdict.KNOWN and r.max_ratio > 1 and mark.get(key) != FAILED:
                 mark[key] = RECORDED
     backends = sorted({k[0] for k in worst})
     columns = sorted({k[1:] for k in worst}, key=lambda dq: (_DTYPES.index(dq[0]) if dq[0] in _DTYPES else 9, dq[1]))

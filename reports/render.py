@@ -10,8 +10,9 @@ JSON layout (`bnconf-report/1`):
                 "status": "ran"|"unsupported"|"error"|"crashed"|"timed out"|"out of memory"|"not run",
                 "reason", "seconds", "discrepancies": {"<id>": [covered, needed]},
                 "points": [[max |mean|/std, values per channel, quantity, normwise error, error/bound], ...],
-                "rows": [{"quantity", "verdict", "max_error", "max_ratio", "max_ulp", "detail",
-                          "worst_input", "discrepancy", "examples", "failures"}]}],
+                "rows": [{"quantity", "verdict": "conforms"|"known discrepancy"|"ill-conditioned"|"NON-CONFORMANT",
+                          "failure" (the spec's verdict of a NON-CONFORMANT row's worst case), "max_error",
+                          "max_ratio", "max_ulp", "detail", "worst_input", "discrepancy", "examples", "failures"}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
      "inferred": [{"backend", "property", "value", "agrees", "verdict", "evidence", "candidates": {hypothesis: residual}}],
      "edge": [{"backend", "device", "dtype", "case", "mode", "agrees", "outcome", "recorded"}],
@@ -32,13 +33,16 @@ behind), so a run killed or interrupted leaves a valid partial report; Ctrl-C wr
 import base64
 import html
 import json
+import re
+import urllib.parse
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .edge_table import edge_matrix_rows, edge_section_rows, edge_summary
-from .terminal import table
+from ..conformance.status import CellStatus
+from .terminal import one_line, table
 
 FORMAT = "bnconf-report/1"
 CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input"]
@@ -74,15 +78,15 @@ def _cell_rows(results) -> list[list]:
     """One row per (backend, device, dtype, mode, quantity); unsupported cells folded per backend and device."""
     out, folded = [], set()
     for c in results:
-        if c.status == "unsupported":
+        if c.status is CellStatus.UNSUPPORTED:
             if (c.backend, c.device, c.reason) not in folded:
                 folded.add((c.backend, c.device, c.reason))
                 out.append([c.backend, c.device, "*", "*", "-", "", "", "", "unsupported", c.reason])
             continue
-        if c.status not in ("ran", "unsupported"):  # raised, crashed, timed out, out of memory, not run
-            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.upper(), c.reason])
+        if not c.status.acceptable:  # raised, crashed, timed out, out of memory, not run
+            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.value.upper(), c.reason])
         for r in c.rows:
-            verdict = r.verdict + (f" [{r.discrepancy}]" if r.discrepancy else "") + (f": {r.detail}" if r.detail else "")
+            verdict = r.verdict_text + (f" [{r.discrepancy}]" if r.discrepancy else "") + (f": {r.detail}" if r.detail else "")
             out.append([c.backend, c.device, c.dtype, c.mode, r.quantity, f"{r.max_error:.3g}", f"{r.max_ratio:.3g}",
                         f"{r.max_ulp:.3g}", verdict, r.worst_input])
     return out
@@ -205,16 +209,31 @@ def _environment(report: Report) -> str:
     return ", ".join(f"{k} {v}" for k, v in report.environment.items())
 
 
+def markdown_cell(value) -> str:
+    """Any text (a backend's name, an error message, a version) as inert Markdown on one line, safe in a table
+    cell. `terminal.one_line` first (line breaks become a space: no row split, no injected heading; other
+    control characters show as escapes); `<`, `>` and `&` become HTML entities (no raw HTML such as <script>);
+    backslashes, `|` and backticks are backslash-escaped (no cell split, no code span); a leading `#` and `](`
+    (an inline link or image) are neutralised. It renders as the original text. Used for every cell."""
+    text = html.escape(one_line(value), quote=False).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return re.sub(r"^(\s*)#", r"\1\\#", text.replace("](", "\\]("))
+
+
+def _markdown_row(values) -> str:
+    return "| " + " | ".join(markdown_cell(v) for v in values) + " |"
+
+
 def markdown(report: Report) -> str:
     lines = ["# bnconf discrepancy report", "",
              f"Verdict: **{_headline(report)}**. Seed {report.seed}, {report.examples} Hypothesis examples per cell "
-             "(shrinking off, targeting the largest error/bound).", "", f"Environment: {_environment(report)}"]
+             "(shrinking off, targeting the largest error/bound).", "", f"Environment: {markdown_cell(_environment(report))}"]
     if report.figures:
-        lines += ["", "## Figures", ""] + [f"- [{title}]({name})" for name, (title, _) in report.figures.items()]
+        lines += ["", "## Figures", ""] + [f"- [{markdown_cell(title)}]({urllib.parse.quote(name)})"
+                                           for name, (title, _) in report.figures.items()]
     for s in sections(report):
-        lines += ["", f"## {s.title}", ""] + ([s.note, ""] if s.note else [])
-        lines += ["| " + " | ".join(s.header) + " |", "|" + "---|" * len(s.header)]
-        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in s.rows]
+        lines += ["", f"## {markdown_cell(s.title)}", ""] + ([markdown_cell(s.note), ""] if s.note else [])
+        lines += [_markdown_row(s.header), "|" + "---|" * len(s.header)]
+        lines += [_markdown_row(row) for row in s.rows]
     return "\n".join(lines) + "\n"
 
 

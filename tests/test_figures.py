@@ -1,12 +1,9 @@
 """The report's figures: a heat map of error/bound and accuracy scatter plots, embedded in the HTML."""
 
 import numpy as np
-import pytest
 
-pytest.importorskip("matplotlib")
-
-from bnconf.conformance.battery import CellResult, QuantityRow  # noqa: E402
-from bnconf.reports import figures, render  # noqa: E402
+from bnconf.conformance.battery import CellResult, QuantityRow
+from bnconf.reports import figures, render
 
 
 def _results():

@@ -10,7 +10,7 @@ is what the edge battery's input for the case returned (x as in the case: n valu
 from dataclasses import replace
 
 from ...spec import Mode
-from ..edge import EdgeRecord
+from ..records import EdgeRecord
 
 ACCEPTS = "accepts it: returns without raising*"
 RUNNING_POISONED = "running_mean NaN in every channel (spec: finite); running_var NaN in every channel (spec: finite)"

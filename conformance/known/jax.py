@@ -1,4 +1,4 @@
-"""Known discrepancies of the JAX adapters (see conformance/discrepancies.py for what an entry means).
+"""Known discrepancies of the JAX adapters (see conformance/records.py for what an entry means).
 
 What the declared precisions (adapters/jax_flax.py, jax_haiku.py, jax_equinox.py) do not cover: JAX's
 reverse mode rounds gradient contributions to the half input format before adding them, and Equinox's
@@ -11,7 +11,7 @@ from ...spec import Mode, VarianceAlgorithm, precision_for
 from ...spec.error_model import statistics_error
 from ...spec.oracle import batch_stats, channels_first
 from ..arrays import round_to
-from ..discrepancies import KnownDiscrepancy
+from ..records import KnownDiscrepancy
 
 HALF = ("float16", "bfloat16")
 BACKWARD = (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD)

@@ -1,4 +1,4 @@
-"""Known discrepancies of the keras adapters (see conformance/discrepancies.py for what an entry means).
+"""Known discrepancies of the keras adapters (see conformance/records.py for what an entry means).
 
 The Keras 3 torch backend is declared one-pass (its ops.moments is E[x^2] - E[x]^2 by design); what is
 recorded here is what the declared semantics do not cover: NaN where that variance comes out below -eps,
@@ -13,7 +13,7 @@ from ...spec import Inputs, Mode, RunningStats, VarianceAlgorithm, precision_for
 from ...spec.error_model import statistics_error
 from ...spec.oracle import batch_stats
 from ..arrays import round_to
-from ..discrepancies import KnownDiscrepancy
+from ..records import KnownDiscrepancy
 
 TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
 KERAS = "keras.layers.BatchNormalization"

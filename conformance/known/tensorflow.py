@@ -1,4 +1,4 @@
-"""Known discrepancies of the tensorflow adapters (see conformance/discrepancies.py for what an entry means)."""
+"""Known discrepancies of the tensorflow adapters (see conformance/records.py for what an entry means)."""
 
 from dataclasses import replace
 
@@ -8,7 +8,7 @@ from ...spec import Mode, precision_for
 from ...spec.conventions import TF_V1_LAYERS_NONFUSED
 from ...spec.oracle import channels_first
 from ..arrays import round_to
-from ..discrepancies import KnownDiscrepancy
+from ..records import KnownDiscrepancy
 
 FLOAT16_MAX = 65504.0
 

@@ -1,7 +1,7 @@
-"""Known discrepancies of the PyTorch adapters (see conformance/discrepancies.py for what an entry means)."""
+"""Known discrepancies of the PyTorch adapters (see conformance/records.py for what an entry means)."""
 
 from ...spec import precision_for
-from ..discrepancies import KnownDiscrepancy
+from ..records import KnownDiscrepancy
 
 ENTRIES: tuple[KnownDiscrepancy, ...] = (
     # first match wins: the more specific entry comes first

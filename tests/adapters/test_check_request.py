@@ -5,7 +5,7 @@ import pytest
 
 from bnconf.adapters.example_numpy import BACKEND
 from bnconf.adapters.protocol import Request, check_request
-from bnconf.spec import Mode
+from bnconf.spec import InputError, Mode
 
 X = np.ones((4, 3))
 
@@ -31,3 +31,21 @@ def test_a_request_the_backend_cannot_take_is_named(mode, changes, message):
 def test_a_request_the_backend_can_take_passes():
     check_request(BACKEND, Mode.EVAL_FORWARD, Request(x=X, axis=-1, eps=1e-5, dtype="float64",
                                                       running_mean=np.zeros(3), running_var=np.ones(3)))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(gamma=np.ones(2), beta=np.zeros(3)), "example.numpy: gamma has shape (2,), expected (3,): one value per channel "
+                                                "of x (axis 1 of shape (4, 3))"),
+    (dict(running_mean=np.zeros(3), running_var=np.ones(4)), "running_var has shape (4,), expected (3,)"),
+    (dict(dtype="float8"), "dtype 'float8' is not a floating-point format bnconf knows: expected one of float64"),
+    (dict(dtype="int32"), "dtype 'int32' is not a floating-point format bnconf knows"),
+    (dict(eps=float("nan")), "eps must be a finite number >= 0, got nan"),
+    (dict(momentum=float("inf")), "momentum must be a finite number, got inf"),
+    (dict(axis=1.0), "the channel axis must be an integer, got 1.0"),
+    (dict(x=np.ones((4, 3), dtype=complex)), "x must hold real numbers, got dtype complex128"),
+])
+def test_check_request_names_bad_input(changes, message):
+    r = Request(**{**dict(x=np.ones((4, 3)), axis=1, eps=1e-5, dtype="float32", momentum=0.1), **changes})
+    with pytest.raises(InputError) as e:
+        check_request(BACKEND, Mode.TRAIN_FORWARD, r)
+    assert message in str(e.value)

@@ -4,10 +4,10 @@ Haiku's zero-debiasing, Flax's fast variance, and Equinox's debiasing from an in
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
-pytest.importorskip("flax")
-pytest.importorskip("haiku")
-pytest.importorskip("equinox")
+jax = pytest.importorskip("jax", reason="JAX is not installed (pip install -e \".[jax]\")")
+pytest.importorskip("flax", reason="Flax is not installed (pip install -e \".[jax]\")")
+pytest.importorskip("haiku", reason="dm-haiku is not installed (pip install -e \".[jax]\")")
+pytest.importorskip("equinox", reason="Equinox is not installed (pip install -e \".[jax]\")")
 
 import jax.numpy as jnp  # noqa: E402
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
+pytest.importorskip("keras", reason="Keras 3 is not installed (pip install -e \".[keras]\")")
 
 from bnconf.adapters.keras_batchnorm import BACKENDS  # noqa: E402
 from bnconf.adapters.protocol import Request  # noqa: E402

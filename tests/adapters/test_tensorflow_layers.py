@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("tf_keras")
+pytest.importorskip("tensorflow", reason="TensorFlow is not installed (pip install -e \".[tensorflow]\")")
+pytest.importorskip("tf_keras", reason="tf_keras is not installed (pip install -e \".[tensorflow]\")")
 
 from bnconf.adapters import tensorflow_layers as tl  # noqa: E402
 from bnconf.adapters.protocol import Request  # noqa: E402

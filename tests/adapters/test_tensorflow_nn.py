@@ -78,5 +78,7 @@ def test_gpu_is_declared_and_says_why_it_is_unavailable():
     from bnconf.adapters.tensorflow_common import tf
     backend = tensorflow_nn.FusedBatchNorm("first")
     assert "gpu" in backend.devices
-    if not tf.config.list_physical_devices("GPU"):
+    if tf.config.list_physical_devices("GPU"):
+        assert backend.unavailable("gpu") is None
+    else:
         assert "no GPU" in backend.unavailable("gpu")

@@ -6,6 +6,7 @@ discrepancy is checked against the recorded behaviour instead, for the quantitie
 """
 
 import os
+import shlex
 
 import pytest
 from hypothesis import given, note, settings, target
@@ -13,7 +14,9 @@ from hypothesis.control import current_build_context
 from hypothesis import strategies as st
 
 from bnconf.adapters.protocol import unavailable
+from bnconf.adapters.registry import origin
 from bnconf.conformance import selection
+from bnconf.conformance.battery import target_score
 from bnconf.conformance.cases import case_inputs
 from bnconf.conformance.discrepancies import REGISTRY, matches
 from bnconf.conformance.engine import assess
@@ -61,7 +64,7 @@ def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
     BACKENDS_RUN.add(backend.name)
     inputs = data.draw(case_inputs(backend, mode, dtype), label="inputs")
     a = assess(backend, mode, inputs, dtype, device)
-    target(max((c.max_ratio for c in a.declared.values()), default=0.0), label="max error / bound")
+    target(target_score(max((c.max_ratio for c in a.declared.values()), default=0.0)), label="max error / bound")
     if a.discrepancy is not None:
         note(f"known discrepancy {a.discrepancy.id}: {a.discrepancy.explanation}")
         if a.discrepancy_seen:
@@ -69,7 +72,8 @@ def test_backend_conforms_to_its_convention(backend, device, dtype, mode, data):
     problems = {q: _describe(c) for q, c in a.problems().items()}
     if problems and current_build_context().is_final:  # the shrunk example, reported once
         folder = save_case(os.environ.get("BNCONF_REPRO_DIR", "bnconf-repro"), backend, mode, inputs, dtype, device)
-        problems["replay"] = f"bnconf replay {folder}   (or: python {folder / 'repro.py'})"
+        target_ = shlex.quote(origin(backend) or "TARGET")
+        problems["replay"] = f"bnconf replay {folder} --backend {target_}   (or: python {folder / 'repro.py'} {target_})"
     assert not problems, problems
 
 

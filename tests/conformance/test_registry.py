@@ -59,12 +59,35 @@ def test_a_builtin_whose_framework_is_missing_is_unavailable_with_the_reason(mon
 
 
 def test_the_pytorch_builtins_are_found_when_torch_is_installed():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install 'bnconf[torch]')")
     found, _ = registry.discover()
     assert {"torch.nn.functional.batch_norm", "torch.nn.BatchNorm2d[channels_last]"} <= {b.name for b in found}
 
 
 def test_importing_the_registry_imports_no_framework():
-    code = "import sys, bnconf.adapters.registry, bnconf.conformance.engine; print([m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules])"
+    code = ("import sys, bnconf.adapters.registry, bnconf.conformance.known, bnconf.conformance.engine; "
+            "print([m for m in ('torch', 'tensorflow', 'jax') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_record_registries_are_built_in_one_place():
+    from bnconf.conformance import discrepancies, edge, engine, known
+
+    assert discrepancies.REGISTRY is known.DISCREPANCIES is engine.REGISTRY
+    assert edge.edge_records() is known.EDGE_RECORDS
+    for registry in (known.DISCREPANCIES, known.EDGE_RECORDS):
+        ids = [r.id for r in registry]
+        assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def test_a_registry_of_ones_own_records_is_looked_up_like_the_built_in_one():
+    from bnconf.conformance.discrepancies import covering
+    from bnconf.conformance.records import KnownDiscrepancy
+
+    own = KnownDiscrepancy(id="own", backends="mine[*]", quantities=("y",), explanation="", evidence="",
+                           dtypes=("float16",))
+    inputs = Inputs(x=np.zeros((4, 3)), axis=1, eps=1e-5)
+    assert covering((own,), "mine[x]", Mode.TRAIN_FORWARD, "float16", "cpu", inputs) is own
+    assert covering((own,), "mine[x]", Mode.TRAIN_FORWARD, "float32", "cpu", inputs) is None
+    assert covering((own,), "mine.x", Mode.TRAIN_FORWARD, "float16", "cpu", inputs) is None  # brackets are literal

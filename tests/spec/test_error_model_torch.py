@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bnconf.conformance import strategies as bst
 from bnconf.spec import Inputs, Mode, RunningStats, Verdict, convention, judge, precision_for
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e \".[torch]\")")
 
 TORCH = convention("torch.nn.functional.batch_norm")
 from bnconf.adapters.torch_batchnorm import TORCH_DTYPES, FunctionalBatchNorm  # noqa: E402

@@ -1,5 +1,6 @@
 """Floating-point formats: unit roundoff and ULPs agree with NumPy and ml_dtypes."""
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import assume, given
@@ -18,7 +19,6 @@ def test_ulp_is_numpys_spacing(name, dtype, value):
 
 @given(value=st.floats(-1e30, 1e30))
 def test_bfloat16_ulp_is_the_step_to_the_next_bit_pattern(value):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     v = np.abs(np.asarray([value]).astype(ml_dtypes.bfloat16))
     next_up = (v.view(np.uint16) + np.uint16(1)).view(ml_dtypes.bfloat16)
     assert float_format("bfloat16").ulp(float(v[0])) == float(next_up[0]) - float(v[0])

@@ -144,7 +144,7 @@ def test_pytorch_running_variance_is_unbiased_while_the_output_uses_the_biased_v
 
 def test_pytorch_itself_agrees_with_that_example():
     """The same example run through torch.nn.BatchNorm1d (float64): y within 4 roundings of exact."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e \".[torch]\")")
     bn = torch.nn.BatchNorm1d(1, momentum=1.0, affine=False, dtype=torch.float64).train()
     y = bn(torch.from_numpy(X_DOC)).detach().numpy()
     assert bn.running_mean.tolist() == [1.0]

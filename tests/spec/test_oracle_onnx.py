@@ -23,9 +23,11 @@ quotient's rounding. Y and the running statistics are bounded operation by opera
 from fractions import Fraction
 
 import numpy as np
-import pytest
+import onnx
 from hypothesis import given
 from hypothesis import strategies as st
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 
 from bnconf.conformance.strategies import affine_params, batches, eps_values, momenta, running_stats_values, shapes
 from bnconf.spec.conventions import ONNX_BATCHNORM
@@ -33,9 +35,6 @@ from bnconf.spec.oracle import RunningStats, forward_eval, forward_train
 from bnconf.conformance import exact
 from bnconf.conformance.exact import ETA, U, Bounded, assert_within, gamma, hp
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper  # noqa: E402
-from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 INPUTS = ["X", "scale", "B", "input_mean", "input_var"]
 

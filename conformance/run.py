@@ -1,0 +1,134 @@
+"""One run of `bnconf report` / `bnconf validate`: carrying it out and deciding its overall verdict.
+
+    RunOptions + cells --execute--> RunState (filled in place as results arrive, so an interrupted run
+                                    keeps everything that finished) --failures--> why it does not conform
+
+The battery's cells, then per backend its edge cases (and, for validate, its convention inference), then the
+cross-framework table; isolated in worker processes (conformance/isolation.py) unless asked otherwise.
+A run conforms when `failures(state)` is empty: every rule that can fail it is one function below.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from . import battery, crosscheck, isolation
+
+
+class Phase(str, Enum):
+    """Where a run is: what an interrupted report says it was doing."""
+
+    BATTERY = "battery"
+    PAIRS = "cross-framework pairs"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    examples: int
+    seed: int
+    pair_examples: int
+    limits: isolation.Limits
+    isolated: bool = True
+    infer: bool = False  # convention inference (validate)
+    edge_cases: bool = True
+
+
+@dataclass
+class RunState:
+    """Everything that has arrived so far."""
+
+    cells_planned: int
+    results: list = field(default_factory=list)  # battery.CellResult, in arrival order
+    inferred: dict = field(default_factory=dict)  # backend name -> inference rows
+    edge: dict = field(default_factory=dict)  # backend name -> edge-case rows
+    pair_slots: list = field(default_factory=list)  # crosscheck.PairResult or None (not finished)
+    phase: Phase = Phase.BATTERY
+
+    @property
+    def pairs(self) -> list:
+        return [p for p in self.pair_slots if p is not None]
+
+    def rows(self, kind: str, backends) -> list[dict]:
+        """The inference ("inferred") or edge-case ("edge") rows of `backends`, in their order."""
+        table = self.inferred if kind == "inferred" else self.edge
+        return [r for b in backends for r in table.get(b.name, [])]
+
+
+# ---------------------------------------------------------------- the overall verdict: one function per rule
+
+
+def cell_failures(results) -> list[str]:
+    """A cell that raised, crashed, timed out or ran out of memory; a quantity that is NON-CONFORMANT."""
+    out = []
+    for c in results:
+        where = f"{c.backend} {c.device} {c.dtype} {c.mode}"
+        if not c.status.acceptable:
+            out.append(f"{where}: {c.status.value}")
+        out += [f"{where} {r.quantity}: {r.verdict_text}" for r in c.rows if not r.verdict.accepted]
+    return out
+
+
+def edge_failures(rows) -> list[str]:
+    """An edge-case outcome that disagrees with the spec and that no record explains."""
+    return [f"{r['backend']} edge case {r['case']} {r['mode']} {r['dtype']}: {r['outcome']}"
+            for r in rows if not r["agrees"] and not r["recorded"]]
+
+
+def inference_failures(rows) -> list[str]:
+    """A convention property that DIFFERS from the declared record unexplained, or probing that raised,
+    crashed, timed out or ran out of memory: validate cannot vouch for what it could not infer."""
+    accepted = lambda v: v == "agrees" or v.startswith("differs as recorded")  # noqa: E731
+    return [f"{r['backend']} convention {r['property']}: {r['verdict']}" for r in rows if not accepted(r["verdict"])]
+
+
+def pair_failures(pairs) -> list[str]:
+    """A cross-framework pair that could not run, or that differs in a way the spec does not predict."""
+    out = [f"{p.source} vs {p.target} {p.mode}: {p.status}" for p in pairs if p.status == "error"]
+    out += [f"{p.source} vs {p.target} {p.mode} {r.quantity}: {r.verdict}"
+            for p in pairs for r in p.rows or [] if r.verdict == crosscheck.UNEXPECTED]
+    return out
+
+
+def failures(state: RunState, backends) -> list[str]:
+    """Why the run does not conform (empty: it conforms)."""
+    return (cell_failures(state.results) + edge_failures(state.rows("edge", backends))
+            + inference_failures(state.rows("inferred", backends)) + pair_failures(state.pairs))
+
+
+# ---------------------------------------------------------------- carrying it out
+
+
+def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, progress=None,
+            on_change=None, on_idle=None) -> None:
+    """Run the battery, the extras and the cross-framework table, filling `state` as results arrive.
+    `on_change()` is called after each result, `on_idle()` while an isolated run waits on a slow case."""
+    changed = on_change or (lambda: None)
+
+    def arrived(cell) -> None:
+        state.results.append(cell)
+        changed()
+
+    if options.isolated:
+        isolation.run_isolated(cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived,
+                               infer=options.infer, edge=options.edge_cases,
+                               extras={"inferred": state.inferred, "edge": state.edge}, on_idle=on_idle)
+    else:
+        battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived)
+        for b in backends:
+            ran = [c[1:] for c in cells if c[0] is b]
+            extras = isolation.extras_for(b, ran, options.infer, options.edge_cases)
+            state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
+            state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
+            changed()
+    if options.pair_examples:
+        state.phase = Phase.PAIRS
+        failed = {c.backend for c in state.results if c.status.failed}
+        usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
+        if options.isolated:
+            isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
+                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle)
+        else:
+            crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
+                                  on_pair=lambda p: (state.pair_slots.append(p), changed()))
+    state.phase = Phase.DONE
