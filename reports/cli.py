@@ -173,7 +173,7 @@ def _interrupted(publisher, state, out, name: str) -> int:
     for sig in STOP_SIGNALS:
         signal.signal(sig, lambda *_: _exit_now(f"interrupted again; the partial report is {where}"))
     try:
-        report = publisher.write_all("interrupted")
+        report = publisher.write_all("interrupted", with_figures=False)
         print(render_terminal(report))
     finally:
         for sig in STOP_SIGNALS:

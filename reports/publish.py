@@ -53,10 +53,13 @@ class Publisher:
         if self._progress() != self._written:
             self.write_json("running")
 
-    def write_all(self, status: str) -> render.Report:
-        """The JSON first (the report of record), then the figures, Markdown and HTML."""
+    def write_all(self, status: str, with_figures: bool = True) -> render.Report:
+        """The JSON first (the report of record), then the figures (unless a user waits on Ctrl-C: drawing them
+        costs about a second), Markdown and HTML."""
         self.write_json(status)
-        self.pictures = {f"{self.name}-{suffix}.png": drawn for suffix, drawn in figures.render_all(self.state.results).items()}
+        if with_figures:
+            drawn = figures.render_all(self.state.results)
+            self.pictures = {f"{self.name}-{suffix}.png": picture for suffix, picture in drawn.items()}
         for file_name, (_, png) in self.pictures.items():
             self.folder.write(file_name, png)
         report = self.report(status)

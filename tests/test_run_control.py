@@ -180,3 +180,19 @@ def test_an_option_out_of_range_is_one_line_with_the_fix(tmp_path, capsys, argv,
 def test_debug_shows_the_traceback_and_keeps_exit_2(tmp_path, capsys):
     assert main(["report", "--debug", "--backend", "no_such_module:X", "--out", str(tmp_path)]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 9. concurrent runs into one folder
+
+
+def test_a_second_report_into_the_same_folder_and_name_refuses_before_running(tmp_path, capsys, monkeypatch):
+    from bnconf.conformance import selection
+    from bnconf.reports.output import ReportFolder
+
+    (tmp_path / "report.json").write_text('{"the first run": "still writing"}')
+    with ReportFolder(tmp_path, "report"):  # the first run holds it
+        monkeypatch.setattr(selection, "backends", lambda targets: pytest.fail("the battery was about to run"))
+        assert main(["report", "--backend", "bnconf.adapters.example_numpy:BACKEND", "--out", str(tmp_path)]) == 2
+    err = _one_line_error(capsys)
+    assert f"another bnconf run (pid {os.getpid()})" in err and "pick another --out or --name" in err
+    assert json.loads((tmp_path / "report.json").read_text()) == {"the first run": "still writing"}
