@@ -387,16 +387,20 @@ def run_batch_norm(device, layout: str, mode: Mode, r: Request, profile: LaunchP
             if tracked:
                 out.running_mean, out.running_var = (device.numpy(a) for a in running)
     else:
-        k.running_statistics(r.eps, device.asarray(_params(r.running_mean, c, 0.0)),
-                             device.asarray(_params(r.running_var, c, 1.0)))
+        running = [device.asarray(_params(r.running_mean, c, 0.0)), device.asarray(_params(r.running_var, c, 1.0))]
+        k.running_statistics(r.eps, *running)
     if not backward:
         k.normalize()
         out.y = from_storage(device.numpy(k.out), r.dtype)
+        if not training:  # the buffers the eval kernels read, as they are after the call: to be unchanged
+            out.running_mean, out.running_var = (device.numpy(a) for a in running)
         return out
     k.gradients(train=training)
     out.dx = from_storage(device.numpy(k.out), r.dtype)
     if r.gamma is not None:
         out.dgamma, out.dbeta = device.numpy(k.dgamma), device.numpy(k.dbeta)
+    if not training:
+        out.running_mean, out.running_var = (device.numpy(a) for a in running)
     return out
 
 

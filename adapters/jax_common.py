@@ -3,7 +3,9 @@ scoped `jax_enable_x64`, one jitted program per static signature kept in a bound
 
 A library adapter subclasses `JaxBackend` and writes one pure function, `forward(step, x, gamma, beta,
 state, eps, momentum) -> (y, running)`, that builds the library's module from the arguments and calls it;
-`state_from` turns the request's running statistics into the library's own state. eps and momentum reach
+`state_from` turns the request's running statistics into the library's own state. `running` holds the
+library's state after the call, read back in every mode when the request tracks statistics
+({running_mean, running_var[, batches_seen]}; updated in training, to be unchanged in eval). eps and momentum reach
 `forward` as traced, weakly typed scalars (what a Python float becomes inside jit), so the module is
 built from them exactly as from Python floats and one compiled program serves every value: `jax.jit`
 compiles once per (program, shapes, dtypes), and the programs live in an `lru_cache` of 64.
@@ -77,9 +79,9 @@ def _program(backend, step: Step, x, gamma, beta, state, eps, momentum, dy):
         return backend.forward(step, x, gamma, beta, state, eps, momentum)
 
     if step.mode in BACKWARD:
-        y, pullback, _ = jax.vjp(forward, x, gamma, beta, has_aux=True)
+        y, pullback, running = jax.vjp(forward, x, gamma, beta, has_aux=True)
         dx, dgamma, dbeta = pullback(dy.astype(y.dtype))
-        return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+        return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta, **running}
     y, running = forward(x, gamma, beta)
     return {"y": y, **running}
 
@@ -128,10 +130,12 @@ class JaxBackend:
             )
             out = {k: _numpy(v) for k, v in jax.device_get(compiled(self, step)(*args)).items()}
         if step.mode in BACKWARD:
-            return Outputs(dx=out["dx"], dgamma=out["dgamma"], dbeta=out["dbeta"])
-        result = Outputs(y=out["y"])
-        if step.training and step.tracked:
+            result = Outputs(dx=out["dx"], dgamma=out["dgamma"], dbeta=out["dbeta"])
+        else:
+            result = Outputs(y=out["y"])
+        # the state after the call: updated by a training forward, to be unchanged by an eval call
+        if step.tracked and step.mode is not Mode.TRAIN_BACKWARD and "running_mean" in out:
             result.running_mean, result.running_var = out["running_mean"], out["running_var"]
-            if "batches_seen" in out:
+            if step.training and "batches_seen" in out:
                 result.batches_seen = int(out["batches_seen"])
         return result

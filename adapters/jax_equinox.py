@@ -74,13 +74,19 @@ class EquinoxBatchNorm(JaxBackend):
         scale = _debias_scale(counter, momentum)
         layer_state = layer_state.set(layer.batch_counter, counter)
         layer_state = layer_state.set(layer.batch_state_index, (state["mean"] * scale, state["var"] * scale))
+        given = (counter, *layer_state.get(layer.batch_state_index))
         y, layer_state = jax.vmap(layer, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, layer_state)
-        if not step.training:
-            return y, {}
         counter = layer_state.get(layer.batch_counter)
         hidden_mean, hidden_var = layer_state.get(layer.batch_state_index)
         scale = _debias_scale(counter, momentum)
-        return y, {"running_mean": hidden_mean / scale, "running_var": hidden_var / scale, "batches_seen": counter}
+        running = {"running_mean": hidden_mean / scale, "running_var": hidden_var / scale, "batches_seen": counter}
+        if not step.training:
+            # the state after an eval call; where it is bit for bit the state set from the request, the request's
+            # statistics themselves (decoding hidden / scale again could round differently from what was encoded)
+            kept = lambda old, new: (old == new) & (counter == given[0])  # noqa: E731
+            running["running_mean"] = jnp.where(kept(given[1], hidden_mean), state["mean"], running["running_mean"])
+            running["running_var"] = jnp.where(kept(given[2], hidden_var), state["var"], running["running_var"])
+        return y, running
 
 
 BACKENDS = [EquinoxBatchNorm()]

@@ -64,8 +64,7 @@ class LinenBatchNorm(_FlaxBatchNorm):
         variables = {"batch_stats": state}
         if step.affine:
             variables["params"] = {"scale": gamma, "bias": beta}
-        if not step.training:
-            return layer.apply(variables, x), {}
+        # batch_stats after the call, eval included (use_running_average=True must leave them alone)
         y, updated = layer.apply(variables, x, mutable=["batch_stats"])
         stats = updated["batch_stats"]
         return y, {"running_mean": stats["mean"], "running_var": stats["var"]}
@@ -105,9 +104,7 @@ class NnxBatchNorm(_FlaxBatchNorm):
         else:
             layer.eval()
         y = layer(x)
-        if not step.training:
-            return y, {}
-        return y, {"running_mean": layer.mean[...], "running_var": layer.var[...]}
+        return y, {"running_mean": layer.mean[...], "running_var": layer.var[...]}  # after the call, eval too
 
 
 BACKENDS = [LinenBatchNorm(), LinenBatchNorm(fast_variance=False), NnxBatchNorm(), NnxBatchNorm(fast_variance=False)]

@@ -70,9 +70,7 @@ class HaikuBatchNorm(JaxBackend):
             ema: {**s, "hidden": s["average"] * (one - jnp.power(decay, s["counter"]))} for ema, s in state.items()
         }
         y, new_state = hk.transform_with_state(layer).apply(params, hk_state, None, x)
-        if not step.training:
-            return y, {}
-        mean, var = (new_state[_EMAS[k]] for k in ("mean", "var"))
+        mean, var = (new_state[_EMAS[k]] for k in ("mean", "var"))  # after the call, eval included
         return y, {"running_mean": mean["average"].reshape(-1), "running_var": var["average"].reshape(-1),
                    "batches_seen": mean["counter"]}
 

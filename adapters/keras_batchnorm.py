@@ -14,7 +14,9 @@ gamma, beta and the moving statistics are variables of the policy's variable dty
 float32 under mixed_float16 / mixed_bfloat16, the input dtype under a plain policy.
 
 Requests map to the layer as: gamma None -> center=False, scale=False; running statistics None -> the
-layer's own (initial) moving statistics are used and not returned; momentum and epsilon as given.
+layer's own (initial) moving statistics are used and not returned; momentum and epsilon as given. Given
+running statistics come back after every forward (updated in training, read back after an eval call, which
+must leave them unchanged) and after an eval backward on tensorflow and torch.
 Gradients come from each backend's autodiff: tf.GradientTape, jax.vjp, torch.autograd.grad.
 """
 
@@ -160,8 +162,10 @@ def _variable_values(layer, r: Request) -> dict[str, np.ndarray]:
 
 
 def _outputs(mode: Mode, r: Request, y, moving_mean, moving_variance) -> Outputs:
+    """y, and the moving statistics after the call (updated in training, to be unchanged in eval) when the
+    request gave some."""
     out = Outputs(y=_float64(y))
-    if mode is Mode.TRAIN_FORWARD and r.running_mean is not None:
+    if r.running_mean is not None:
         out.running_mean, out.running_var = _float64(moving_mean), _float64(moving_variance)
     return out
 
@@ -199,7 +203,15 @@ def _run_tensorflow(layer, values, mode: Mode, r: Request) -> Outputs:
     dy = tf.constant(r.dy, dtype=tf.float64)
     grads = tape.gradient(y, [x, *params], output_gradients=tf.cast(dy, y.dtype))
     grads = [g.numpy() if hasattr(g, "numpy") else g for g in grads] + [None, None]
-    return _gradients(mode, r, grads[0], grads[1], grads[2])
+    return _with_state(mode, r, layer, _gradients(mode, r, grads[0], grads[1], grads[2]))
+
+
+def _with_state(mode: Mode, r: Request, layer, out: Outputs) -> Outputs:
+    """An eval backward's outputs with the layer's moving statistics read back after the call."""
+    if mode is Mode.EVAL_BACKWARD and r.running_mean is not None:
+        out.running_mean = _float64(layer.moving_mean.value)
+        out.running_var = _float64(layer.moving_variance.value)
+    return out
 
 
 def _run_torch(layer, values, mode: Mode, r: Request) -> Outputs:
@@ -218,7 +230,7 @@ def _run_torch(layer, values, mode: Mode, r: Request) -> Outputs:
     y = layer(x, training=training)
     dy = torch.tensor(r.dy, dtype=torch.float64).to(y.dtype)
     grads = list(torch.autograd.grad(y, [x, *params], grad_outputs=dy)) + [None, None]
-    return _gradients(mode, r, grads[0], grads[1], grads[2])
+    return _with_state(mode, r, layer, _gradients(mode, r, grads[0], grads[1], grads[2]))
 
 
 class _Momentum:

@@ -12,14 +12,27 @@ A backend is any object with these attributes and a `run` method (no base class 
 and optionally `channel_axes` (the channel axes it accepts; default: the convention's), `ranks` (the input
 ranks worth testing; default: the convention's), `precision(dtype,
 device)` (its declared arithmetic, a `spec.Precision`; default `spec.precision_for(dtype)`),
-`unavailable(device)` (None, or why that device cannot run now, e.g. "no CUDA device") and `versions()`
-(the versions of what it wraps, for reports).
+`unavailable(device)` (None, or why that device cannot run now, e.g. "no CUDA device"), `versions()`
+(the versions of what it wraps, for reports), and its own recorded deviations: `known_discrepancies` (a tuple
+of `bnconf.conformance.records.KnownDiscrepancy`: where it computes something other than its declared
+semantics, and what instead) and `edge_records` (a tuple of `EdgeRecord`: where it does something other than
+the spec's edge cases require). They apply before bnconf's own records and are checked the same way (a
+covered case against the recorded behaviour; a record no case needed is reported stale); a record naming a
+quantity, mode, dtype or edge case that does not exist is bad input (conformance/user_records.py, which also
+loads them from a file: `bnconf validate TARGET --records records.py:ATTR`).
 
 bnconf gives the backend NumPy float64 arrays whose values are exactly representable in `request.dtype`,
 and momentum and eps in the backend's own convention; the backend converts to and from its own tensors
 and returns NumPy arrays of a real floating-point dtype (not necessarily the request's: float32 for a float16
 request is fine); complex, integer, boolean, string or object arrays make that case an error.
 The backend must not write into the request's arrays (bnconf reports it when it does).
+
+What each mode returns (`Outputs`): training forward y, and the updated running statistics when the request
+gives some (saved statistics optional); eval forward y; backward dx, and dgamma and dbeta. In every mode
+`running_mean`/`running_var` are the running statistics *after the call*: a backend whose module keeps them
+(buffers, variables, a state tree) reads them back after an eval call too and returns them, and they must
+then be the given ones bit for bit (eval leaves the state unchanged; SPEC.md section 1.6). After an eval call
+returning them is optional, for an API that cannot show them; a call given no running statistics returns none.
 """
 
 import reprlib
@@ -29,6 +42,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..spec import Convention, InputError, Mode, Precision, checks, precision_for
+from ..spec.error_model import split_layout, with_parameters
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,9 @@ class Request:
     gamma/beta None: no affine parameters. running_mean/running_var None: statistics not tracked.
     `batches_seen` is the number of training steps already in the running statistics (PyTorch's
     num_batches_tracked), which a cumulative or zero-debiased average needs.
+    `param_dtype` is the format gamma, beta and the running statistics are given in and the running, saved
+    statistics, dgamma and dbeta are expected in, for a backend that declares that layout in `param_dtypes`
+    (e.g. float16 x with float32 parameters); None: the backend's own layout (its declared `Precision.stats`).
     """
 
     x: np.ndarray
@@ -52,11 +69,19 @@ class Request:
     running_var: np.ndarray | None = None
     batches_seen: int = 0
     dy: np.ndarray | None = None
+    param_dtype: str | None = None
 
 
 @dataclass
 class Outputs:
-    """What a backend returns; a quantity its API does not expose stays None."""
+    """What a backend returns; a quantity its API does not expose stays None.
+
+    `running_mean`/`running_var` are the running statistics after the call, in every mode: updated by a
+    training forward given some (required there), read back after an eval forward or backward (optional,
+    but then they must equal the given ones bit for bit: a backend that changes them in eval is
+    NON-CONFORMANT), and None when the request gives none. `batches_seen` is the batch count after a
+    training forward, where the backend keeps one.
+    """
 
     y: np.ndarray | None = None
     running_mean: np.ndarray | None = None
@@ -186,9 +211,31 @@ def channel_axes(backend) -> tuple[int, ...]:
     return tuple(getattr(backend, "channel_axes", (backend.convention.channel_axis,)))
 
 
+def param_dtypes(backend, dtype: str) -> tuple[str, ...]:
+    """The parameter dtypes `backend` declares for `dtype` data besides its own layout (optional attribute
+    `param_dtypes`, data dtype -> parameter dtypes; default none)."""
+    declared = getattr(backend, "param_dtypes", None) or {}
+    return tuple(declared.get(dtype, ()))
+
+
+def supports_layout(backend, name: str) -> bool:
+    """`backend` takes data of layout `name`: a dtype it declares, or a mixed layout ("float16/float32") whose
+    parameter dtype it declares for that data dtype."""
+    try:
+        dtype, param_dtype = split_layout(name)
+    except ValueError:
+        return False
+    return dtype in backend.dtypes and (param_dtype is None or param_dtype in param_dtypes(backend, dtype))
+
+
 def declared_precision(backend, dtype: str, device: str) -> Precision:
+    """The backend's declared `Precision` for `dtype` on `device` (`precision(dtype, device)`, default
+    `spec.precision_for(dtype)`). `dtype` may name a mixed layout ("float16/float32", see
+    `spec.error_model.layout_name`): the data dtype's precision with the parameters, running statistics and
+    parameter gradients held in the parameter dtype (its `stats`)."""
+    data, params = split_layout(dtype)
     declare = getattr(backend, "precision", None)
-    return declare(dtype, device) if callable(declare) else precision_for(dtype)
+    return with_parameters(declare(data, device) if callable(declare) else precision_for(data), params)
 
 
 def unavailable(backend, device: str) -> str | None:
@@ -221,6 +268,13 @@ def _check_request(backend, mode: Mode, r: Request) -> None:
     checks.dtype_name(r.dtype)
     if r.dtype not in backend.dtypes:
         raise InputError(f"dtype {r.dtype!r} is not supported (supported: {', '.join(backend.dtypes)})")
+    if r.param_dtype is not None:
+        checks.dtype_name(r.param_dtype)
+        accepted = param_dtypes(backend, r.dtype)
+        if r.param_dtype not in accepted:
+            raise InputError(f"param_dtype {r.param_dtype!r} is not supported for {r.dtype} data (supported: "
+                             f"{', '.join(accepted) or 'none declared'}); give param_dtype None, or declare the "
+                             f"layout in the backend's param_dtypes")
     if r.device not in backend.devices:
         raise InputError(f"device {r.device!r} is not supported (supported: {', '.join(backend.devices)})")
     ranks = tuple(getattr(backend, "ranks", backend.convention.ranks))

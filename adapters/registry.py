@@ -16,19 +16,14 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from .families import builtin_targets
 from .protocol import BackendError, check_backend
 
 ENTRY_POINT_GROUP = "bnconf.adapters"
 
-# family -> (target, the extra that installs its framework)
-BUILTIN = {
-    "torch": ("bnconf.adapters.torch_batchnorm:BACKENDS", "torch"),
-    "tensorflow": ("bnconf.adapters.tensorflow_nn:BACKENDS", "tensorflow"),
-    "tensorflow-layers": ("bnconf.adapters.tensorflow_layers:BACKENDS", "tensorflow"),
-    "keras": ("bnconf.adapters.keras_batchnorm:BACKENDS", "keras"),
-    "jax": ("bnconf.adapters.jax_batchnorm:BACKENDS", "jax"),
-    "cuda-kernel": ("bnconf.adapters.cuda_kernel:BACKENDS", "test"),
-}
+# family -> (target, the extra that installs its framework), derived from the declarative entries in
+# families.py (families one target loads share a name: "jax" is Flax, Haiku and Equinox)
+BUILTIN = builtin_targets()
 
 
 class TargetError(ValueError):

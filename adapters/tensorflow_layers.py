@@ -18,7 +18,9 @@
 Each graph is built once per signature (rank and channel count: the other dimensions are left unknown; dtype,
 channel axis, affine, device, and eps where it is an op attribute) and kept with its Session in a bounded LRU; the request's parameters and running statistics are
 assigned to the variables, momentum/decay and eps fed through placeholders. Gradients are tf.gradients of
-sum(y * dy) with dy fed in y's dtype.
+sum(y * dy) with dy fed in y's dtype. An eval forward runs the same training step (update ops included)
+with `training` fed False, and every call that was given running statistics reads the variables back after
+it: eval must leave them unchanged.
 """
 
 import warnings
@@ -171,10 +173,15 @@ class _GraphBackend:
             feed[g.dy] = r.dy
             values = iter(g.session.run([t for t in g.gradients if t is not None], feed))
             dx, dgamma, dbeta = (None if t is None else next(values) for t in g.gradients)
-            return Outputs(dx=dx, dgamma=dgamma, dbeta=dbeta)
-        y = g.session.run(g.train_step if training else g.y, feed)
+            out = Outputs(dx=dx, dgamma=dgamma, dbeta=dbeta)
+            if mode is Mode.EVAL_BACKWARD and r.running_mean is not None:
+                out.running_mean, out.running_var = g.session.run(list(g.running))
+            return out
+        # eval runs the training step too, with `training` fed False: the update ops (the documented pattern
+        # attaches them to the step) must then leave the moving statistics alone, read back below
+        y = g.session.run(g.train_step, feed)
         out = Outputs(y=y)
-        if training and r.running_mean is not None:
+        if r.running_mean is not None:
             out.running_mean, out.running_var = g.session.run(list(g.running))
         return out
 

@@ -9,7 +9,8 @@
    with.
 2. `tf.compat.v1.nn.fused_batch_norm` (FusedBatchNormV3), NHWC/NCHW (NDHWC/NCDHW for 5-D), training and
    inference. Returns y, the running mean and the running variance averaged with the Bessel-corrected batch
-   variance (n/(n-1), n-1 floored at 1) while y is normalized with the biased one. The wrapper drops the
+   variance (n/(n-1), n-1 floored at 1) while y is normalized with the biased one. In inference the op keeps
+   no state (the caller's statistics are immutable tensors): the eval modes return none. The wrapper drops the
    op's reserve spaces (nn_impl.py::fused_batch_norm); on CPU reserve_space_1 is the batch mean and
    reserve_space_2 the *biased* batch variance (both the Eigen and the oneDNN kernel; checked on TF 2.21),
    which is what bnconf's saved_mean/saved_var mean, so the training forward reads them from

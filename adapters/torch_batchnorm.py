@@ -59,9 +59,11 @@ class _TorchBackend:
     def run(self, mode: Mode, r: Request) -> Outputs:
         backward = mode in BACKWARD
         x = _tensor(r.x, TORCH_DTYPES[r.dtype], r.device, self.channels_last).requires_grad_(backward)
-        out, params = self._forward(x, r, training=mode in TRAINING, backward=backward)
+        out, params, buffers = self._forward(x, r, training=mode in TRAINING, backward=backward)
         if backward:
             dx, dgamma, dbeta = self._gradients(x, params, r)
+            if mode is Mode.EVAL_BACKWARD:  # the running statistics after the backward, as after an eval forward
+                return Outputs(dx=dx, dgamma=dgamma, dbeta=dbeta, running_mean=_numpy(buffers[0]), running_var=_numpy(buffers[1]))
             return Outputs(dx=dx, dgamma=dgamma, dbeta=dbeta)
         return out
 
@@ -88,9 +90,9 @@ class FunctionalBatchNorm(_TorchBackend):
         momentum = 0.0 if r.momentum is None else r.momentum
         y = torch.nn.functional.batch_norm(x, rm, rv, gamma, beta, training, momentum, r.eps)
         out = Outputs(y=_numpy(y))
-        if training and rm is not None:
+        if rm is not None:  # updated in training; in eval read back to show they were left alone
             out.running_mean, out.running_var = _numpy(rm), _numpy(rv)
-        return out, (y, gamma, beta)
+        return out, (y, gamma, beta), (rm, rv)
 
 
 class ModuleBatchNorm(_TorchBackend):
@@ -128,10 +130,11 @@ class ModuleBatchNorm(_TorchBackend):
         module.train(training)
         y = module(x)
         out = Outputs(y=_numpy(y))
-        if training and r.running_mean is not None:
+        if r.running_mean is not None:  # updated in training; in eval read back to show they were left alone
             out.running_mean, out.running_var = _numpy(module.running_mean), _numpy(module.running_var)
-            out.batches_seen = int(module.num_batches_tracked)
-        return out, (y, module.weight, module.bias)
+            if training:
+                out.batches_seen = int(module.num_batches_tracked)
+        return out, (y, module.weight, module.bias), (module.running_mean, module.running_var)
 
 
 BACKENDS = [

@@ -42,6 +42,9 @@ class QuantityRow:
     examples: int = 0
     failures: int = 0
     failure: str = ""  # NON-CONFORMANT: the spec's verdict on the case shown (e.g. "convention difference")
+    # NON-CONFORMANT, when the run keeps cases: `bnconf replay <folder> --backend <target>`, the command that reruns
+    # the case shown (the worst failing case found: shrinking is off, Hypothesis's target phase steers to it)
+    replay: str = ""
 
     def __post_init__(self):
         """Accept the verdict as its string, and the older "NON-CONFORMANT (<failure>)" text of saved reports."""
@@ -108,7 +111,9 @@ def target_score(ratio: float) -> float:
     return ratio if np.isfinite(ratio) else sys.float_info.max
 
 
-def _record(rows: dict, assessment, inputs: Inputs) -> None:
+def _record(rows: dict, assessment, inputs: Inputs, shown_inputs: dict | None = None) -> None:
+    """Count the case in each quantity's row and keep it as the row's shown case when it is the worst so far;
+    `shown_inputs[q]` is then the failing case a row shows (to be saved for replay)."""
     recorded = assessment.recorded or {}
     problems = assessment.problems()
     for q, c in assessment.declared.items():
@@ -128,6 +133,8 @@ def _record(rows: dict, assessment, inputs: Inputs) -> None:
             row.detail, row.worst_input = shown.detail, describe(inputs)
             if failing:
                 row.failure = judged.verdict.value
+                if shown_inputs is not None:
+                    shown_inputs[q] = inputs
         if failing:
             row.verdict = RowVerdict.NON_CONFORMANT
         elif known and row.verdict is not RowVerdict.NON_CONFORMANT:
@@ -146,9 +153,22 @@ def _note(rows: dict, notes: dict) -> None:
 RAISED, UNJUDGEABLE, WROTE = "raised", "returned outputs bnconf cannot judge", "made the backend write into its inputs"
 
 
-def _reason(errors: dict) -> str:
-    """The cell's error reason: per kind, how many cases and the first of them."""
-    return "; ".join(f"{len(cases)} case(s) {kind}; first: {cases[0]}" for kind, cases in errors.items() if cases)
+def _reason(errors: dict, replays: dict | None = None) -> str:
+    """The cell's error reason: per kind, how many cases and the first of them (and the command that replays it)."""
+    replays = replays or {}
+    return "; ".join(f"{len(cases)} case(s) {kind}; first: {cases[0]}" + (f"; replay: {replays[kind]}" if replays.get(kind) else "")
+                     for kind, cases in errors.items() if cases)
+
+
+def _saved_replay(cases_dir, backend, mode, inputs: Inputs, dtype: str, device: str) -> str:
+    """Save the case under `cases_dir` and return the command that replays it; a case that cannot be saved
+    (a full disk) says so instead of failing the cell."""
+    from .repro import replay_line, save_case
+
+    try:
+        return replay_line(save_case(cases_dir, backend, mode, inputs, dtype, device), backend)
+    except OSError as e:
+        return f"(the case could not be saved: {e.strerror or e})"
 
 
 @contextmanager
@@ -175,9 +195,13 @@ def import_independent_draws():
         providers.CONSTANTS_CACHE.cache.clear()
 
 
-def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: int, watch=None) -> CellResult:
+def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: int, watch=None,
+             cases_dir=None) -> CellResult:
     """One cell explored by Hypothesis. `watch(backend, mode, inputs, dtype, device)`, a context manager
-    entered around each case, lets an isolating worker say which input is running (conformance/isolation)."""
+    entered around each case, lets an isolating worker say which input is running (conformance/isolation).
+    With `cases_dir`, each NON-CONFORMANT row's worst case and the first case of each kind of error are saved
+    there as replayable folders (conformance/repro.py), and the row's `replay` / the cell's reason give the
+    command that reruns it."""
     cell = CellResult(backend.name, backend.convention.name, device, dtype, mode.value, CellStatus.RAN)
     reason = unavailable(backend, device)
     if reason:
@@ -186,6 +210,8 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     rows: dict[str, QuantityRow] = {}
     errors: dict[str, list[str]] = {RAISED: [], UNJUDGEABLE: [], WROTE: []}
     notes: dict[str, str] = {}  # quantity -> the first sign of non-determinism in its failing cases
+    shown_inputs: dict[str, Inputs] = {}  # quantity -> the failing case its row shows
+    first_error: dict[str, Inputs] = {}  # kind of error -> its first case
     start = time.perf_counter()
 
     @seed(run_seed * 1_000_003 + zlib.crc32(f"{backend.name}|{device}|{dtype}|{mode.value}".encode()))  # per cell
@@ -200,13 +226,16 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
                 unsteady = rerun_difference(backend, mode, a, dtype, device) if a.problems() else ""
         except OutputError as e:  # complex, integer, string... outputs: reported like a raising backend
             errors[UNJUDGEABLE].append(f"{e} [{describe(inputs)}]")
+            first_error.setdefault(UNJUDGEABLE, inputs)
             return
         except Exception as e:  # a backend that raises is reported, with the input, and the cell goes on
             errors[RAISED].append(f"{type(e).__name__}: {e} [{describe(inputs)}]")
+            first_error.setdefault(RAISED, inputs)
             return
-        _record(rows, a, inputs)
+        _record(rows, a, inputs, shown_inputs)
         if a.wrote_into:
             errors[WROTE].append(f"{a.wrote_into} [{describe(inputs)}]")
+            first_error.setdefault(WROTE, inputs)
         if unsteady:
             for q in a.problems():
                 notes.setdefault(q, unsteady)
@@ -225,18 +254,26 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     cell.seconds = time.perf_counter() - start
     _note(rows, notes)
     cell.rows = sorted(rows.values(), key=lambda r: r.quantity)
+    replays = {}
+    if cases_dir is not None:
+        for row in cell.rows:
+            if row.verdict is RowVerdict.NON_CONFORMANT and row.quantity in shown_inputs:
+                row.replay = _saved_replay(cases_dir, backend, mode, shown_inputs[row.quantity], dtype, device)
+        replays = {kind: _saved_replay(cases_dir, backend, mode, inputs, dtype, device)
+                   for kind, inputs in first_error.items()}
     if any(errors.values()):
-        cell.status, cell.reason = CellStatus.ERROR, _reason(errors)
+        cell.status, cell.reason = CellStatus.ERROR, _reason(errors, replays)
     return cell
 
 
-def run_battery(cells, examples: int, run_seed: int, progress=None, on_cell=None) -> list[CellResult]:
-    """Every cell in this process, in order; `on_cell(result)` sees each result as it arrives."""
+def run_battery(cells, examples: int, run_seed: int, progress=None, on_cell=None, cases_dir=None) -> list[CellResult]:
+    """Every cell in this process, in order; `on_cell(result)` sees each result as it arrives; failing cases
+    are saved under `cases_dir` (see run_cell)."""
     results = []
     for i, (backend, device, dtype, mode) in enumerate(cells, 1):
         if progress:
             progress(f"[{i}/{len(cells)}] {backend.name} {device} {dtype} {mode.value}")
-        results.append(run_cell(backend, device, dtype, mode, examples, run_seed))
+        results.append(run_cell(backend, device, dtype, mode, examples, run_seed, cases_dir=cases_dir))
         if on_cell:
             on_cell(results[-1])
     return results
@@ -256,6 +293,9 @@ class DiscrepancyUse:
     backends: str
     covered: int
     needed: int
+    explanation: str = ""
+    evidence: str = ""
+    source: str = "built-in"  # "built-in" (conformance/known/), "backend" (its own attribute), or a records file
 
     @property
     def status(self) -> str:
@@ -264,14 +304,28 @@ class DiscrepancyUse:
         return f"STALE: covered {self.covered} case(s), none needed it" if self.covered else "not reached in this run"
 
 
-def discrepancy_use(results: list[CellResult], registry) -> list[DiscrepancyUse]:
-    """Every registry entry that names a backend of the run, with how many cases it covered and needed."""
-    names = {c.backend for c in results if c.status != CellStatus.UNSUPPORTED}
+def discrepancy_use(results: list[CellResult], registry=None, backends=()) -> list[DiscrepancyUse]:
+    """Every record that applies to a backend of the run, with how many of its cases it covered and needed,
+    its explanation, evidence and source: the backends' own and attached records first (`known.
+    sourced_discrepancies_for`; backends not in `backends` are found by name among those records were attached
+    to), then `registry`'s entries (default: the built-ins) that name a backend of the run."""
+    from .known import BUILT_IN, DISCREPANCIES, backend_named, sourced_discrepancies_for
+
+    names = list(dict.fromkeys(c.backend for c in results if c.status != CellStatus.UNSUPPORTED))
+    given = {b.name: b for b in backends}
+    uses: dict[int, list] = {}  # id(record) -> [record, source, the backends it applies to]
+    for n in names:
+        b = given.get(n) or backend_named(n)
+        for entry, source in (sourced_discrepancies_for(b) if b is not None else []):
+            if source != BUILT_IN:
+                uses.setdefault(id(entry), [entry, source, set()])[2].add(n)
+    for entry in (DISCREPANCIES if registry is None else registry):
+        for n in names:
+            if matches(n, entry.backends):
+                uses.setdefault(id(entry), [entry, BUILT_IN, set()])[2].add(n)
     out = []
-    for entry in registry:
-        if not any(matches(n, entry.backends) for n in names):
-            continue
-        covered = sum(c.discrepancies.get(entry.id, [0, 0])[0] for c in results)
-        needed = sum(c.discrepancies.get(entry.id, [0, 0])[1] for c in results)
-        out.append(DiscrepancyUse(entry.id, entry.backends, covered, needed))
+    for entry, source, applies_to in uses.values():
+        counts = [c.discrepancies.get(entry.id, [0, 0]) for c in results if c.backend in applies_to]
+        out.append(DiscrepancyUse(entry.id, entry.backends, sum(k[0] for k in counts), sum(k[1] for k in counts),
+                                  entry.explanation, entry.evidence, source))
     return out

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from ..adapters.protocol import channel_axes
 from ..spec import Inputs, Mode, RunningStats
+from ..spec.error_model import split_layout
 from . import strategies as bst
 
 TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
@@ -25,7 +26,10 @@ def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int
     (required in eval unless the convention then uses batch statistics), momentum in its own convention (None where it means a cumulative average).
 
     Training cases have at least two values per channel, and values stay within `dtype`'s range: one value
-    per channel and infinite inputs are edge cases with their own rules."""
+    per channel and infinite inputs are edge cases with their own rules. `dtype` may name a mixed layout
+    ("float16/float32"): x is drawn for its data dtype, the parameters as for any other (`engine.prepare`
+    rounds them to the parameter format), so the draws of a plain dtype are unchanged."""
+    dtype, _ = split_layout(dtype)
     conv = backend.convention
     ranks = tuple(r for r in getattr(backend, "ranks", conv.ranks) if 2 <= r <= 5)
     shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size, max_reduction=max_reduction))

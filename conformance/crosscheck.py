@@ -29,7 +29,7 @@ from .battery import describe, import_independent_draws
 from .cases import case_inputs
 from .discrepancies import covering
 from .engine import prepare, request
-from .known import DISCREPANCIES as REGISTRY
+from .known import discrepancies_for
 
 MODES = (Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD, Mode.TRAIN_BACKWARD)
 MATCHES, PREDICTED, UNEXPECTED = "matches after translation", "differs as the spec predicts", "UNEXPECTED difference"
@@ -131,23 +131,11 @@ def _compare(quantity, oa, ob, ea, eb):
 def _expected(backend, mode: Mode, i: Inputs, dtype: str, device: str, precision):
     """The oracle's values for `backend` on `i`: its declared semantics, or, where a known discrepancy
     covers the case, the recorded behaviour (its id is returned with them)."""
-    entry = covering(REGISTRY, backend.name, mode, dtype, device, i)
+    entry = covering(discrepancies_for(backend), backend.name, mode, dtype, device, i)
     if entry is None:
         return expected(mode, i, backend.convention, precision), None
-    values = expected(mode, *entry.recorded_model(i, backend.convention, precision))
-    if entry.unchecked is not None:  # channels the record claims nothing about: no claim here either
-        skip = np.asarray(entry.unchecked(i), dtype=bool)
-        values = {q: replace(e, ill=e.ill | _along_channels(skip, e.value, i)) for q, e in values.items()}
-    return values, entry.id
-
-
-def _along_channels(per_channel: np.ndarray, like: np.ndarray, i: Inputs) -> np.ndarray:
-    """A per-channel mask broadcast to a quantity's shape (x-shaped or per channel)."""
-    if np.ndim(like) != np.ndim(i.x):
-        return per_channel
-    shape = [1] * i.x.ndim
-    shape[channel_axis(i.x.ndim, i.axis)] = -1
-    return np.broadcast_to(per_channel.reshape(shape), np.shape(like))
+    # the record applied as in the battery: channels it claims nothing about make no claim here either
+    return entry.apply(i, {}, backend.convention, precision).expected(mode), entry.id
 
 
 def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu") -> PairResult:

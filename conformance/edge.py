@@ -30,7 +30,7 @@ from ..spec.verdict import quantity_format, required_quantities
 from .discrepancies import covering
 from .engine import prepare, request
 from .inference_probes import shaped
-from .known import DISCREPANCIES as REGISTRY, EDGE_RECORDS
+from .known import EDGE_RECORDS, backend_named, discrepancies_for, edge_records_for
 from .records import EdgeRecord
 
 AGREES = "returns the spec's values"
@@ -295,10 +295,10 @@ def _references(run: _Run) -> list[dict[str, _Reference]]:
         return [_explicit(run.expectation, run.rows, run.where, run.precision)]
     conv = run.backend.convention
     refs = [_oracle(run.mode, run.placed, conv, run.precision)]
-    entry = covering(REGISTRY, run.backend.name, run.mode, run.dtype, run.device, run.placed)
-    if entry is not None:
-        refs.append(_oracle(run.mode, entry.recorded_inputs(run.placed), entry.recorded_convention(conv),
-                            entry.recorded_precision(run.precision)))
+    entry = covering(discrepancies_for(run.backend), run.backend.name, run.mode, run.dtype, run.device, run.placed)
+    if entry is not None:  # the record applied as everywhere: its unchecked channels make no claim
+        recorded = entry.apply(run.placed, {}, conv, run.precision).expected(run.mode)
+        refs.append({q: _Reference(e.value, e.bound, e.ill) for q, e in recorded.items()})
     return refs
 
 
@@ -323,7 +323,7 @@ def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None 
     (dtype, case id, mode value) triples not to run (already run by a worker that crashed later)."""
     if unavailable(backend, device):
         return []
-    records = edge_records() if records is None else records
+    records = edge_records_for(backend) if records is None else records
     outcomes = []
     for case in cases:
         for dtype in case_dtypes(backend, case, dtypes):
@@ -345,8 +345,12 @@ def run_edge_cases(backend, device: str = "cpu", dtypes: tuple[str, ...] | None 
 def stale_records(outcomes: list[EdgeOutcome], backend_names,
                   records: tuple[EdgeRecord, ...] | None = None) -> list[EdgeRecord]:
     """Entries that covered an outcome (a backend that ran, one of `backend_names`, in the entry's case, modes
-    and dtypes) and matched none of them."""
-    records = edge_records() if records is None else records
+    and dtypes) and matched none of them (`records` None: those that apply to the named backends, found by name
+    as the run registered them, else the built-ins)."""
+    if records is None:
+        named = [backend_named(n) for n in backend_names]
+        records = tuple(dict.fromkeys(r for b in named if b is not None for r in edge_records_for(b)))
+        records += tuple(r for r in edge_records() if r not in records) if None in named else ()
 
     ran = [o for o in outcomes if o.backend in backend_names]
     return [r for r in records if any(r.covers(o) for o in ran) and not any(o.recorded == r.id for o in outcomes)]

@@ -11,17 +11,21 @@ import numpy as np
 
 from ..adapters.protocol import Request, declared_precision
 from ..spec import Comparison, Inputs, Mode, Precision, RunningStats, Verdict, judge
+from ..spec.error_model import split_layout
 from .arrays import round_to
 from .discrepancies import covering
-from .known import DISCREPANCIES as REGISTRY
+from . import records
+from .known import DISCREPANCIES as REGISTRY, discrepancies_for
 from .records import KnownDiscrepancy
 
 ACCEPTED = (Verdict.CONFORMS, Verdict.ILL_CONDITIONED)
 
 
 def prepare(inputs: Inputs, precision: Precision) -> Inputs:
-    """x and dy rounded to the input format; gamma, beta and running statistics to the stats format, so
-    that the backend and the oracle see the same numbers."""
+    """x and dy rounded to the input format; gamma, beta and running statistics to the stats format (the
+    parameter format of a mixed layout); eps and momentum to the attribute format the precision declares
+    (`Precision.attributes`, e.g. float32 for ONNX; exact when None), so that the backend and the oracle see
+    the same numbers."""
     as_stats = lambda a: None if a is None else round_to(a, precision.stats).astype("float64")  # noqa: E731
     running = inputs.running
     if running is not None:
@@ -33,16 +37,21 @@ def prepare(inputs: Inputs, precision: Precision) -> Inputs:
         gamma=as_stats(inputs.gamma),
         beta=as_stats(inputs.beta),
         running=running,
+        eps=precision.attribute(inputs.eps),
+        momentum=precision.attribute(inputs.momentum),
     )
 
 
 def request(inputs: Inputs, dtype: str, device: str) -> Request:
     """The backend's request, with copies of every array: a backend that writes into its inputs (an
-    in-place running update on a shared buffer) must not change what the oracle is given."""
+    in-place running update on a shared buffer) must not change what the oracle is given. `dtype` may name a
+    mixed layout ("float16/float32"): the request's dtype and param_dtype."""
     copy = lambda a: None if a is None else np.array(a, dtype=np.float64)  # noqa: E731
     r = inputs.running
+    dtype, param_dtype = split_layout(dtype)
     return Request(
         x=copy(inputs.x), axis=inputs.axis, eps=inputs.eps, dtype=dtype, device=device, momentum=inputs.momentum,
+        param_dtype=param_dtype,
         gamma=copy(inputs.gamma), beta=copy(inputs.beta), running_mean=None if r is None else copy(r.mean),
         running_var=None if r is None else copy(r.var), batches_seen=0 if r is None else r.count, dy=copy(inputs.dy),
     )
@@ -76,9 +85,11 @@ class Assessment:
         )
 
 
-def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registry=REGISTRY) -> Assessment:
-    """Run `mode` once and compare with the declared semantics and, if covered, the recorded discrepancy."""
+def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registry=None) -> Assessment:
+    """Run `mode` once and compare with the declared semantics and, if covered, the recorded discrepancy
+    (`registry` None: the records that apply to the backend, `known.discrepancies_for`)."""
     precision = declared_precision(backend, dtype, device)
+    registry = discrepancies_for(backend) if registry is None else registry
     entry = covering(registry, backend.name, mode, dtype, device, inputs)
     # inputs are rounded to what the recorded behaviour holds when it keeps statistics in another format
     prepared = prepare(inputs, entry.recorded_precision(precision) if entry else precision)
@@ -87,14 +98,8 @@ def assess(backend, mode: Mode, inputs: Inputs, dtype: str, device: str, registr
     seen = dict(wrote_into=wrote_into, inputs=prepared, observed=observed)
     if entry is None:
         return Assessment(declared, **seen)
-    recorded_inputs, convention, recorded_precision = entry.recorded_model(prepared, backend.convention, precision)
-    recorded_observed = observed
-    if entry.unchecked is not None:
-        keep = ~np.asarray(entry.unchecked(prepared), dtype=bool)
-        recorded_inputs, recorded_observed = only_channels(recorded_inputs, observed, keep)
-        if not keep.any():  # the record claims nothing about this case
-            return Assessment(declared, entry, {}, **seen)
-    recorded = judge(mode, recorded_observed, recorded_inputs, convention, recorded_precision)
+    # the record's claim, on the channels it makes one about ({} when it claims nothing about this case)
+    recorded = entry.apply(prepared, observed, backend.convention, precision).judge(mode)
     return Assessment(declared, entry, recorded, **seen)
 
 
@@ -156,14 +161,6 @@ def output_differences(first: dict, second: dict) -> list[str]:
 
 
 def only_channels(inputs: Inputs, observed: dict, keep: np.ndarray) -> tuple[Inputs, dict]:
-    """`inputs` and `observed` restricted to the channels where `keep` is true (x-shaped quantities along
-    the channel axis, per-channel ones by index)."""
-    ndim = inputs.x.ndim
-    per_channel = lambda a: None if a is None else np.asarray(a)[keep]  # noqa: E731
-    per_element = lambda a: None if a is None else np.compress(keep, a, axis=inputs.axis)  # noqa: E731
-    stats = lambda r: None if r is None else RunningStats(per_channel(r.mean), per_channel(r.var), r.count)  # noqa: E731
-    restricted = replace(
-        inputs, x=per_element(inputs.x), dy=per_element(inputs.dy), gamma=per_channel(inputs.gamma),
-        beta=per_channel(inputs.beta), running=stats(inputs.running), running_error=stats(inputs.running_error),
-    )
-    return restricted, {q: per_element(v) if np.ndim(v) == ndim else per_channel(v) for q, v in observed.items()}
+    """`inputs` and `observed` restricted to the channels where `keep` is true (`records.only_channels`, which
+    `KnownDiscrepancy.apply` uses)."""
+    return records.only_channels(inputs, observed, keep)

@@ -21,7 +21,7 @@ from ..adapters.protocol import Request, channel_axes, declared_precision
 from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, float_format, probe_tolerance
 from . import inference_probes as p
 from .ideal import inputs_of
-from .known import DISCREPANCIES as REGISTRY
+from .known import DISCREPANCIES as REGISTRY, backend_named, discrepancies_for
 
 HALF = ("float16", "bfloat16")
 MOMENTA = (0.1, 0.3)  # in the backend's own convention; two values so that w = m and w = 1 - m never coincide
@@ -94,10 +94,12 @@ class Inference:
                 out[prop] = finding.value == (HALF_SUMS if declared in HALF else WIDE_SUMS)
         return out
 
-    def verdicts(self, convention: Convention, registry=REGISTRY) -> dict[str, str]:
+    def verdicts(self, convention: Convention, registry=None) -> dict[str, str]:
         """Per property: "agrees" with the record; "differs as recorded: <ids>" where a known discrepancy
         covers a probe that decided it (the backend is known to compute something else on that input); else
-        "DIFFERS", a difference nobody has explained."""
+        "DIFFERS", a difference nobody has explained. `registry` None: the records that apply to the backend
+        (`known.discrepancies_for`, found by its name), else the built-ins."""
+        registry = _records_of(self.backend) if registry is None else registry
         out = {}
         for prop, agrees in self.matches(convention).items():
             if agrees:
@@ -107,9 +109,10 @@ class Inference:
             out[prop] = f"differs as recorded: {', '.join(ids)}" if ids else "DIFFERS"
         return out
 
-    def explaining(self, prop: str, registry=REGISTRY) -> list[str]:
+    def explaining(self, prop: str, registry=None) -> list[str]:
         """The ids of the registry's entries that cover one of the probes behind `prop` and record a difference
-        in a quantity `prop` is read from, in registry order."""
+        in a quantity `prop` is read from, in registry order (`registry` None: as in `verdicts`)."""
+        registry = _records_of(self.backend) if registry is None else registry
         read_from = set(READ_FROM.get(prop.split("[")[0], ("y",)))
         cases = [(mode, r.dtype, r.device, inputs_of(r)) for mode, r in self.findings[prop].probes]
         return [d.id for d in registry
@@ -117,6 +120,13 @@ class Inference:
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.dtype}):\n" + "\n".join(f"  {f}" for f in self.findings.values())
+
+
+def _records_of(backend_name: str) -> tuple:
+    """The known discrepancies of the backend of that name (`known.discrepancies_for`, when the run registered
+    it), else the built-ins."""
+    backend = backend_named(backend_name)
+    return discrepancies_for(backend) if backend is not None else REGISTRY
 
 
 def _axis_agrees(found: dict) -> bool:
@@ -175,10 +185,11 @@ class _Probe:
 
 
 def _decide(prop: str, candidates: dict, tol: float, evidence: str, value_of=lambda h: h) -> Finding:
-    """The best-fitting hypothesis, or None when even it misses by more than `tol`."""
+    """The best-fitting hypothesis, or None when even it misses by more than `tol` (the evidence then names
+    the best one and its residual)."""
     best = min(candidates, key=candidates.get)
     value = value_of(best) if candidates[best] <= tol else None
-    note = "" if value is not None else f"; no hypothesis within {tol:g}"
+    note = "" if value is not None else f"; no hypothesis within {tol:.2g}; best: {best} (residual {candidates[best]:.2g})"
     return Finding(prop, value, evidence + note, candidates)
 
 
@@ -441,11 +452,12 @@ def _accumulation(pr: _Probe, dtype: str) -> Finding:
 # ---------------------------------------------------------------- entry point
 
 
-def infer(backend, device: str = "cpu", dtype: str | None = None, before=None) -> Inference:
+def infer(backend, device: str = "cpu", dtype: str | None = None, before=None, half_dtypes=None) -> Inference:
     """Probe `backend` in `dtype` (default float64, else float32, else its first) and infer its convention.
 
-    Half-precision accumulation is probed for every float16/bfloat16 dtype the backend declares (only `dtype`
-    when one is given and it is a half format). `before(mode, request)` is told before each probe runs."""
+    Half-precision accumulation is probed for every float16/bfloat16 dtype of `half_dtypes` the backend
+    declares; without `half_dtypes`, for every one it declares (only `dtype` when one is given and it is a
+    half format). `before(mode, request)` is told before each probe runs."""
     pr = _Probe(backend, device, dtype, before)
     findings: list[Finding] = []
 
@@ -473,27 +485,91 @@ def infer(backend, device: str = "cpu", dtype: str | None = None, before=None) -
     probing(_eps)
     probing(_eps_in_training, findings[-2].value)
     probing(_eval_stats)
-    halves = [dtype] if dtype in HALF else ([] if dtype else [d for d in HALF if d in backend.dtypes])
+    if half_dtypes is not None:
+        halves = [d for d in dict.fromkeys(half_dtypes) if d in HALF and d in backend.dtypes]
+    else:
+        halves = [dtype] if dtype in HALF else ([] if dtype else [d for d in HALF if d in backend.dtypes])
     for d in halves:
         probing(_accumulation, d)
     accumulation = {d: declared_precision(backend, d, device).accumulate for d in halves}
     return Inference(backend.name, pr.dtype, {f.property: f for f in findings}, device, accumulation)
 
 
-def report_rows(backend, before=None) -> list[dict]:
-    """Inference on `backend`'s first device that runs now, as the report's rows (JSON-ready)."""
+def probe_dtypes(backend, dtypes) -> tuple[str | None, list[str]]:
+    """(the dtype the probes run in, the half dtypes whose accumulation is probed) for a run that selected
+    `dtypes`: of the selected dtypes the backend declares, the widest in infer's order of preference (float64,
+    else float32, else the first), and every selected half dtype. (None, []) when it declares none of them;
+    with `dtypes` None, infer's defaults (every dtype selected)."""
+    if dtypes is None:
+        return None, [d for d in HALF if d in backend.dtypes]
+    declared = [d for d in dict.fromkeys(dtypes) if d in backend.dtypes]
+    preferred = [d for d in ("float64", "float32") if d in declared] + declared
+    return (preferred[0] if preferred else None), [d for d in declared if d in HALF]
+
+
+def _severity(c) -> float:
+    """How badly a failing comparison fails: its error/bound, infinite where that cannot measure it (non-finite
+    mismatches, nothing checked, a quantity not returned)."""
+    if c.nonfinite_mismatches or not c.checked or not np.isfinite(c.max_ratio):
+        return float("inf")
+    return max(c.max_ratio, np.nextafter(0.0, 1.0))
+
+
+def deciding_probe(backend, finding: Finding, before=None):
+    """The probe of `finding` whose case fails the battery's judgement worst against the declared convention,
+    rerun through `engine.assess` (so that its saved case replays to the same finding); the last probe when
+    none fails on its own (the difference shows only between probes). None when it has no probe."""
+    from .engine import assess
+
+    best, score = None, -1.0
+    for mode, r in finding.probes:
+        try:
+            if before:
+                before(mode, r)
+            problems = assess(backend, mode, inputs_of(r), r.dtype, r.device).problems()
+        except Exception:  # noqa: BLE001 - a probe the spec cannot judge is no case to replay
+            continue
+        worst = max((_severity(c) for c in problems.values()), default=0.0)  # 0: this probe alone conforms
+        if worst >= score:
+            best, score = (mode, r), worst
+    return best or (finding.probes[-1] if finding.probes else None)
+
+
+def _probe_replay(backend, finding: Finding, cases_dir, before=None) -> str:
+    """Save the deciding probe of a DIFFERS finding under `cases_dir`; the command that replays it."""
+    from .repro import replay_line, save_case
+
+    probe = deciding_probe(backend, finding, before)
+    if probe is None:
+        return ""
+    mode, r = probe
+    try:
+        return replay_line(save_case(cases_dir, backend, mode, inputs_of(r), r.dtype, r.device), backend)
+    except OSError as e:
+        return f"(the probe could not be saved: {e.strerror or e})"
+
+
+def report_rows(backend, before=None, dtypes=None, cases_dir=None) -> list[dict]:
+    """Inference on `backend`'s first device that runs now, in the first of the run's `dtypes` the backend
+    declares (`probe_dtypes`; nothing when it declares none of them), as the report's rows (JSON-ready).
+    With `cases_dir`, each DIFFERS row's deciding probe is saved there and the row's "replay" reruns it."""
     from ..adapters.protocol import first_available_device
 
     device = first_available_device(backend)
-    if device is None:
+    dtype, halves = probe_dtypes(backend, dtypes)
+    if device is None or (dtypes is not None and dtype is None):
         return []
     try:
-        inference = infer(backend, device, before=before)
+        inference = infer(backend, device, dtype, before=before, half_dtypes=halves)
     except Exception as e:  # noqa: BLE001 - probing is advice: a backend it cannot probe still gets its verdict
         return [dict(backend=backend.name, property="-", value=None, agrees=False, verdict="probing failed",
-                     candidates={}, evidence=f"probing failed: {type(e).__name__}: {e}")]
-    verdicts = inference.verdicts(backend.convention)
-    return [dict(backend=backend.name, property=prop, value=str(getattr(f.value, "value", f.value)),
-                 agrees=verdicts.get(prop, "agrees") == "agrees", verdict=verdicts.get(prop, "agrees"),
-                 evidence=f.evidence, candidates={str(k): float(v) for k, v in f.candidates.items()})
-            for prop, f in inference.findings.items()]
+                     candidates={}, evidence=f"probing failed: {type(e).__name__}: {e}", dtype=dtype, replay="")]
+    verdicts = inference.verdicts(backend.convention, registry=discrepancies_for(backend))
+    rows = []
+    for prop, f in inference.findings.items():
+        verdict = verdicts.get(prop, "agrees")
+        replay = _probe_replay(backend, f, cases_dir, before) if verdict == "DIFFERS" and cases_dir is not None else ""
+        rows.append(dict(backend=backend.name, property=prop, value=str(getattr(f.value, "value", f.value)),
+                         agrees=verdict == "agrees", verdict=verdict, evidence=f.evidence, dtype=inference.dtype,
+                         candidates={str(k): float(v) for k, v in f.candidates.items()}, replay=replay))
+    return rows

@@ -38,6 +38,7 @@ from ..spec import Mode
 from .battery import CellResult, QuantityRow, describe, run_cell
 from .crosscheck import MODES, PairResult, PairRow, representatives, run_pair
 from .status import CellStatus
+from .user_records import attach_targets, job_records
 POLL_SECONDS = 0.05
 EDGE, PROBE = -1, -2  # the "cell" of a case event sent by an edge case or a convention probe
 EDGE_KEY = ("device", "dtype", "case", "mode")  # identifies an edge-case outcome
@@ -206,7 +207,7 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None)
 
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
-                 extras: dict | None = None, on_idle=None) -> tuple[list[CellResult], dict]:
+                 extras: dict | None = None, on_idle=None, cases_dir=None) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend, and per
     backend the convention inference (`infer`) and the edge cases (`edge`) on the cells' devices and dtypes.
 
@@ -214,7 +215,9 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
     arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}}),
     the latter filled in place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them);
-    `on_idle()` is called while a worker is busy with a case and nothing arrives."""
+    `on_idle()` is called while a worker is busy with a case and nothing arrives. With `cases_dir`, every
+    NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case there (battery.run_cell,
+    inference.report_rows), written by the worker itself."""
     from ..adapters.registry import origin
 
     crash_dir = Path(crash_dir)
@@ -238,8 +241,8 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
         target = origin(backend)
         if target is None:  # nothing to load it from in a child: run it here
             for i in indices:
-                arrived(i, run_cell(*cells[i], examples, seed))
-            for kind, rows in extras_for(backend, [cells[i][1:] for i in indices], infer, edge).items():
+                arrived(i, run_cell(*cells[i], examples, seed, cases_dir=cases_dir))
+            for kind, rows in extras_for(backend, [cells[i][1:] for i in indices], infer, edge, cases_dir=cases_dir).items():
                 extras[kind][backend.name] = rows
             continue
 
@@ -252,6 +255,8 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
         todo, extra_kinds = list(indices), {"infer": infer, "edge": edge}
         while todo or any(extra_kinds.values()):
             job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **extra_kinds,
+                       records=job_records([backend]),  # the records files attached to it, attached there too
+                       cases_dir=None if cases_dir is None else str(cases_dir),
                        cells=[[i, *cells[i][1:3], cells[i][3].value] for i in todo],
                        extra_cells=[[*cells[i][1:3], cells[i][3].value] for i in indices],
                        edge_done=[[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])])
@@ -304,7 +309,7 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
 
     todo = list(range(len(pairs)))
     while todo:
-        job = dict(kind="matrix", examples=examples, seed=seed, device=device,
+        job = dict(kind="matrix", examples=examples, seed=seed, device=device, records=job_records(reps),
                    backends=[[origin(b), b.name] for b in reps],
                    pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
         failure = _supervise(job, limits, Path(tempfile.gettempdir()), handle, on_idle)
@@ -320,8 +325,9 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
 
 
 def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=(),
-               before_probe=None) -> dict:
-    """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran.
+               before_probe=None, cases_dir=None) -> dict:
+    """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran; the inference
+    probes in the first of the cells' dtypes the backend declares, and saves DIFFERS rows under `cases_dir`.
     `before_edge(device, case, mode, dtype)` is told before each edge case runs; with `on_edge(row)` each edge
     outcome goes there as it arrives instead of into the result; `edge_done` lists (device, dtype, case id,
     mode) already run."""
@@ -329,7 +335,8 @@ def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edg
     if infer:
         from .inference import report_rows
 
-        out["inferred"] = report_rows(backend, before=before_probe)
+        out["inferred"] = report_rows(backend, before=before_probe, dtypes=[dtype for _, dtype, _ in cells],
+                                      cases_dir=cases_dir)
     if edge:
         from .edge import as_row, run_edge_cases
 
@@ -352,6 +359,7 @@ def _battery_job(job: dict, send) -> None:
     from .repro import save_case
 
     backend = next(b for b in load(job["target"]) if b.name == job["backend"])
+    attach_targets([backend], job.get("records", ()))  # the run's records files apply here as in the parent
     scratch = Path(job["scratch"]) / "cases"
     for index, device, dtype, mode in job["cells"]:
         send(event="case", cell=index, input=f"{mode} {dtype} {device}, before its first case")
@@ -363,7 +371,8 @@ def _battery_job(job: dict, send) -> None:
             yield
             shutil.rmtree(folder, ignore_errors=True)
 
-        cell = run_cell(backend, device, dtype, Mode(mode), job["examples"], job["seed"], watch=watched)
+        cell = run_cell(backend, device, dtype, Mode(mode), job["examples"], job["seed"], watch=watched,
+                        cases_dir=job.get("cases_dir"))
         send(event="cell", cell=index, result=asdict(cell))
 
     def before_probe(mode, r):
@@ -375,7 +384,8 @@ def _battery_job(job: dict, send) -> None:
 
     cells = [(device, dtype, Mode(mode)) for device, dtype, mode in job["extra_cells"]]
     if job["infer"]:
-        send(event="inferred", rows=extras_for(backend, cells, True, False, before_probe=before_probe)["inferred"])
+        send(event="inferred", rows=extras_for(backend, cells, True, False, before_probe=before_probe,
+                                               cases_dir=job.get("cases_dir"))["inferred"])
     if job["edge"]:
         extras_for(backend, cells, False, True, before_edge=before_edge, on_edge=lambda row: send(event="edge", rows=[row]),
                    edge_done=[tuple(k) for k in job["edge_done"]])
@@ -387,6 +397,7 @@ def _matrix_job(job: dict, send) -> None:
     by_name = {}
     for target, name in job["backends"]:
         by_name[name] = next(b for b in load(target) if b.name == name)
+    attach_targets(list(by_name.values()), job.get("records", ()))
     for k, a, b, mode in job["pairs"]:
         send(event="case", cell=k, input=f"{a} vs {b} {mode}")
         try:

@@ -45,7 +45,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _work(job: dict, send) -> None:
-    from ..adapters.protocol import BackendError, unavailable
+    from ..adapters.protocol import BackendError, supports_layout, unavailable
     from ..adapters.registry import TargetError, load
     from .engine import assess
     from .repro import CaseError, assessment_lines, read_case, select_backend, shown
@@ -54,7 +54,7 @@ def _work(job: dict, send) -> None:
         case = read_case(job["folder"])
         backend = select_backend(load(job["target"]), case, job["target"], job["exact"])
         label = f"backend {shown(backend.name, 100)!r} of {job['target']}"
-        if case.mode not in backend.modes or case.dtype not in backend.dtypes or case.device not in backend.devices:
+        if case.mode not in backend.modes or not supports_layout(backend, case.dtype) or case.device not in backend.devices:
             raise CaseError(f"{label} does not run {case.mode.value} {case.dtype} on {case.device} (it declares modes "
                             f"{sorted(m.value for m in backend.modes)}, dtypes {list(backend.dtypes)}, devices "
                             f"{list(backend.devices)}); name a backend that runs the saved case")
@@ -74,7 +74,7 @@ def _work(job: dict, send) -> None:
     except Exception as e:  # noqa: BLE001 - outputs bnconf cannot judge (wrong shapes, types) are the backend's too
         send(event="raised", where="the backend's outputs could not be judged:", error=_one_line(e))
         return
-    lines, code = assessment_lines(backend.name, case.mode, case.dtype, case.device, a)
+    lines, code = assessment_lines(backend.name, case.mode, case.dtype, case.device, a, backend=backend)
     for line in lines:
         send(event="line", text=line)
     send(event="result", code=code)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..spec import InputError, Inputs, Mode, RunningStats
+from ..spec.error_model import split_layout
 from ..spec.formats import FORMATS
 
 FORMAT = "bnconf-case/1"
@@ -156,6 +157,17 @@ def _corrupt(folder: Path, detail: str) -> CaseError:
     return CaseError(f"{shown(folder, PATH_CHARS)} holds a corrupt case ({detail}); {AGAIN}")
 
 
+def _is_layout(name) -> bool:
+    """A dtype name bnconf knows, or a mixed layout of two ("float16/float32")."""
+    if not isinstance(name, str):
+        return False
+    try:
+        dtype, param_dtype = split_layout(name)
+    except ValueError:
+        return False
+    return dtype in FORMATS and (param_dtype is None or param_dtype in FORMATS)
+
+
 def _field(case: dict, name: str, ok, expected: str, folder: Path, optional: bool = False):
     """case[name], checked with `ok`; CaseError naming the field when it is missing or not `expected`."""
     if name not in case:
@@ -230,7 +242,8 @@ def read_case(folder) -> SavedCase:
                     "null or a module:attribute target on one line", folder)
     name = _field(case, "backend", lambda v: isinstance(v, str) and 0 < len(v) <= 10_000, "the backend's name", folder)
     mode = Mode(_field(case, "mode", lambda v: v in {m.value for m in Mode}, f"one of {[m.value for m in Mode]}", folder))
-    dtype = _field(case, "dtype", lambda v: isinstance(v, str) and v in FORMATS, f"one of {list(FORMATS)}", folder)
+    dtype = _field(case, "dtype", _is_layout, f"one of {list(FORMATS)} or a mixed layout such as 'float16/float32'",
+                   folder)
     device = _field(case, "device", lambda v: _plain_line(v, 200), "a device name (text on one line)", folder)
     axis = _field(case, "axis", lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", folder)
     eps = _field(case, "eps", _is_number, "a number", folder)
@@ -314,6 +327,14 @@ def _ask(question: str) -> bool:
 def trust_command(folder, target: str) -> str:
     """The command that replays `folder` on `target`."""
     return f"bnconf replay {shlex.quote(shown(folder, PATH_CHARS))} --backend {shlex.quote(target)}"
+
+
+def replay_line(folder, backend) -> str:
+    """The one line that reruns the case saved in `folder` on `backend` (the target it was loaded from;
+    TARGET, to be filled in, for a backend built in this process)."""
+    from ..adapters.registry import origin
+
+    return trust_command(folder, origin(backend) or "TARGET")
 
 
 def _choose_target(case: SavedCase, backend_target: str | None, trust_folder_target: bool) -> str:
@@ -457,10 +478,13 @@ def replay(folder, backend_target: str | None, time_limit: float, trust_folder_t
             raise KeyboardInterrupt
 
     previous = signal.getsignal(signal.SIGINT)
-    try:
-        signal.signal(signal.SIGINT, first_ctrl_c_only)
-    except ValueError:  # not the main thread: Ctrl-C is not delivered here anyway
+    if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (a background job of a script): keep it so
         previous = None
+    else:
+        try:
+            signal.signal(signal.SIGINT, first_ctrl_c_only)
+        except ValueError:  # not the main thread: Ctrl-C is not delivered here anyway
+            previous = None
     try:
         case = read_case(folder)
         target = _choose_target(case, backend_target, trust_folder_target)
@@ -501,14 +525,72 @@ def script_main(folder, argv: list[str]) -> int:
     return print_replay(folder, args.target, args.time_limit, args.trust_target)
 
 
-def assessment_lines(name: str, mode: Mode, dtype: str, device: str, a) -> tuple[list[str], int]:
-    """What replay prints for the assessment `a` of backend `name`'s case, and its exit status."""
+WORST_ELEMENTS = 5  # rows of the observed-against-expected table of a failing quantity
+
+
+@np.errstate(all="ignore")  # NaN and Inf are what such a table shows
+def worst_elements(backend, mode: Mode, a, dtype: str, device: str, quantity: str,
+                   count: int = WORST_ELEMENTS) -> list[tuple]:
+    """The `count` worst elements of `quantity` in the assessment `a` of a case on `backend`, worst first:
+    (index, observed, expected, bound, error/bound). Expected is the oracle's value in the quantity's format
+    under the model it was judged by (the declared convention, or the known discrepancy's recorded behaviour
+    where one covers the quantity); elements whose finiteness differs from the oracle's rank first (error/bound
+    inf), elements without a bound (ill-conditioned) last (error/bound nan)."""
+    from ..adapters.protocol import declared_precision
+    from ..spec import expected
+    from ..spec.verdict import expected_in_format, quantity_format
+
+    if a.inputs is None or a.observed.get(quantity) is None:
+        return []
+    inputs, convention, precision = a.inputs, backend.convention, declared_precision(backend, dtype, device)
+    if a.discrepancy is not None and quantity in a.discrepancy.quantities and a.recorded:
+        inputs, convention, precision = a.discrepancy.recorded_model(inputs, convention, precision)
+    exp = expected(mode, inputs, convention, precision).get(quantity)
+    observed = np.asarray(a.observed[quantity], dtype=np.float64)
+    if exp is None or observed.shape != exp.value.shape:
+        return []
+    value = expected_in_format(observed, exp, quantity_format(quantity, precision))
+    finite = np.isfinite(observed) & np.isfinite(value)
+    same = (np.isnan(observed) & np.isnan(value)) | (observed == value)
+    error = np.abs(observed - value)
+    ratio = np.where(same, 0.0, np.where(finite, np.where(exp.ill, np.nan, error / exp.bound), np.inf))
+    rank = np.where(np.isnan(ratio), -1.0, ratio).ravel()  # unbounded elements last
+    order = np.argsort(-rank, kind="stable")[:count]
+    out = []
+    for flat in order:
+        at = np.unravel_index(int(flat), observed.shape)
+        out.append((tuple(int(i) for i in at), float(observed[at]), float(value[at]), float(exp.bound[at]),
+                    float(ratio[at])))
+    return out
+
+
+def _element_lines(rows: list[tuple]) -> list[str]:
+    if not rows:
+        return []
+    table = [("index", "observed", "expected", "bound", "error/bound")]
+    table += [(str(at), repr(obs), repr(exp), f"{bound:.3g}", f"{r:.3g}") for at, obs, exp, bound, r in rows]
+    widths = [max(len(row[k]) for row in table) for k in range(5)]
+    return ["    " + "  ".join(cell.rjust(w) if k else cell.ljust(w) for k, (cell, w) in enumerate(zip(row, widths)))
+            for row in table]
+
+
+def assessment_lines(name: str, mode: Mode, dtype: str, device: str, a, backend=None) -> tuple[list[str], int]:
+    """What replay prints for the assessment `a` of backend `name`'s case, and its exit status: every
+    quantity's comparison and, for each failing one when `backend` is given, observed against expected at its
+    worst elements (`worst_elements`)."""
     lines = [f"{shown(name, 100)} {device} {dtype} {mode.value}"]
+    problems = a.problems()
+    if a.wrote_into:
+        lines.append(f"  {shown(a.wrote_into, 300)}")  # "the backend wrote into its input x (...)"
     for q, c in a.declared.items():
-        lines.append(f"  {q}: {c.verdict.value} {c.detail} max error/bound {c.max_ratio:.3g}, {c.max_ulp:.3g} ulps, "
-                     f"worst at {c.worst_index}: observed {c.observed!r}, expected {c.expected!r}, bound {c.bound!r}")
+        judged = problems.get(q, c)
+        lines.append(f"  {q}: {judged.verdict.value}{' ' + judged.detail if judged.detail else ''}; max error/bound "
+                     f"{judged.max_ratio:.3g}, {judged.max_ulp:.3g} ulps, worst at {judged.worst_index}: observed "
+                     f"{judged.observed!r}, expected {judged.expected!r}, bound {judged.bound!r}")
+        if q in problems and backend is not None:
+            lines += _element_lines(worst_elements(backend, mode, a, dtype, device, q))
     if a.discrepancy:
         lines.append(f"  covered by known discrepancy {a.discrepancy.id}")
-    problems = a.problems()
-    lines.append("still fails: " + ", ".join(problems) if problems else "conforms now")
-    return lines, 1 if problems else 0
+    failing = list(problems) + (["it writes into its inputs"] if a.wrote_into else [])
+    lines.append("still fails: " + ", ".join(failing) if failing else "conforms now")
+    return lines, 1 if failing else 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from . import battery, crosscheck, isolation
+from . import battery, crosscheck, isolation, user_records
 
 
 class Phase(str, Enum):
@@ -32,6 +32,7 @@ class RunOptions:
     isolated: bool = True
     infer: bool = False  # convention inference (validate)
     edge_cases: bool = True
+    records: tuple[str, ...] = ()  # records files (--records): attached to every backend, workers included
 
 
 @dataclass
@@ -99,11 +100,22 @@ def failures(state: RunState, backends) -> list[str]:
 # ---------------------------------------------------------------- carrying it out
 
 
+def cases_beside(crash_dir: Path) -> Path:
+    """The folder for a run's replayable findings beside its crashes folder: `<out>/<name>-crashes` gives
+    `<out>/<name>-cases` (reports/output.py ReportFolder.cases_dir)."""
+    crash_dir = Path(crash_dir)
+    return crash_dir.with_name(crash_dir.name.removesuffix("-crashes") + "-cases")
+
+
 def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, progress=None,
-            on_change=None, on_idle=None) -> None:
+            on_change=None, on_idle=None, cases_dir: Path | None = None) -> None:
     """Run the battery, the extras and the cross-framework table, filling `state` as results arrive.
-    `on_change()` is called after each result, `on_idle()` while an isolated run waits on a slow case."""
+    `on_change()` is called after each result, `on_idle()` while an isolated run waits on a slow case.
+    Every NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case under `cases_dir`
+    (default: `cases_beside(crash_dir)`), isolated or not."""
     changed = on_change or (lambda: None)
+    cases_dir = cases_beside(crash_dir) if cases_dir is None else Path(cases_dir)
+    user_records.prepare_records(backends, options.records)  # the backends' own records checked, files attached
 
     def arrived(cell) -> None:
         state.results.append(cell)
@@ -112,12 +124,14 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
     if options.isolated:
         isolation.run_isolated(cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived,
                                infer=options.infer, edge=options.edge_cases,
-                               extras={"inferred": state.inferred, "edge": state.edge}, on_idle=on_idle)
+                               extras={"inferred": state.inferred, "edge": state.edge}, on_idle=on_idle,
+                               cases_dir=cases_dir)
     else:
-        battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived)
+        battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
+                            cases_dir=cases_dir)
         for b in backends:
             ran = [c[1:] for c in cells if c[0] is b]
-            extras = isolation.extras_for(b, ran, options.infer, options.edge_cases)
+            extras = isolation.extras_for(b, ran, options.infer, options.edge_cases, cases_dir=cases_dir)
             state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
             state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
             changed()

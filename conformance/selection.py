@@ -2,7 +2,9 @@
 
 import os
 
+from ..adapters.protocol import param_dtypes
 from ..adapters.registry import check_unique_names, discover, load
+from ..spec.error_model import layout_name
 
 
 def choice(values: list[str], name: str) -> list[str]:
@@ -18,14 +20,23 @@ def backends(targets: list[str]):
     return found, missing
 
 
+def layouts(backend, dtype: str) -> list[str]:
+    """The cell dtypes of `dtype` data: `dtype` itself (the backend's own layout), then one mixed layout
+    "dtype/param" per parameter dtype the backend declares for it (`param_dtypes`)."""
+    return [dtype, *(layout_name(dtype, p) for p in param_dtypes(backend, dtype))]
+
+
 def cells(backends_, devices: list[str], dtypes: list[str]):
-    """(backend, device, dtype, mode) for every combination a backend declares and the run selects."""
+    """(backend, device, dtype, mode) for every combination a backend declares and the run selects; a mixed
+    layout's dtype is its name ("float16/float32", selected with its data dtype), right after its data dtype's
+    cells, so a backend declaring none has exactly the cells (and seeds) it always had."""
     return [
-        (b, device, dtype, mode)
+        (b, device, layout, mode)
         for b in backends_
         for device in b.devices
         if not devices or device in devices
         for dtype in b.dtypes
         if not dtypes or dtype in dtypes
+        for layout in layouts(b, dtype)
         for mode in sorted(b.modes, key=lambda m: m.value)
     ]

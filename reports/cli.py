@@ -38,9 +38,10 @@ class _Parser(argparse.ArgumentParser):
 def _bad_input() -> tuple:
     """bnconf's own errors: bad input, each with a message that names the problem and the fix."""
     from ..conformance.repro import CaseError  # imported here: `bnconf conventions` needs none of it
+    from ..conformance.user_records import RecordsError
     from .output import OutputError
 
-    return UsageError, TargetError, BackendError, InputError, CaseError, OutputError
+    return UsageError, TargetError, BackendError, InputError, CaseError, OutputError, RecordsError
 
 
 def _one_line(text: str) -> str:
@@ -92,6 +93,7 @@ def _report(args) -> int:
     import numpy as np
 
     from ..conformance import isolation, run, selection
+    from ..conformance.user_records import load_records
     from .output import ReportFolder
     from .publish import Publisher
 
@@ -100,6 +102,9 @@ def _report(args) -> int:
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
         raise UsageError(f"unknown dtype {', '.join(unknown)}; pick --dtype from {', '.join(FORMATS)}")
+    records = tuple(args.records)
+    for target in records:  # a records file that does not load, or a record that does not hold, is bad input
+        load_records(target)
     folder = ReportFolder(Path(args.out), args.name)
     folder.claim()  # before the battery runs: an unwritable folder or a concurrent run must not cost a whole run
     try:
@@ -118,16 +123,17 @@ def _report(args) -> int:
             environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
         options = run.RunOptions(args.examples, args.seed, args.pair_examples,
                                  isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
-                                 isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases)
+                                 isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases,
+                                 records=records)
         state = run.RunState(len(cells))
         publisher = Publisher(folder, args.name, state, found, environment, args.seed, args.examples,
                               lambda s: run.failures(s, found))
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
-        try:
-            with _signals_interrupt():
+        with _signals_interrupt() as caught:
+            try:
                 run.execute(found, cells, options, state, folder.crash_dir, say, publisher.arrived, publisher.idle)
-        except KeyboardInterrupt:
-            return _interrupted(publisher, state, folder.out, args.name)
+            except KeyboardInterrupt:
+                return _interrupted(publisher, state, folder.out, args.name, caught)
         report = publisher.write_all("complete")
     finally:
         folder.release()
@@ -152,32 +158,32 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 @contextmanager
 def _signals_interrupt():
-    """SIGTERM and SIGHUP end a run like Ctrl-C (a cancelled job's workers are stopped, its report kept)."""
+    """SIGTERM and SIGHUP end a run like Ctrl-C (a cancelled job's workers are stopped, its report kept).
+    A signal the run was started with ignored stays ignored (`nohup` ignores SIGHUP, a script's background
+    job SIGINT)."""
     before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    for sig in STOP_SIGNALS:
+    caught = [sig for sig, handler in before.items() if handler is not signal.SIG_IGN]
+    for sig in caught:
         signal.signal(sig, _interrupt)
     try:
-        yield
+        yield caught
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
 
 
-def _interrupted(publisher, state, out, name: str) -> int:
+def _interrupted(publisher, state, out, name: str, caught) -> int:
     """The first Ctrl-C: the JSON marked "interrupted" is written with further signals held off (a moment),
-    then the other formats; a second Ctrl-C during those exits at once, the JSON already complete."""
-    for sig in STOP_SIGNALS:
+    then the other formats; a second Ctrl-C during those exits at once, the JSON already complete.
+    `caught`: the signals the run handles (the caller restores them afterwards)."""
+    for sig in caught:
         signal.signal(sig, signal.SIG_IGN)
     publisher.write_json("interrupted")
     where = f"{out}/{name}.json"
-    for sig in STOP_SIGNALS:
+    for sig in caught:
         signal.signal(sig, lambda *_: _exit_now(f"interrupted again; the partial report is {where}"))
-    try:
-        report = publisher.write_all("interrupted", with_figures=False)
-        print(render_terminal(report))
-    finally:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+    report = publisher.write_all("interrupted", with_figures=False)
+    print(render_terminal(report))
     print(f"\ninterrupted during the {state.phase.value} after {len(state.results)} of {state.cells_planned} cells "
           f"and {len(state.pairs)} pairs; partial report written to {out}/{name}.{{md,html,json}}", file=sys.stderr)
     return 130
@@ -219,6 +225,9 @@ def _battery_options(parser, name: str, examples: int, pair_examples: int) -> No
                         help="skip the edge-case behaviour table (spec/edge_cases.py)")
     parser.add_argument("--no-isolation", dest="isolation", action="store_false",
                         help="run every backend in this process (no crash, time or memory protection)")
+    parser.add_argument("--records", action="append", default=[], metavar="FILE.py:ATTR",
+                        help="your own known discrepancies and edge behaviours: path/to/records.py:ATTR or module:attr "
+                             "naming KnownDiscrepancy / EdgeRecord entries (bnconf.conformance.records); repeatable")
 
 
 def _validate(args) -> int:

@@ -5,6 +5,7 @@ them, as a JSON report holds them); no backend is run here.
 """
 
 from dataclasses import asdict, is_dataclass
+from types import SimpleNamespace
 
 from ..conformance.edge import AGREES
 
@@ -87,3 +88,37 @@ def edge_matrix_rows(outcomes) -> tuple[list[str], list[list[str]]]:
 
     backends = _unique(r["backend"] for r in rows)
     return ["backend", *cases], [[b, *(cell(by.get((b, c))) for c in cases)] for b in backends]
+
+
+EDGE_RECORD_HEADER = ["id", "source", "backends", "case", "status", "explanation", "evidence"]
+
+
+def edge_record_rows(outcomes) -> list[list[str]]:
+    """One row per recorded edge behaviour that covered an outcome of the run (its backend, case, modes and
+    dtypes): id, source ("built-in", "backend" for the backend's own `edge_records`, or the records file),
+    backends, case, status ("in use (k outcome(s))", or STALE when it covered outcomes, none of them explained by
+    another record, and explained none: the backend changed, update the record), explanation and evidence. A backend's own and attached records are
+    found by its name (`known.backend_named`: the run registered its backends), else the built-ins."""
+    from ..conformance.known import BUILT_IN, EDGE_RECORDS, backend_named, sourced_edge_records_for
+    from ..conformance.records import matches
+
+    rows = [_row(o) for o in outcomes]
+    records: dict[int, list] = {}  # id(record) -> [record, source, the backends it applies to]
+    for name in _unique(r["backend"] for r in rows):
+        b = backend_named(name)
+        sourced = (sourced_edge_records_for(b) if b is not None
+                   else [(r, BUILT_IN) for r in EDGE_RECORDS if matches(name, r.backends)])
+        for r, source in sourced:
+            records.setdefault(id(r), [r, source, set()])[2].add(name)
+    out = []
+    for r, source, names in records.values():
+        mine = [o for o in rows if o["backend"] in names]
+        # outcomes another (more specific, earlier) record explains are not this one's to explain
+        covered = [o for o in mine if r.covers(SimpleNamespace(**o)) and o.get("recorded") in (None, r.id)]
+        if not covered:
+            continue
+        explained = sum(o.get("recorded") == r.id for o in mine)
+        status = (f"in use ({explained} outcome(s))" if explained
+                  else f"STALE: covered {len(covered)} outcome(s), explained none")
+        out.append([r.id, source, r.backends, r.case, status, r.explanation, r.evidence])
+    return out

@@ -4,6 +4,7 @@
     folder.claim()                      # before the battery: OutputError (one line, with the fix) if it cannot work
     folder.write("name.json", data)     # atomic: a reader sees the old file or the new one, never half of one
     folder.crash_dir                    # <out>/<name>-crashes, where isolation keeps the inputs that crashed
+    folder.cases_dir                    # <out>/<name>-cases, every other finding's case, for `bnconf replay`
     folder.release()                    # or `with ReportFolder(out, name) as folder: ...`
 
 What `claim` guarantees, before anything runs:
@@ -15,10 +16,10 @@ What `claim` guarantees, before anything runs:
   by `release`.
 - Every way the writes at the end could fail is found now: a folder that cannot hold a new file (read-only,
   no permission, not a folder), a directory standing where a report file or figure goes, a file or link
-  standing where the crashes folder goes, an existing file another user owns in a sticky folder (rename
+  standing where the crashes or cases folder goes, an existing file another user owns in a sticky folder (rename
   would be refused). An existing read-only report file is not a failure: writes replace files by rename.
 - The previous run of the same name leaves nothing behind: its figures (`<name>-<word>.png`), its crashes
-  folder and temporary files of a dead run (`.<name>.<random>.tmp`, removed while holding the lock) go.
+  and cases folders and temporary files of a dead run (`.<name>.<random>.tmp`, removed while holding the lock) go.
   Files of other names are never touched (`<name>-x-heatmap.png` belongs to the run named `<name>-x`).
 
 `write` goes through `tempfile.mkstemp` in the folder (a fresh name, O_EXCL: no fixed name to plant a link
@@ -96,6 +97,12 @@ class ReportFolder:
     def _is_temp(self, file_name: str) -> bool:
         """`.<name>.<random>.tmp` as mkstemp names this run's temporary files (its random part has no '.')."""
         return re.fullmatch(r"\." + re.escape(self.name) + r"\.[^.]+" + re.escape(_TEMP_SUFFIX), file_name) is not None
+
+    @property
+    def cases_dir(self) -> Path:
+        """Where the run saves each NON-CONFORMANT row's, ERROR cell's and DIFFERS probe's case (conformance/run.py
+        `cases_beside(crash_dir)` gives the same folder)."""
+        return self.out / f"{self.name}-cases"
 
     @property
     def claimed(self) -> bool:
@@ -205,20 +212,22 @@ class ReportFolder:
             if sticky_elsewhere and there.st_uid != os.geteuid():
                 raise OutputError(f"{path} belongs to another user in a sticky folder and cannot be replaced; "
                                   "remove it, or pick another --out or --name")
-        try:
-            there = os.stat(self.crash_dir, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISDIR(there.st_mode):
-            what = "a symbolic link" if stat.S_ISLNK(there.st_mode) else "a file"
-            raise OutputError(f"{what} stands where the crashes folder {self.crash_dir} goes; remove it, or pick "
-                              "another --out or --name")
+        for kind, path in (("crashes", self.crash_dir), ("cases", self.cases_dir)):
+            try:
+                there = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(there.st_mode):
+                what = "a symbolic link" if stat.S_ISLNK(there.st_mode) else "a file"
+                raise OutputError(f"{what} stands where the {kind} folder {path} goes; remove it, or pick "
+                                  "another --out or --name")
 
     def _clear_previous_run(self) -> None:
-        """The previous run of this name: its figures, crashes folder and leftover temporary files."""
+        """The previous run of this name: its figures, crashes and cases folders and leftover temporary files."""
         try:
-            if self.crash_dir.is_dir() and not self.crash_dir.is_symlink():
-                shutil.rmtree(self.crash_dir)
+            for folder in (self.crash_dir, self.cases_dir):
+                if folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder)
             for entry in os.scandir(self.out):
                 if (self._is_old_figure(entry.name) or self._is_temp(entry.name)) and not entry.is_dir(follow_symlinks=False):
                     os.unlink(entry.path)  # a link is removed, never its target

@@ -12,10 +12,16 @@ JSON layout (`bnconf-report/1`):
                 "points": [[max |mean|/std, values per channel, quantity, normwise error, error/bound], ...],
                 "rows": [{"quantity", "verdict": "conforms"|"known discrepancy"|"ill-conditioned"|"NON-CONFORMANT",
                           "failure" (the spec's verdict of a NON-CONFORMANT row's worst case), "max_error",
-                          "max_ratio", "max_ulp", "detail", "worst_input", "discrepancy", "examples", "failures"}]}],
-     "discrepancies": [{"id", "backends", "covered", "needed", "status"}],
-     "inferred": [{"backend", "property", "value", "agrees", "verdict", "evidence", "candidates": {hypothesis: residual}}],
+                          "max_ratio", "max_ulp", "detail", "worst_input", "discrepancy", "examples", "failures",
+                          "replay" (a NON-CONFORMANT row: `bnconf replay <folder> --backend <target>`, its worst case
+                          saved under <out>/<name>-cases; an ERROR cell's reason ends with its first case's)}]}],
+     "discrepancies": [{"id", "backends", "covered", "needed", "status", "explanation", "evidence",
+                        "source": "built-in"|"backend"|"<the --records target>"}],
+     "inferred": [{"backend", "property", "value", "agrees", "verdict", "evidence", "candidates": {hypothesis: residual},
+                   "dtype" (the probes' dtype), "replay" (a DIFFERS row: the command that reruns its deciding probe)}],
      "edge": [{"backend", "device", "dtype", "case", "mode", "agrees", "outcome", "recorded"}],
+     "edge_records": [{"id", "source", "backends", "case", "status": "in use (k outcome(s))"|"STALE: ...",
+                       "explanation", "evidence"}]   (each recorded edge behaviour that covered an outcome)
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
      "seconds_per_backend": {"<backend>": float}}
@@ -40,12 +46,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .edge_table import edge_matrix_rows, edge_section_rows, edge_summary
+from .edge_table import EDGE_RECORD_HEADER, edge_matrix_rows, edge_record_rows, edge_section_rows, edge_summary
 from ..conformance.status import CellStatus
 from .terminal import one_line, table
 
 FORMAT = "bnconf-report/1"
-CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input"]
+CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input",
+               "replay"]
 
 
 @dataclass
@@ -74,6 +81,14 @@ class Section:
     terminal_columns: int | None = None  # the terminal shows only the first columns (the rest is too wide)
 
 
+_REPLAY_IN_REASON = re.compile(r"; replay: (bnconf replay .*?)(?=; |$)")
+
+
+def _reason_replays(reason: str) -> tuple[str, list[str]]:
+    """A crashed or ERROR cell's reason without its "; replay: <command>" parts, and those commands."""
+    return _REPLAY_IN_REASON.sub("", reason), _REPLAY_IN_REASON.findall(reason)
+
+
 def _cell_rows(results) -> list[list]:
     """One row per (backend, device, dtype, mode, quantity); unsupported cells folded per backend and device."""
     out, folded = [], set()
@@ -81,14 +96,16 @@ def _cell_rows(results) -> list[list]:
         if c.status is CellStatus.UNSUPPORTED:
             if (c.backend, c.device, c.reason) not in folded:
                 folded.add((c.backend, c.device, c.reason))
-                out.append([c.backend, c.device, "*", "*", "-", "", "", "", "unsupported", c.reason])
+                out.append([c.backend, c.device, "*", "*", "-", "", "", "", "unsupported", c.reason, ""])
             continue
         if not c.status.acceptable:  # raised, crashed, timed out, out of memory, not run
-            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.value.upper(), c.reason])
+            reason, replays = _reason_replays(c.reason)
+            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.value.upper(), reason,
+                        "; ".join(replays)])
         for r in c.rows:
             verdict = r.verdict_text + (f" [{r.discrepancy}]" if r.discrepancy else "") + (f": {r.detail}" if r.detail else "")
             out.append([c.backend, c.device, c.dtype, c.mode, r.quantity, f"{r.max_error:.3g}", f"{r.max_ratio:.3g}",
-                        f"{r.max_ulp:.3g}", verdict, r.worst_input])
+                        f"{r.max_ulp:.3g}", verdict, r.worst_input, getattr(r, "replay", "")])
     return out
 
 
@@ -133,6 +150,16 @@ def _conditioning_rows(results) -> list[list]:
     return out
 
 
+DISCREPANCY_HEADER = ["id", "backends", "cases covered", "cases that needed it", "status", "source", "explanation",
+                      "evidence"]
+
+
+def discrepancy_rows(uses) -> list[list]:
+    """One row per known-discrepancy record the run used (battery.DiscrepancyUse), with its evidence."""
+    return [[d.id, d.backends, d.covered, d.needed, d.status, getattr(d, "source", "built-in"),
+             getattr(d, "explanation", ""), getattr(d, "evidence", "")] for d in uses]
+
+
 def seconds_per_backend(results) -> dict[str, float]:
     totals = defaultdict(float)
     for c in results:
@@ -145,9 +172,10 @@ def sections(report: Report) -> list[Section]:
                    terminal_columns=9)]
     if report.inferred:
         out.append(Section("Convention inferred by probing, against the declared record",
-                           ["backend", "property", "inferred", "against the declared record", "evidence"],
+                           ["backend", "property", "inferred", "against the declared record", "evidence", "replay"],
                            [[r["backend"], r["property"], r["value"], r.get("verdict", "agrees" if r["agrees"] else "DIFFERS"),
-                             r["evidence"]] for r in report.inferred],
+                             r["evidence"] + (f" (probed in {r['dtype']})" if r.get("dtype") else ""), r.get("replay", "")]
+                            for r in report.inferred],
                            note="Designed inputs (conformance/inference_probes.py). \"differs as recorded\": a known "
                                 "discrepancy covers a probe that decided the property; DIFFERS: nobody has explained "
                                 "it. Each property's candidate hypotheses and their residuals are in the JSON.",
@@ -164,10 +192,21 @@ def sections(report: Report) -> list[Section]:
                                 f"raise'; {counts['agree']} of {counts['outcomes']} outcomes agree, {counts['recorded']} "
                                 f"differ as recorded (conformance/known/edge.py), {counts['unexplained']} unexplained.",
                            terminal_columns=None))
+        recorded = edge_record_rows(report.edge)
+        if recorded:
+            out.append(Section("Recorded edge behaviours", EDGE_RECORD_HEADER, recorded,
+                               note="Each record that covered an outcome of the run, with its explanation and evidence. "
+                                    "Source: built-in (conformance/known/edge.py), backend (the backend's own "
+                                    "edge_records), or the records file named with --records. STALE: it covered "
+                                    "outcomes and explained none (the backend changed: update the record).",
+                               terminal_columns=5))
     if report.discrepancies:
-        out.append(Section("Known discrepancies", ["id", "backends", "cases covered", "cases that needed it", "status"],
-                           [[d.id, d.backends, d.covered, d.needed, d.status] for d in report.discrepancies],
-                           note="Explanations and evidence: conformance/known/."))
+        out.append(Section("Known discrepancies", DISCREPANCY_HEADER, discrepancy_rows(report.discrepancies),
+                           note="Each record that applies to a backend of the run, with its explanation and evidence. "
+                                "Source: built-in (conformance/known/), backend (the backend's own "
+                                "known_discrepancies), or the records file named with --records. STALE: it covered "
+                                "cases and none needed it (the backend changed: update the record).",
+                           terminal_columns=6))
     if report.pairs:
         out.append(Section(
             "Frameworks against each other after translating parameters",
@@ -197,11 +236,26 @@ def _headline(report: Report) -> str:
     return f"PARTIAL report ({report.status}: {len(report.results)} of {report.cells_planned} cells): {verdict} so far"
 
 
+def replay_lines(report: Report) -> list[str]:
+    """One line per finding saved for replay: what failed, then the command that reruns it."""
+    out = []
+    for c in report.results:
+        where = f"{c.backend} {c.device} {c.dtype} {c.mode}"
+        out += [f"{where} ({c.status.value}): {line}" for line in _reason_replays(c.reason)[1]]
+        out += [f"{where} {r.quantity}: {r.replay}" for r in c.rows if getattr(r, "replay", "")]
+    out += [f"{r['backend']} convention {r['property']}: {r['replay']}" for r in report.inferred if r.get("replay")]
+    return out
+
+
 def terminal(report: Report) -> str:
     parts = []
     for s in sections(report):
         k = s.terminal_columns or len(s.header)
         parts.append(f"{s.title}\n\n" + table(s.header[:k], [row[:k] for row in s.rows]))
+    lines = replay_lines(report)
+    if lines:
+        parts.append("Replay each finding (bnconf replay reruns the saved case on the backend and the oracle)\n\n"
+                     + "\n".join(one_line(line) for line in lines))
     return "\n\n".join(parts)
 
 
@@ -287,6 +341,7 @@ def json_document(report: Report) -> str:
         "pairs": [asdict(p) for p in report.pairs],
         "inferred": report.inferred,
         "edge": report.edge,
+        "edge_records": [dict(zip(EDGE_RECORD_HEADER, row)) for row in edge_record_rows(report.edge)],
         "seconds_per_backend": seconds_per_backend(report.results),
     }
     return json.dumps(_finite(doc), indent=1, sort_keys=True, default=str, allow_nan=False)

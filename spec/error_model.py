@@ -74,10 +74,14 @@ class Precision:
     """How an implementation rounds.
 
     `dtype` is the format of x, y, dy and dx; `compute` the format of its elementwise arithmetic and
-    statistics; `accumulate` the format of its reduction accumulators; `stats` the format it returns
-    running statistics, saved statistics, dgamma and dbeta in. `flush_subnormals`: the arithmetic flushes
-    subnormal inputs and results to zero (FTZ/DAZ, as TensorFlow's CPU runtime sets for every kernel), so
-    an underflow costs up to the smallest normal number instead of half the smallest subnormal.
+    statistics; `accumulate` the format of its reduction accumulators; `stats` the format it holds gamma,
+    beta and the running statistics in and returns running statistics, saved statistics, dgamma and dbeta in
+    (in a mixed layout such as float16 data with float32 parameters, the parameter format: see
+    `with_parameters`). `flush_subnormals`: the arithmetic flushes subnormal inputs and results to zero
+    (FTZ/DAZ, as TensorFlow's CPU runtime sets for every kernel), so an underflow costs up to the smallest
+    normal number instead of half the smallest subnormal. `attributes`: the format eps and momentum are
+    held in and rounded to before any use (ONNX's 32-bit float attributes, Paddle's float32 kernel
+    arguments, for float64 data too); None: they are used exactly as given.
     """
 
     dtype: str
@@ -87,6 +91,50 @@ class Precision:
     summation: Summation = RECURSIVE
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS
     flush_subnormals: bool = False
+    attributes: str | None = None
+
+    def attribute(self, value: float | None) -> float | None:
+        """eps or momentum as the implementation holds it: rounded to `attributes` (None stays None)."""
+        if value is None or self.attributes is None:
+            return value
+        return round_to_format(value, self.attributes)
+
+
+def round_to_format(value: float, fmt) -> float:
+    """`value` rounded to nearest (ties to even) in the format `fmt`, gradual underflow and overflow to
+    infinity included; by the format's parameters alone, so bfloat16 needs no ml_dtypes."""
+    f = float_format(fmt)
+    v = float(value)
+    if not np.isfinite(v) or v == 0.0:
+        return v
+    _, exponent = np.frexp(abs(v))  # |v| = m * 2**exponent, m in [0.5, 1)
+    quantum = float(np.ldexp(1.0, max(int(exponent) - 1, f.min_exponent) - f.precision + 1))
+    rounded = float(np.rint(v / quantum)) * quantum  # exact scalings by powers of two; rint ties to even
+    return float(np.copysign(np.inf, v)) if abs(rounded) > f.max_value else rounded
+
+
+LAYOUT_SEPARATOR = "/"
+
+
+def layout_name(dtype: str, param_dtype: str | None = None) -> str:
+    """A cell's dtype as reports show it: "float16" (the parameters in the backend's own format) or
+    "float16/float32" (float16 x, y, dy, dx; gamma, beta, running statistics and their gradients float32)."""
+    return dtype if param_dtype is None else f"{dtype}{LAYOUT_SEPARATOR}{param_dtype}"
+
+
+def split_layout(name: str) -> tuple[str, str | None]:
+    """(data dtype, parameter dtype or None) of a layout name from `layout_name`: a plain dtype name is returned
+    as it is; either half of a mixed layout that is not a format bnconf knows is an InputError."""
+    if not isinstance(name, str) or LAYOUT_SEPARATOR not in name:
+        return name, None
+    dtype, _, param_dtype = name.partition(LAYOUT_SEPARATOR)
+    return float_format(dtype).name, float_format(param_dtype).name
+
+
+def with_parameters(p: "Precision", param_dtype: str | None) -> "Precision":
+    """The precision of a mixed layout: `p` with gamma, beta, the running statistics and the statistics and
+    gradients returned held in `param_dtype` (its `stats`); `p` itself for None."""
+    return p if param_dtype is None else replace(p, stats=float_format(param_dtype).name)
 
 
 def precision_for(
@@ -98,17 +146,21 @@ def precision_for(
     summation: Summation = RECURSIVE,
     variance: VarianceAlgorithm = VarianceAlgorithm.TWO_PASS,
     flush_subnormals: bool = False,
+    attributes=None,
 ) -> Precision:
     """The usual precision for `dtype` inputs: float16/bfloat16 computed in float32, others in their own format.
 
     The default summation is RECURSIVE, whose bound holds for any order of additions; an
     implementation known to reduce by a tree declares its `Summation` for a tighter bound.
+    `attributes` (e.g. "float32"): the format eps and momentum are rounded to before use; None: exact.
     """
     fmt = float_format(dtype)
     compute = float_format(compute) if compute is not None else wider(fmt, float_format("float32"))
     accumulate = float_format(accumulate) if accumulate is not None else compute
     stats = float_format(stats) if stats is not None else compute
-    return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance, flush_subnormals)
+    attributes = float_format(attributes).name if attributes is not None else None
+    return Precision(fmt.name, compute.name, accumulate.name, stats.name, summation, variance, flush_subnormals,
+                     attributes)
 
 
 # The oracle's own rounding: float64, NumPy's pairwise sums over contiguous rows.

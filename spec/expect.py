@@ -15,8 +15,16 @@ from .error_model import ORACLE_PRECISION, Precision
 from .oracle import RunningStats
 
 
+STATE = ("running_mean", "running_var")  # the running statistics: state a call may change
+
+
 class Mode(Enum):
-    """What is run, and the quantities it returns."""
+    """What is run, and the quantities it returns.
+
+    The eval modes' running_mean/running_var are the running statistics after the call, which must be
+    the ones given, bit for bit (SPEC.md section 1.6: eval leaves the state unchanged); returning them is
+    optional there (`verdict.required_quantities`).
+    """
 
     TRAIN_FORWARD = "train_forward"
     EVAL_FORWARD = "eval_forward"
@@ -27,9 +35,9 @@ class Mode(Enum):
     def quantities(self) -> tuple[str, ...]:
         return {
             Mode.TRAIN_FORWARD: ("y", "saved_mean", "saved_var", "saved_invstd", "running_mean", "running_var"),
-            Mode.EVAL_FORWARD: ("y",),
+            Mode.EVAL_FORWARD: ("y", *STATE),
             Mode.TRAIN_BACKWARD: ("dx", "dgamma", "dbeta"),
-            Mode.EVAL_BACKWARD: ("dx", "dgamma", "dbeta"),
+            Mode.EVAL_BACKWARD: ("dx", "dgamma", "dbeta", *STATE),
         }[self]
 
 
@@ -125,11 +133,12 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
         else:
             grads = oracle.backward_eval(dy, x, gamma, i.running, **common)
             values = {"dx": grads.dx, "dgamma": grads.dgamma, "dbeta": grads.dbeta}
+        unchanged = {"running_mean": i.running.mean, "running_var": i.running.var}
 
     stable, own = bounds(precision, False), bounds(ORACLE_PRECISION, False)
     # eval modes compute no batch variance: the one-pass model is the stable one there
     one_pass = bounds(precision, True) if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD) else stable
-    return {
+    out = {
         q: Expected(
             value=v,
             bound=stable.bounds[q] + own.bounds[q],
@@ -139,3 +148,14 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
         )
         for q, v in values.items()
     }
+    if mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD):
+        out.update({q: exactly(v, q) for q, v in unchanged.items()})
+    return out
+
+
+def exactly(value, name: str) -> Expected:
+    """A value that admits no error at all (bound 0 everywhere, nothing ill-conditioned): the running
+    statistics an eval call must leave as they were given."""
+    v = oracle.as_float64(value, name).copy()
+    zero, none = np.zeros(v.shape), np.zeros(v.shape, dtype=bool)
+    return Expected(value=v, bound=zero, bound_one_pass=zero, ill=none, ill_one_pass=none)

@@ -8,6 +8,9 @@ model. The verdict is, in this order of precedence:
   CONVENTION_DIFFERENCE  outside the bound, but within it of a named variant of the convention;
   UNSTABLE_ALGORITHM     outside the stable bound, inside the E[x^2] - E[x]^2 one;
   NON_CONFORMANT         none of the above.
+The running statistics after an eval call admit no error: any change from the given ones (NaN where NaN)
+is NON_CONFORMANT, named "eval forward changed the running statistics" (SPEC.md section 1.6), and so is
+running statistics returned by a call that was given none; no convention variant explains either.
 """
 
 from dataclasses import dataclass, replace
@@ -17,7 +20,7 @@ import numpy as np
 
 from .conventions import Convention, variants
 from .error_model import Precision
-from .expect import Expected, Inputs, Mode, expected
+from .expect import STATE, Expected, Inputs, Mode, expected
 from .formats import float_format
 
 
@@ -185,7 +188,9 @@ def judge(
     """
     mode = Mode(mode)
     exp = expected(mode, inputs, convention, precision)
-    unknown = set(k for k, v in observed.items() if v is not None) - set(exp)
+    returned = set(k for k, v in observed.items() if v is not None)
+    stateless = returned & set(STATE) & set(mode.quantities) if inputs.running is None else set()
+    unknown = returned - set(exp) - stateless
     if unknown:
         raise ValueError(f"{mode.value} has no quantity {sorted(unknown)}; it returns {list(exp)}")
     obs = {q: np.asarray(observed[q], dtype=np.float64) for q in exp if observed.get(q) is not None}
@@ -193,7 +198,16 @@ def judge(
     for q in sorted(required_quantities(mode, inputs) - set(obs)):
         results[q] = Comparison(q, Verdict.NON_CONFORMANT, "not returned: every implementation of this mode must return it",
                                 0.0, 0.0, 0.0, None, None, None, None, 0, 0, 0)
-    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT and q in obs]
+    for q in sorted(stateless):
+        results[q] = Comparison(q, Verdict.NON_CONFORMANT, f"{_words(mode)} returned {q} although the call was given "
+                                "no running statistics: a call without them has none to return (return None)",
+                                0.0, 0.0, 0.0, None, None, None, None, 0, 0, 0)
+    state = {q for q in obs if q in STATE and mode in _EVAL}  # must come back unchanged, bit for bit
+    for q in state:
+        if results[q].verdict is not Verdict.CONFORMS:
+            results[q] = _changed(mode, q, obs[q], exp[q].value, results[q])
+    judged = [q for q in obs if q not in state]  # what a convention variant or the one-pass model may explain
+    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT and q in judged]
     if not failing:
         return results
 
@@ -203,9 +217,9 @@ def judge(
 
     alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
     whole = sorted(
-        (max(fit(q, alt[q]) for q in obs), name)
+        (max(fit(q, alt[q]) for q in judged), name)
         for name, alt in alternatives.items()
-        if all(fit(q, alt[q]) <= 1.0 for q in obs)
+        if all(fit(q, alt[q]) <= 1.0 for q in judged)
     )
     if whole:
         return _explained(results, failing, Verdict.CONVENTION_DIFFERENCE, _named(whole))
@@ -222,11 +236,30 @@ def judge(
 
 
 _ONE_PASS = "consistent with a one-pass E[x^2] - E[x]^2 variance"
+_EVAL = (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD)
+
+
+def _words(mode: Mode) -> str:
+    return mode.value.replace("_", " ")
+
+
+@np.errstate(invalid="ignore")
+def _changed(mode: Mode, q: str, observed: np.ndarray, given: np.ndarray, c: Comparison) -> Comparison:
+    """An eval call's running statistic that is not the one it was given: NON-CONFORMANT, saying where."""
+    changed = ~((observed == given) | (np.isnan(observed) & np.isnan(given)))
+    at = int(np.argmax(changed))
+    detail = (f"{_words(mode)} changed the running statistics: {q} differs in {int(changed.sum())} of {changed.size} "
+              f"channel(s), first channel {at}: given {float(given[at])!r}, after the call {float(observed[at])!r} "
+              "(eval must leave them unchanged)")
+    return replace(c, verdict=Verdict.NON_CONFORMANT, detail=detail, worst_index=(at,),
+                   observed=float(observed[at]), expected=float(given[at]), bound=0.0)
 
 
 def required_quantities(mode: Mode, inputs: Inputs) -> set[str]:
     """What every implementation of `mode` returns: y; the updated running statistics when it was given
-    some to update; dx, and dgamma and dbeta when it has affine parameters. Saved statistics are optional."""
+    some to update; dx, and dgamma and dbeta when it has affine parameters. Saved statistics are optional,
+    and so are the running statistics after an eval call (an API may not show them); when returned they
+    must be the ones given, bit for bit (`judge`), and a call given none must return none."""
     if mode is Mode.TRAIN_FORWARD:
         return {"y"} | ({"running_mean", "running_var"} if inputs.running is not None else set())
     if mode is Mode.EVAL_FORWARD:

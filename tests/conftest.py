@@ -1,4 +1,4 @@
-"""pytest front end: Hypothesis profiles.
+"""pytest front end: Hypothesis profiles (the --bnconf-* options are the installed plugin's, bnconf.testing.plugin).
 
 Profiles: `default` (fast, for CI and everyday runs) and `thorough` (many more examples). Pick one with
 `--hypothesis-profile thorough` or the environment variable BNCONF_PROFILE=thorough.
@@ -14,26 +14,11 @@ settings.register_profile("thorough", max_examples=2000, **_COMMON)
 settings.load_profile(os.environ.get("BNCONF_PROFILE", "default"))
 
 
-def pytest_terminal_summary(terminalreporter):
-    """Report known discrepancies that no case needed in this run (only when the backend tests ran)."""
-    import sys
+def pytest_addoption(parser, pluginmanager):
+    """The --bnconf-* options come from bnconf's pytest plugin (`bnconf.testing.plugin`, the pytest11 entry point
+    `bnconf`); registered here only where it is not loaded (`-p no:bnconf`, or an install older than the entry
+    point: `pip install -e . --no-deps` registers it)."""
+    if not pluginmanager.has_plugin("bnconf"):
+        from bnconf.testing.plugin import add_options
 
-    module = next((m for name, m in sys.modules.items() if name.endswith("test_backends") and hasattr(m, "stale_discrepancies")), None)
-    if module is None or not getattr(module, "DISCREPANCIES_SEEN", None) and not terminalreporter.stats.get("passed"):
-        return
-    stale = module.stale_discrepancies()
-    if stale:
-        terminalreporter.write_line(f"bnconf: known discrepancies no case needed in this run (stale?): {', '.join(stale)}")
-
-
-def pytest_addoption(parser):
-    """Which backends, devices and dtypes the backend tests run (environment variables work too)."""
-    group = parser.getgroup("bnconf")
-    group.addoption("--bnconf-backend", action="append", default=[], metavar="TARGET",
-                    help="module:attribute or path/to/file.py:attribute naming a backend to test instead of the "
-                         "built-ins (repeatable; env BNCONF_BACKENDS, comma-separated)")
-    group.addoption("--bnconf-device", action="append", default=[], metavar="DEVICE",
-                    help="only these devices, e.g. cpu or cuda (repeatable; env BNCONF_DEVICES)")
-    group.addoption("--bnconf-dtype", action="append", default=[], metavar="DTYPE",
-                    help="only these dtypes (repeatable; env BNCONF_DTYPES)")
-
+        add_options(parser)

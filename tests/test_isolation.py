@@ -70,7 +70,8 @@ def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path, sto
     job's SIGTERM) ends the run."""
     cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", "--backend", f"{FIXTURE}:HANG", "--examples", "2",
            "--pair-examples", "0", "--time-limit", "600", "--out", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed at a terminal
     partial = tmp_path / "report.json"
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:

@@ -117,8 +117,14 @@ def test_a_burst_of_results_is_on_disk_as_soon_as_the_run_waits(monkeypatch):
 
 def _start(tmp_path, *argv, env=None):
     cmd = [sys.executable, "-m", "bnconf.reports.cli", *argv, "--out", str(tmp_path)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+
+
+def ctrl_c_as_at_a_terminal():
+    """In the child before exec: SIGINT handled by default, as a command typed at a terminal has it (pytest
+    itself may run as a script's background job, which starts with SIGINT ignored, and bnconf keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(condition, what: str):
@@ -196,3 +202,20 @@ def test_a_second_report_into_the_same_folder_and_name_refuses_before_running(tm
     err = _one_line_error(capsys)
     assert f"another bnconf run (pid {os.getpid()})" in err and "pick another --out or --name" in err
     assert json.loads((tmp_path / "report.json").read_text()) == {"the first run": "still writing"}
+
+
+def test_a_signal_the_run_was_started_with_ignored_stays_ignored(monkeypatch):
+    """`nohup bnconf report` ignores SIGHUP: the run must not turn it into an interrupt."""
+    from bnconf.reports import cli
+
+    before = {sig: signal.getsignal(sig) for sig in cli.STOP_SIGNALS}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with cli._signals_interrupt() as caught:
+            assert signal.SIGHUP not in caught and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is cli._interrupt and signal.SIGTERM in caught
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

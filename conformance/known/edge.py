@@ -159,6 +159,27 @@ ENTRIES: tuple[EdgeRecord, ...] = (
                  "and running mean and variance [nan, nan, nan].",
     ),
     EdgeRecord(
+        id="edge-tf-v1-layers-fused-eval-empty-batch-poisons-running-stats",
+        backends=V1_LAYERS + "[fused]",
+        case="empty-batch",
+        outcome=RUNNING_POISONED,
+        modes=(Mode.EVAL_FORWARD,),
+        explanation=(
+            "In eval too: with `training` a placeholder fed False, the fused layer's update ops still run "
+            "moving <- moving - (moving - mean) * (1 - 1.0) with mean the inference op's output, and "
+            "FusedBatchNormV3 in inference returns NaN batch statistics for an empty batch: (moving - NaN) * 0 "
+            "= NaN, so one eval step on an empty batch, run with the update ops attached as documented, poisons "
+            "the moving statistics (see the main battery's tf-v1-layers-fused-eval-update-turns-inf-into-nan)."
+        ),
+        evidence=f"{TF_KERAS_BN}:1001-1003 (momentum = smart_cond(training, momentum, 1.0)), :978-988 "
+                 "(_fused_batch_norm_inference returns the op's mean and variance), :867-870 (update_delta = "
+                 "(variable - value) * (1 - momentum), not guarded: input_batch_size is None, see "
+                 "edge-tf-v1-layers-empty-batch-poisons-running-stats). Observed: "
+                 "tf.compat.v1.nn.fused_batch_norm(zeros([0, 2, 2, 3]), mean=[0.5, -0.5, 1], variance=[2, 0.5, 4], "
+                 "is_training=False) returns mean and variance [nan, nan, nan]; the layer's running mean and "
+                 "variance after the eval step [nan, nan, nan]; the non-fused layer leaves them unchanged.",
+    ),
+    EdgeRecord(
         id="edge-tf-v1-layers-empty-batch-poisons-running-stats",
         backends=V1_LAYERS + "*",
         case="empty-batch",

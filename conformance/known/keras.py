@@ -74,7 +74,28 @@ def _float64_policy(keras_backend: str, variance: VarianceAlgorithm, modes=(), *
     )
 
 
+EVAL = (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD)
+
+
+def _float64_policy_eval(keras_backend: str, variance: VarianceAlgorithm) -> KnownDiscrepancy:
+    """The float64-policy record for the eval modes: the outputs computed in float32, the moving statistics left
+    as they were given (float64 variables the eval call only reads), so they keep the eval rule."""
+    return replace(
+        _float64_policy(keras_backend, variance, modes=EVAL),
+        id=f"keras-{keras_backend}-float64-policy-computes-in-float32-eval",
+        quantities=("y", "dx", "dgamma", "dbeta"),
+        explanation=_FLOAT64_EXPLANATION + " In eval the moving statistics are only read: the variables keep "
+        "the float64 values given (checked bit for bit by the declared rule), the outputs follow the float32 "
+        "arithmetic.",
+        evidence=_FLOAT64_EVIDENCE + " Eval (found when eval calls began returning the moving statistics): a "
+        "moving mean of 1.4706815e-64 stays 1.4706815e-64 after training=False (float32 would make it 0).",
+    )
+
+
 ENTRIES: tuple[KnownDiscrepancy, ...] = (
+    # eval first (the first covering entry applies): the float32 arithmetic, the moving statistics untouched
+    _float64_policy_eval("torch", VarianceAlgorithm.ONE_PASS),
+    _float64_policy_eval("jax", VarianceAlgorithm.TWO_PASS),
     # torch training: float32 arithmetic, and (as the NaN entry below) no claim where one-pass may go negative
     _float64_policy("torch", VarianceAlgorithm.ONE_PASS, modes=TRAINING, unchecked=one_pass_may_go_negative),
     _float64_policy("torch", VarianceAlgorithm.ONE_PASS),

@@ -69,6 +69,11 @@ def _ema_decay_momentum(decay: float) -> float:
     return 1.0 - float(np.float32(1.0 - np.float32(decay)))
 
 
+def _inf_to_nan(a) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return np.where(np.isinf(a), np.nan, a)
+
+
 V1_LAYERS = "tf.compat.v1.layers.batch_normalization["  # brackets are literal in entry patterns
 TUTORIAL = "tf.nn.batch_normalization+ExponentialMovingAverage[tutorial layer]"
 TRAIN_FORWARD = (Mode.TRAIN_FORWARD,)
@@ -184,6 +189,33 @@ ENTRIES: tuple[KnownDiscrepancy, ...] = (
             "_fused_batch_norm: `self.add_update(mean_update)`. Minimal: fused float32 x of shape (4,3,3,2), "
             "momentum 0.9, moving (0.5,-0.5)/(2,3): session.run(y) leaves them (0.5,-0.5)/(2,3); with the update "
             "ops run they become (0.4511,-0.4333)/(1.8952,2.7838)."
+        ),
+    ),
+    KnownDiscrepancy(
+        id="tf-v1-layers-fused-eval-update-turns-inf-into-nan",
+        backends=V1_LAYERS + "fused]",
+        dtypes=("float32", "float16", "bfloat16"),  # float64 runs the non-fused path, which leaves them alone
+        modes=(Mode.EVAL_FORWARD,),
+        when=lambda i: np.ndim(i.x) in (4, 5) and i.running is not None
+        and bool(np.isinf(i.running.mean).any() or np.isinf(i.running.var).any()),
+        quantities=RUNNING,
+        adjust=lambda i: replace(i, running=replace(i.running, mean=_inf_to_nan(i.running.mean), var=_inf_to_nan(i.running.var))),
+        explanation=(
+            "With `training` a placeholder fed False, the fused layer's update ops still assign "
+            "moving <- moving - (moving - mean) * (1 - momentum) with momentum switched to 1.0 and mean the "
+            "inference op's output (the moving statistic itself): a zero update for finite statistics, but "
+            "(inf - inf) * 0 = NaN, so an eval step that runs the update ops (attached to the step, the "
+            "documented pattern) turns an infinite moving mean or variance into NaN. The non-fused path takes "
+            "smart_cond's false branch and leaves them alone."
+        ),
+        evidence=(
+            "tf_keras v2.21.0 tf_keras/src/layers/normalization/batch_normalization.py:1001-1003 "
+            "(_fused_batch_norm: `momentum = control_flow_util.smart_cond(training, lambda: self.momentum, "
+            "lambda: 1.0)`), :978-988 (_fused_batch_norm_inference returns mean=self.moving_mean), :867-870 "
+            "(_assign_moving_average: `decay = tf.convert_to_tensor(1.0 - momentum)`; `update_delta = (variable "
+            "- tf.cast(value, variable.dtype)) * decay`). Measured: float32 x of shape (2, 3, 2, 2), moving mean "
+            "(inf, 0, 1), variance (1, inf, 2), training fed False with the update ops run: moving mean "
+            "(nan, 0, 1), variance (1, nan, 2); the non-fused layer returns them unchanged."
         ),
     ),
     KnownDiscrepancy(

@@ -1,14 +1,13 @@
-"""The edge-case battery (conformance/edge.py) on every built-in backend: each outcome agrees with the spec's edge
-cases or is recorded (conformance/known/edge.py), and no record is stale; plus the records' matching and the
-report table, framework-free."""
+"""The edge-case battery (conformance/edge.py) on every selected backend (the built-ins and installed entry points,
+or --bnconf-backend): each outcome agrees with the spec's edge cases or is recorded (conformance/known/edge.py), and
+no record is stale (`test_edge_case`, the installed suite's `bnconf.testing.test_edge_cases`, collected here); plus
+the records' matching and the report table, framework-free."""
 
 from dataclasses import replace
 import json
 
 import pytest
 
-from bnconf.adapters.protocol import first_available_device
-from bnconf.adapters.registry import BUILTIN, TargetError, load
 from bnconf.conformance.discrepancies import matches
 from bnconf.conformance.edge import (
     EdgeOutcome, EdgeRecord, as_row, describe_exception, edge_records, run_edge_cases, stale_records, unexplained,
@@ -16,6 +15,7 @@ from bnconf.conformance.edge import (
 from bnconf.reports.edge_table import edge_matrix_rows, edge_section_rows, edge_summary
 from bnconf.spec import Mode
 from bnconf.spec.edge_cases import CASES
+from bnconf.testing.test_edge_cases import pytest_generate_tests, test_edge_case, test_edge_records  # noqa: F401
 
 
 def _o(backend="fw.bn[x]", case="nan-in-x", mode="train_forward", agrees=False,
@@ -91,29 +91,6 @@ def test_the_edge_table_merges_modes_and_shows_refusals_and_records():
     assert header == ["case", "outcome", "recorded", "backends"]
     assert grouped[-1] == ["gamma-zero", "agrees", "", "fw.bn[x] (cpu, float32), other (cpu, float32)"]
     assert edge_summary(outcomes) == {"outcomes": 5, "agree": 4, "recorded": 1, "unexplained": 0}
-
-
-@pytest.mark.parametrize("family", sorted(BUILTIN))
-def test_every_builtin_backend_meets_the_edge_cases_or_is_recorded(family):
-    """Each outcome agrees with the spec or matches a recorded edge behaviour; every record for the family's
-    backends is needed."""
-    try:
-        backends = load(BUILTIN[family][0])
-    except TargetError as e:
-        pytest.skip(f"{family}: {e}")
-    outcomes, names = [], []
-    for backend in backends:
-        device = first_available_device(backend)
-        if device is None:
-            continue
-        outcomes += run_edge_cases(backend, device)
-        names.append(backend.name)
-    if not names:
-        pytest.skip(f"{family}: no device runs here")
-    wrong = [(o.backend, o.case, o.mode, o.outcome) for o in unexplained(outcomes)]
-    assert not wrong, f"edge outcomes neither as the spec says nor recorded: {wrong}"
-    stale = [r.id for r in stale_records(outcomes, names)]
-    assert not stale, f"recorded edge behaviours no outcome needed: {stale}"
 
 
 def test_a_value_error_numpy_raises_by_accident_is_not_a_refusal():

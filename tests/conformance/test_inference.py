@@ -1,17 +1,20 @@
-"""Convention inference: the oracle's own backends are recognised, deliberately odd ones are caught."""
+"""Convention inference: the oracle's own backends are recognised, deliberately odd ones are caught; every selected
+backend (the built-ins and installed entry points, or --bnconf-backend) is inferred as declared or as recorded
+(`test_inference`, the installed suite's `bnconf.testing.test_inference`, collected here)."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from bnconf.adapters.protocol import Outputs, first_available_device
-from bnconf.adapters.registry import BUILTIN, TargetError, load
+from bnconf.adapters.protocol import Outputs
 from bnconf.conformance import inference_probes as probes
 from bnconf.conformance.ideal import IdealBackend
 from bnconf.conformance.discrepancies import KnownDiscrepancy
 from bnconf.conformance.inference import HALF_SUMS, NOT_TRACKED, infer
 from bnconf.spec import CONVENTIONS, EpsPlacement, Mode, MomentumStyle, variants
+from bnconf.testing.test_inference import pytest_generate_tests, test_inference  # noqa: F401
 
 TORCH = CONVENTIONS["torch.nn.BatchNorm2d"]
 KERAS = CONVENTIONS["keras.layers.BatchNormalization"]
@@ -181,27 +184,6 @@ def test_a_difference_is_explained_only_by_an_entry_that_covers_one_of_its_probe
     assert inference.verdicts(TORCH, registry=(y_only,))["momentum_style"] == "DIFFERS"
 
 
-@pytest.mark.parametrize("family", sorted(BUILTIN))
-def test_every_builtin_backend_is_inferred_as_declared_or_as_recorded(family):
-    """Each property agrees with the declared record, or a known discrepancy covers a probe that decided it."""
-    try:
-        backends = load(BUILTIN[family][0])
-    except TargetError as e:
-        pytest.skip(f"{family}: {e}")
-    ran = 0
-    for backend in backends:
-        device = first_available_device(backend)
-        if device is None:
-            continue
-        inference = infer(backend, device)
-        verdicts = inference.verdicts(backend.convention)
-        unexplained = {k: str(inference.findings[k]) for k, v in verdicts.items() if v == "DIFFERS"}
-        assert not unexplained, f"{backend.name}: {unexplained}"
-        ran += 1
-    if not ran:
-        pytest.skip(f"{family}: no device runs here")
-
-
 class TrainEpsHardCoded(IdealBackend):
     """Eval uses the eps asked for, training a hard-coded 1e-5 (the TF tutorial layer's mistake)."""
 
@@ -215,3 +197,29 @@ def test_an_eps_used_only_in_training_is_caught():
     assert verdicts["eps_placement"] == "agrees" and verdicts["eps_min"] == "agrees"
     assert verdicts["eps_in_training"] == "DIFFERS"
     assert inference["eps_in_training"] == pytest.approx(1e-5, rel=1e-6)
+
+
+class MomentumSkewed(IdealBackend):
+    """Weights the new batch by momentum * (1 + 1e-3): no momentum hypothesis is within tolerance."""
+
+    def run(self, mode, r):
+        if mode is Mode.TRAIN_FORWARD and r.momentum is not None:
+            r = replace(r, momentum=r.momentum * (1 + 1e-3))
+        return super().run(mode, r)
+
+
+def test_the_best_hypothesis_and_its_residual_are_shown_when_none_is_accepted():
+    f = infer(MomentumSkewed(TORCH)).findings["momentum_style"]
+    assert f.value is None
+    assert re.search(r"; no hypothesis within \S+; best: new_weight \(residual 0\.001\)$", f.evidence), f.evidence
+
+
+def test_inference_probes_in_the_run_s_dtype_with_that_format_s_tolerance():
+    from bnconf.conformance.mutants import REFERENCE
+    from bnconf.conformance.inference import report_rows
+
+    seen = []
+    rows = report_rows(REFERENCE, before=lambda mode, r: seen.append(r.dtype), dtypes=["float32"])
+    assert set(seen) == {"float32"} and all(r["verdict"] == "agrees" and r["dtype"] == "float32" for r in rows), rows
+    assert infer(REFERENCE, dtype="float32").dtype == "float32"
+    assert report_rows(REFERENCE, dtypes=None)[0]["dtype"] == "float64"  # no selection: float64 where declared

@@ -81,6 +81,47 @@ def test_the_record_registries_are_built_in_one_place():
         assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
 
 
+def test_every_lookup_site_asks_which_records_apply_to_the_backend():
+    """The battery, edge cases, cross-framework table, inference, stale reporting and isolated workers look records
+    up through `known.discrepancies_for` / `edge_records_for` (a backend's own and attached records first), never
+    through the built-in registry alone; and a record's unchecked channels are applied in one place."""
+    import re
+
+    root = Path(__file__).parents[2] / "conformance"
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"covering\(REGISTRY|registry=REGISTRY\)|edge_records\(\) if records is None", text), path
+        if path.name != "records.py":
+            assert ".unchecked(" not in text, f"{path}: apply a record with KnownDiscrepancy.apply"
+    for name, lookup in (("engine.py", "discrepancies_for(backend)"), ("edge.py", "edge_records_for(backend)"),
+                         ("edge.py", "discrepancies_for(run.backend)"), ("crosscheck.py", "discrepancies_for(backend)"),
+                         ("inference.py", "discrepancies_for(backend)"), ("battery.py", "sourced_discrepancies_for"),
+                         ("isolation.py", "attach_targets(")):
+        assert lookup in (root / name).read_text(), (name, lookup)
+
+
+def test_a_backends_own_records_apply_to_it_alone_before_the_built_ins():
+    from dataclasses import replace
+
+    from bnconf.conformance.known import discrepancies_for
+    from bnconf.conformance.records import KnownDiscrepancy
+
+    (example,) = registry.load("bnconf.adapters.example_numpy:BACKEND")
+    wrong_eps = KnownDiscrepancy(id="mine-eps", backends="example.numpy", quantities=("y",), explanation="e",
+                                 evidence="v", adjust=lambda i: replace(i, eps=2 * i.eps))
+
+    class Mine(type(example)):
+        known_discrepancies = (wrong_eps,)
+
+    mine = Mine()
+    assert discrepancies_for(mine)[0] is wrong_eps and wrong_eps not in discrepancies_for(example)
+    x = np.random.default_rng(0).normal(0.0, 1e-3, size=(16, 3))
+    inputs = Inputs(x=x, axis=1, eps=1e-5)
+    a = assess(mine, Mode.TRAIN_FORWARD, inputs, "float64", "cpu")  # the default registry: the backend's records
+    assert a.discrepancy is wrong_eps and "y" in a.problems()  # covered, and checked against the record: it fails
+    assert assess(example, Mode.TRAIN_FORWARD, inputs, "float64", "cpu").discrepancy is None
+
+
 def test_a_registry_of_ones_own_records_is_looked_up_like_the_built_in_one():
     from bnconf.conformance.discrepancies import covering
     from bnconf.conformance.records import KnownDiscrepancy

@@ -57,7 +57,13 @@ def test_a_saved_failure_replays_and_still_fails(tmp_path, capsys):
     assert np.array_equal(loaded.x, inputs.x) and loaded.running.count == 2 and loaded.momentum == 0.1
 
     assert replay(folder, f"{wrong}:BACKEND", LIMIT) == 1
-    assert "still fails: y" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "still fails: y" in out
+    # observed against expected at the worst elements of the failing quantity, worst first
+    table = re.search(r"^    index +observed +expected +bound +error/bound\n((?:    \(.*\n)+)", out, re.M)
+    assert table, out
+    ratios = [float(line.split()[-1]) for line in table.group(1).splitlines()]
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1, out
     script = subprocess.run([sys.executable, str(folder / "repro.py"), f"{wrong}:BACKEND"], capture_output=True,
                             text=True, stdin=subprocess.DEVNULL)
     assert script.returncode == 1 and "eps outside the square root" in script.stdout, script.stderr
@@ -157,15 +163,16 @@ def test_a_backend_that_hangs_is_stopped_at_the_time_limit(tmp_path, capsys):
 def test_ctrl_c_during_replay_ends_with_one_line_and_exit_130(tmp_path):
     folder = saved(tmp_path, "HANGS")
     proc = subprocess.Popen([sys.executable, str(folder / "repro.py"), target("HANGS"), "--time-limit", "600"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed at a terminal
     try:
-        worker, deadline = None, time.monotonic() + 120
+        worker, deadline = None, time.monotonic() + 600  # only a failing test waits this long
         while worker is None and time.monotonic() < deadline and proc.poll() is None:
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
             worker = int(children[0]) if children else time.sleep(0.1)
         assert worker is not None, proc.communicate()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -233,3 +233,73 @@ def test_a_hidden_state_zero_debiased_average_stays_within_the_bound(decay):
     a2 = h / (f(1) - d ** f(2))
     i = Inputs(x=x2, axis=1, eps=1e-5, running=RunningStats(a1.astype(np.float64), np.ones(2), 1), momentum=float(d))
     assert judge(Mode.TRAIN_FORWARD, {"running_mean": a2}, i, haiku, precision_for("float32"))["running_mean"].verdict is Verdict.CONFORMS
+
+
+# ---------------------------------------------------------------- eps and momentum held in a narrower format
+
+
+def test_round_to_format_matches_numpy_and_ml_dtypes_rounding():
+    from bnconf.spec.error_model import round_to_format
+
+    rng = np.random.default_rng(15)
+    values = np.concatenate([rng.standard_normal(4000) * 10.0 ** rng.integers(-45, 40, 4000),
+                             [1e-5, 1e-3, 0.1, 65519.9, 65520.0, 7e4, 3e-8, 2.0**-25, -0.0, np.inf, np.nan]])
+    formats = {"float32": np.float32, "float16": np.float16, "float64": np.float64}
+    try:
+        import ml_dtypes
+
+        formats["bfloat16"] = ml_dtypes.bfloat16
+    except ImportError:
+        pass
+    for fmt, t in formats.items():
+        with np.errstate(over="ignore"):
+            reference = values.astype(t).astype(np.float64)
+        got = np.array([round_to_format(v, fmt) for v in values])
+        np.testing.assert_array_equal(got, reference, err_msg=fmt)
+
+
+def test_declared_attributes_round_eps_and_momentum_and_default_to_exact():
+    p = precision_for("float64", attributes="float32")
+    assert p.attributes == "float32" and p.attribute(1e-5) == float(np.float32(1e-5)) != 1e-5
+    assert p.attribute(None) is None and p.attribute(0.5) == 0.5
+    assert precision_for("float64").attributes is None and precision_for("float64").attribute(1e-5) == 1e-5
+    with pytest.raises(ValueError, match="float17"):
+        precision_for("float64", attributes="float17")
+
+
+def _float64_problem(seed: int) -> Inputs:
+    x = bst.values_with_moments((32, 3), 1, np.array([0.5, -2.0, 10.0]), np.array([0.01, 0.003, 1.0]), seed, "float64")
+    return Inputs(x=x, axis=1, eps=1e-3, gamma=np.array([1.5, -0.7, 2.0]), beta=np.array([0.1, 0.0, -3.0]),
+                  running=RunningStats(np.array([1.0, -1.0, 3.0]), np.array([0.5, 2.0, 4.0]), 0), momentum=0.1)
+
+
+def _switched_train(i: Inputs, **kw):
+    out = impl.train(i.x, i.gamma, i.beta, i.running.mean, i.running.var, axis=i.axis, **kw)
+    return {q: out[q] for q in ("y", "running_mean", "running_var")}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_float32_eps_and_momentum_fail_the_exact_float64_model_and_pass_the_declared_one(seed):
+    """The same float64 outputs: NON-CONFORMANT (y and the running statistics) when eps and momentum are taken
+    as exact, conforming once they are the float32 values the implementation holds (what engine.prepare gives
+    both sides under `attributes="float32"`)."""
+    i = _float64_problem(seed)
+    out = _switched_train(i, compute="float64", eps=float(np.float32(i.eps)), new_weight=float(np.float32(i.momentum)))
+    exact = judge(Mode.TRAIN_FORWARD, out, i, TORCH, precision_for("float64"))
+    assert {q for q, c in exact.items() if c.verdict not in ACCEPTABLE} == {"y", "running_mean", "running_var"}
+    p = precision_for("float64", attributes="float32")
+    held = Inputs(x=i.x, axis=i.axis, eps=p.attribute(i.eps), gamma=i.gamma, beta=i.beta, running=i.running,
+                  momentum=p.attribute(i.momentum))
+    _assert_within(judge(Mode.TRAIN_FORWARD, out, held, TORCH, p))
+
+
+def test_a_mixed_layout_holds_the_parameters_in_the_parameter_format():
+    from bnconf.spec.error_model import layout_name, split_layout, with_parameters
+
+    assert split_layout("float16/float32") == ("float16", "float32") and layout_name("float16", "float32") == "float16/float32"
+    assert split_layout("float16") == ("float16", None) and layout_name("float16") == "float16"
+    with pytest.raises(ValueError, match="float17"):
+        split_layout("float16/float17")
+    p = with_parameters(precision_for("float16", stats="float16"), "float32")
+    assert (p.dtype, p.compute, p.stats) == ("float16", "float32", "float32")
+    assert with_parameters(p, None) is p

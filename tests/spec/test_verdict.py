@@ -1,5 +1,7 @@
 """Verdicts: a classification per quantity, never a single allclose."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,68 @@ def test_an_unexplained_error_is_non_conformant():
     observed = _exact(i)
     result = judge(Mode.TRAIN_FORWARD, {"y": observed["y"] * 1.01}, i, TORCH, precision_for("float32"))["y"]
     assert result.verdict is Verdict.NON_CONFORMANT and result.max_ratio > 1
+
+
+# ---------------------------------------------------------------- state: eval leaves the running statistics alone
+
+
+def _eval_inputs(dy=False):
+    rng = np.random.default_rng(5)
+    running = RunningStats(np.array([0.25, -1.5, np.nan]), np.array([0.5, 2.0, 1.25]), 3)
+    return Inputs(x=rng.normal(size=(16, 3)), axis=1, eps=1e-5, running=running, momentum=0.1,
+                  dy=rng.normal(size=(16, 3)) if dy else None)
+
+
+@pytest.mark.parametrize("mode", [Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD])
+def test_eval_running_statistics_returned_as_given_conform_and_are_optional(mode):
+    i = _eval_inputs(dy=mode is Mode.EVAL_BACKWARD)
+    p = precision_for("float64")
+    exact = {q: e.value for q, e in expected(mode, i, TORCH, p).items()}
+    assert {"running_mean", "running_var"} <= set(exact)
+    np.testing.assert_array_equal(exact["running_mean"], i.running.mean)  # NaN where NaN
+    results = judge(mode, exact, i, TORCH, p)
+    assert all(c.verdict is Verdict.CONFORMS for c in results.values()), results
+    without = judge(mode, {q: v for q, v in exact.items() if not q.startswith("running")}, i, TORCH, p)
+    assert "running_mean" not in without and all(c.verdict is Verdict.CONFORMS for c in without.values())
+
+
+@pytest.mark.parametrize("mode", [Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD])
+def test_eval_that_changes_the_running_statistics_by_one_ulp_or_a_nan_is_non_conformant_naming_them(mode):
+    i = _eval_inputs(dy=mode is Mode.EVAL_BACKWARD)
+    p = precision_for("float64")
+    observed = {q: e.value.copy() for q, e in expected(mode, i, TORCH, p).items()}
+    observed["running_var"][1] = np.nextafter(2.0, 3.0)  # one ulp: no bound admits it
+    observed["running_mean"][2] = 0.0  # the given NaN replaced: a change too, not a non-finite mismatch
+    results = judge(mode, observed, i, TORCH, p)
+    words = mode.value.replace("_", " ")
+    rv, rm = results["running_var"], results["running_mean"]
+    assert rv.verdict is rm.verdict is Verdict.NON_CONFORMANT
+    assert rv.detail.startswith(f"{words} changed the running statistics: running_var differs in 1 of 3")
+    assert rv.worst_index == (1,) and rv.expected == 2.0 and rv.observed == np.nextafter(2.0, 3.0)
+    assert "first channel 2" in rm.detail
+    others = [q for q in results if not q.startswith("running")]
+    assert all(results[q].verdict is Verdict.CONFORMS for q in others)  # the output is judged on its own
+
+
+def test_eval_running_statistics_are_compared_after_the_declared_stats_format_rounding():
+    """float16 data with float32 statistics: the given statistics are float32 values (engine.prepare rounds them),
+    and a backend that keeps them in float16 changes them."""
+    i = _eval_inputs()
+    given = RunningStats(np.float32([0.1, -1.3, 0.7]).astype(np.float64), np.float32([0.3, 2.1, 1.1]).astype(np.float64), 3)
+    i = Inputs(x=np.float16(i.x).astype(np.float64), axis=1, eps=1e-5, running=given)
+    p = precision_for("float16", stats="float32")
+    observed = {q: e.value for q, e in expected(Mode.EVAL_FORWARD, i, TORCH, p).items()}
+    assert judge(Mode.EVAL_FORWARD, observed, i, TORCH, p)["running_mean"].verdict is Verdict.CONFORMS
+    observed["running_mean"] = np.float16(given.mean).astype(np.float64)
+    assert judge(Mode.EVAL_FORWARD, observed, i, TORCH, p)["running_mean"].verdict is Verdict.NON_CONFORMANT
+
+
+def test_running_statistics_returned_by_a_call_given_none_are_non_conformant():
+    i = replace(_inputs(), running=None)
+    p = precision_for("float32")
+    observed = {q: e.value for q, e in expected(Mode.TRAIN_FORWARD, i, TORCH, p).items()}
+    observed["running_mean"] = observed["running_var"] = np.zeros(3)
+    results = judge(Mode.TRAIN_FORWARD, observed, i, TORCH, p)
+    assert results["running_mean"].verdict is Verdict.NON_CONFORMANT
+    assert "given no running statistics" in results["running_var"].detail
+    assert results["y"].verdict is Verdict.CONFORMS
