@@ -1,9 +1,21 @@
 """A complete bnconf backend in a few lines of NumPy, written as a user would write their own.
 
 It claims PyTorch's functional convention (momentum weights the new batch, Bessel-corrected running
-variance) for training and eval forwards in float64 and float32 on the CPU. Validate it with
+variance) for the training forward, the eval forward and the training backward, in float64 and float32 on the
+CPU. What each mode returns:
 
-    python -m pytest tests/conformance --bnconf-backend adapters/example_numpy.py:BACKEND
+    train_forward    y; with running statistics given, the updated running_mean and running_var
+    eval_forward     y (a backend that keeps its statistics in a module may also return them, read back
+                     after the call: they must be the given ones)
+    train_backward   dx; with gamma and beta given, dgamma and dbeta
+
+It refuses what the spec's edge cases require a refusal for (no value per channel in training, a running
+variance from one value, a momentum outside [0, 1]): see spec/edge_cases.py. Validate it with
+
+    bnconf validate adapters/example_numpy.py:BACKEND
+    python -m pytest --pyargs bnconf.testing --bnconf-backend adapters/example_numpy.py:BACKEND
+
+`adapters/example_recorded.py` shows how a backend records a documented deviation.
 """
 
 import numpy as np
@@ -15,7 +27,7 @@ from bnconf.spec import Mode, convention
 class NumpyBatchNorm:
     name = "example.numpy"
     convention = convention("torch.nn.functional.batch_norm")
-    modes = frozenset({Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD})
+    modes = frozenset({Mode.TRAIN_FORWARD, Mode.EVAL_FORWARD, Mode.TRAIN_BACKWARD})
     dtypes = ("float64", "float32")
     devices = ("cpu",)
 
@@ -28,14 +40,22 @@ class NumpyBatchNorm:
         gamma = np.ones(c) if r.gamma is None else r.gamma
         beta = np.zeros(c) if r.beta is None else r.beta
         out = Outputs()
+        if mode is Mode.TRAIN_BACKWARD:  # dx = gamma / s * (dy - mean(dy) - z * mean(dy * z)), z = (x - mean) / s
+            dy = r.dy.astype(r.dtype)
+            s = np.sqrt(x.var(axis=reduce) + r.eps).reshape(shape)
+            z = (x - x.mean(axis=reduce).reshape(shape)) / s
+            mean_dy, mean_dyz = dy.mean(axis=reduce).reshape(shape), (dy * z).mean(axis=reduce).reshape(shape)
+            out.dx = (gamma.reshape(shape) / s * (dy - mean_dy - z * mean_dyz)).astype(r.dtype)
+            if r.gamma is not None:
+                out.dgamma, out.dbeta = (dy * z).sum(axis=reduce), dy.sum(axis=reduce)
+            return out
         if mode is Mode.TRAIN_FORWARD:
             n = x.size // max(c, 1)
             if n == 0:
                 raise ValueError(f"training needs at least one value per channel, got x of shape {x.shape}")
             if r.running_mean is not None and n < 2:  # the Bessel-corrected running variance would be 0/0
                 raise ValueError(f"a running variance needs 2 or more values per channel, got {n} (x of shape {x.shape})")
-            if r.momentum is not None and not 0 <= r.momentum <= 1:
-                raise ValueError(f"momentum must be in [0, 1], got {r.momentum}")
+            self.check_momentum(r.momentum)
             mean, var = x.mean(axis=reduce), x.var(axis=reduce)
             if r.running_mean is not None:
                 out.running_mean = (1 - r.momentum) * r.running_mean + r.momentum * mean
@@ -45,6 +65,10 @@ class NumpyBatchNorm:
         scale = (gamma / np.sqrt(var + r.eps)).astype(r.dtype)
         out.y = (x - mean.reshape(shape).astype(r.dtype)) * scale.reshape(shape) + beta.reshape(shape).astype(r.dtype)
         return out
+
+    def check_momentum(self, momentum):
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
 
 
 BACKEND = NumpyBatchNorm()

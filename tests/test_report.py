@@ -20,7 +20,7 @@ def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {"t.md", "t.html", "t.json", "t-heatmap.png", "t-conditioning.png", "t-length.png"}
     doc = json.loads((tmp_path / "t.json").read_text())
     assert doc["format"] == "bnconf-report/1" and doc["conforms"] is True
-    assert {c["mode"] for c in doc["cells"]} == {"train_forward", "eval_forward"}
+    assert {c["mode"] for c in doc["cells"]} == {"train_forward", "eval_forward", "train_backward"}
     edge = {r["case"] for r in doc["edge"]}
     assert {"nan-in-x", "momentum-outside-unit-interval", "empty-batch"} <= edge and all(r["agrees"] for r in doc["edge"])
     assert "## Edge-case behaviour" in (tmp_path / "t.md").read_text()
