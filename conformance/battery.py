@@ -162,11 +162,13 @@ def _reason(errors: dict, replays: dict | None = None) -> str:
 
 def _saved_replay(cases_dir, backend, mode, inputs: Inputs, dtype: str, device: str) -> str:
     """Save the case under `cases_dir` and return the command that replays it; a case that cannot be saved
-    (a full disk) says so instead of failing the cell."""
-    from .repro import replay_line, save_case
+    (a full disk) says so instead of failing the cell. The run's records files (`--records`, attached to the
+    backend) are stored in case.json and named in the line, so the replay judges the case as the run did."""
+    from .repro import replay_line, run_records, save_case
 
+    records = run_records(backend)
     try:
-        return replay_line(save_case(cases_dir, backend, mode, inputs, dtype, device), backend)
+        return replay_line(save_case(cases_dir, backend, mode, inputs, dtype, device, records), backend, records)
     except OSError as e:
         return f"(the case could not be saved: {e.strerror or e})"
 
@@ -277,12 +279,6 @@ def run_battery(cells, examples: int, run_seed: int, progress=None, on_cell=None
         if on_cell:
             on_cell(results[-1])
     return results
-
-
-def conforms(results: list[CellResult]) -> bool:
-    """True when every quantity conforms, is ill-conditioned or is a recorded discrepancy, and nothing raised,
-    crashed, timed out or ran out of memory."""
-    return all(CellStatus(c.status).acceptable and all(RowVerdict(r.verdict).accepted for r in c.rows) for c in results)
 
 
 @dataclass

@@ -353,7 +353,15 @@ def stale_records(outcomes: list[EdgeOutcome], backend_names,
         records += tuple(r for r in edge_records() if r not in records) if None in named else ()
 
     ran = [o for o in outcomes if o.backend in backend_names]
-    return [r for r in records if any(r.covers(o) for o in ran) and not any(o.recorded == r.id for o in outcomes)]
+    return [r for r in records if record_use(r, ran)[0] and not any(o.recorded == r.id for o in outcomes)]
+
+
+def record_use(record: EdgeRecord, outcomes) -> tuple[int, int]:
+    """(how many of `outcomes` the record covers that no other record explains, how many it explains): a record
+    that covers some and explains none is stale. An outcome an earlier, more specific record explains is not
+    this one's to explain (a user's record overriding a built-in one leaves the built-in unneeded, not stale)."""
+    covered = [o for o in outcomes if record.covers(o) and o.recorded in (None, record.id)]
+    return len(covered), sum(o.recorded == record.id for o in covered)
 
 
 def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:
@@ -362,4 +370,4 @@ def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:
 
 
 __all__ = ["AGREES", "EdgeOutcome", "EdgeRecord", "as_row", "describe_exception", "describe_kinds", "edge_records",
-           "is_refusal", "placement", "run_case", "run_edge_cases", "stale_records", "unexplained"]
+           "is_refusal", "placement", "record_use", "run_case", "run_edge_cases", "stale_records", "unexplained"]

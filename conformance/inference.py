@@ -550,7 +550,7 @@ def _probe_replay(backend, finding: Finding, cases_dir, before=None) -> str:
 
 
 def report_rows(backend, before=None, dtypes=None, cases_dir=None) -> list[dict]:
-    """Inference on `backend`'s first device that runs now, in the first of the run's `dtypes` the backend
+    """Inference on `backend`'s first device that runs now, in the widest of the run's `dtypes` the backend
     declares (`probe_dtypes`; nothing when it declares none of them), as the report's rows (JSON-ready).
     With `cases_dir`, each DIFFERS row's deciding probe is saved there and the row's "replay" reruns it."""
     from ..adapters.protocol import first_available_device

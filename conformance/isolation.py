@@ -327,7 +327,8 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
 def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=(),
                before_probe=None, cases_dir=None) -> dict:
     """Inference and edge-case rows for `backend` over the (device, dtype, mode) `cells` it ran; the inference
-    probes in the first of the cells' dtypes the backend declares, and saves DIFFERS rows under `cases_dir`.
+    probes in the widest of the cells' dtypes the backend declares (inference.probe_dtypes), and saves DIFFERS
+    rows under `cases_dir`.
     `before_edge(device, case, mode, dtype)` is told before each edge case runs; with `on_edge(row)` each edge
     outcome goes there as it arrives instead of into the result; `edge_done` lists (device, dtype, case id,
     mode) already run."""

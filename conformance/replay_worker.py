@@ -1,11 +1,12 @@
 """The child process of `bnconf replay` (`repro.replay`): runs one saved case on the backend the parent chose.
 
-    python -m bnconf.conformance.replay_worker FD      job on stdin: {"folder": ..., "target": ..., "exact": ...}
+    python -m bnconf.conformance.replay_worker FD      job on stdin: {"folder": ..., "target": ..., "exact": ...,
+                                                       "records": [[loadable target, target as named], ...]}
 
 It sends JSON lines on the pipe FD, and the parent, which enforces the time limit and kills this process's
 whole session when it runs out, prints them:
 
-    {"event": "bad_input", "kind": "TargetError" | "BackendError" | "CaseError", "message": ...}
+    {"event": "bad_input", "kind": "TargetError" | "BackendError" | "CaseError" | "RecordsError", "message": ...}
     {"event": "loaded", "name": <the backend's name>}                 the target imported, the case begins
     {"event": "line", "text": ...}                                    one line of the comparison
     {"event": "raised", "where": ..., "error": "<Type>: <message>"}   the backend (or its outputs) failed
@@ -48,7 +49,9 @@ def _work(job: dict, send) -> None:
     from ..adapters.protocol import BackendError, supports_layout, unavailable
     from ..adapters.registry import TargetError, load
     from .engine import assess
+    from .known import discrepancies_for
     from .repro import CaseError, assessment_lines, read_case, select_backend, shown
+    from .user_records import RecordsError, attach_targets
 
     try:
         case = read_case(job["folder"])
@@ -62,12 +65,14 @@ def _work(job: dict, send) -> None:
         if reason:
             raise CaseError(f"{label} cannot run on {case.device} here: {reason}; replay it where {case.device} "
                             "is available")
-    except (TargetError, BackendError, CaseError) as e:
+        attach_targets([backend], job.get("records", ()))  # the records the parent chose apply, as in the run
+    except (TargetError, BackendError, CaseError, RecordsError) as e:
         send(event="bad_input", kind=type(e).__name__, message=str(e))
         return
     send(event="loaded", name=backend.name)
     try:
-        a = assess(_Watched(backend), case.mode, case.inputs, case.dtype, case.device)
+        # the records that apply to the backend itself (attached ones are found by the backend, not the wrapper)
+        a = assess(_Watched(backend), case.mode, case.inputs, case.dtype, case.device, registry=discrepancies_for(backend))
     except _BackendRaised as e:
         send(event="raised", where="the backend raised", error=_one_line(e.error))
         return

@@ -1,6 +1,7 @@
 """A failing case as a small standalone folder, and replaying it.
 
-    <folder>/case.json    backend target and name, mode, dtype, device, axis, eps, momentum, versions
+    <folder>/case.json    backend target and name, mode, dtype, device, axis, eps, momentum, versions, and the
+                          run's records files (`--records` targets, as named)
     <folder>/inputs.npz   x, gamma, beta, running mean/var, dy (those present; float64, no pickles)
     <folder>/repro.py     `python repro.py TARGET` reruns the case on the backend TARGET and prints each
                           quantity's comparison
@@ -8,8 +9,11 @@
 The folder can be attached to an upstream bug report; `bnconf replay <folder> --backend TARGET` does what
 repro.py does. A folder is data from whoever sent it, so replaying never imports code it names on its own:
 the backend is the TARGET the user gives, or the folder's own `target` only when the user says they trust
-it (`--trust-target`, or "y" at a prompt shown only on a terminal). case.json is read field by field with
-its types checked and inputs.npz without unpickling; a field that is wrong is a CaseError naming it.
+it (`--trust-target`, or "y" at a prompt shown only on a terminal). The records files the run used
+(`--records`) are loaded the same way: those the user names (`--records TARGET`, repeatable), or those
+case.json names only with `--trust-target`; the replay line a run prints names them. case.json is read field
+by field with its types checked and inputs.npz without unpickling; a field that is wrong is a CaseError
+naming it.
 
 The case runs in a child process (`python -m bnconf.conformance.replay_worker`) with a time limit: a
 backend that raises, crashes or hangs is the replay's finding (exit status 1), never bnconf's failure.
@@ -97,8 +101,16 @@ def _versions(backend) -> dict[str, str]:
         return {"versions()": f"raised {type(e).__name__}"}
 
 
-def save_case(root, backend, mode: Mode, inputs: Inputs, dtype: str, device: str) -> Path:
-    """Write the case as `<root>/<folder_name(...)>/` and return that folder."""
+def run_records(backend) -> list[str]:
+    """The records files attached to `backend` (the run's `--records` targets, as the user named them)."""
+    from .known import attached_sources
+
+    return list(attached_sources(backend))
+
+
+def save_case(root, backend, mode: Mode, inputs: Inputs, dtype: str, device: str, records=None) -> Path:
+    """Write the case as `<root>/<folder_name(...)>/` and return that folder. `records`: the records targets
+    the case was judged with (None: those attached to `backend`, `run_records`)."""
     from ..adapters.registry import origin
 
     arrays = {k: v for k, v in {"x": inputs.x, "gamma": inputs.gamma, "beta": inputs.beta, "dy": inputs.dy}.items() if v is not None}
@@ -110,6 +122,7 @@ def save_case(root, backend, mode: Mode, inputs: Inputs, dtype: str, device: str
         "axis": int(inputs.axis), "eps": float(inputs.eps),
         "momentum": None if inputs.momentum is None else float(inputs.momentum),
         "running_count": None if inputs.running is None else int(inputs.running.count),
+        "records": [str(t) for t in (run_records(backend) if records is None else records)],
         "versions": {"python": platform.python_version(), "numpy": np.__version__, **_versions(backend)},
     }
     text = json.dumps(case, indent=1, sort_keys=True)
@@ -137,6 +150,7 @@ class SavedCase:
     dtype: str
     device: str
     versions: dict = field(default_factory=dict)
+    records: tuple[str, ...] = ()  # the records files the run judged it with: data, not a command
 
 
 AGAIN = "rerun the failing conformance test to save the case again"
@@ -249,6 +263,9 @@ def read_case(folder) -> SavedCase:
     eps = _field(case, "eps", _is_number, "a number", folder)
     momentum = _field(case, "momentum", lambda v: v is None or _is_number(v), "a number or null", folder)
     count = _field(case, "running_count", lambda v: v is None or _count(v), "a count (integer >= 0) or null", folder)
+    records = _field(case, "records", lambda v: isinstance(v, list) and len(v) <= 100 and all(
+        isinstance(t, str) and _plain_line(t, 4096) and ":" in t for t in v),
+        "a list of records targets (module:attribute on one line each)", folder, optional=True) or []
     versions = _field(case, "versions", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                       "an object of names to version strings", folder, optional=True) or {}
     try:
@@ -269,7 +286,7 @@ def read_case(folder) -> SavedCase:
         running = RunningStats(arrays["running_mean"], arrays["running_var"], count)
     inputs = Inputs(x=arrays["x"], axis=axis, eps=float(eps), gamma=arrays.get("gamma"), beta=arrays.get("beta"),
                     running=running, momentum=None if momentum is None else float(momentum), dy=arrays.get("dy"))
-    return SavedCase(folder, target, name, mode, inputs, dtype, device, versions)
+    return SavedCase(folder, target, name, mode, inputs, dtype, device, versions, tuple(records))
 
 
 def select_backend(backends: list, case: SavedCase, target: str, exact: bool):
@@ -288,13 +305,16 @@ def select_backend(backends: list, case: SavedCase, target: str, exact: bool):
                     f"{', '.join(shown(b.name, 60) for b in backends)}); name a target that holds that one backend")
 
 
-def load_case(folder, backend_target: str | None = None):
+def load_case(folder, backend_target: str | None = None, *, trust_folder_target: bool = False):
     """(backend, mode, inputs, dtype, device) of a saved case, in this process, on the backend `backend_target`
-    names; with None, on the target the folder names, which imports that code: only for a folder you trust
-    (`replay` asks first and runs the case in a child process)."""
+    names. The target the folder names is imported only with `trust_folder_target=True` (that runs its code:
+    only for a folder you trust); with neither, CaseError. No records file is loaded (`replay` attaches them)."""
     from ..adapters.registry import load
 
     case = read_case(folder)
+    if backend_target is None and not trust_folder_target:
+        raise CaseError(f"load_case does not import the target {shown(folder, PATH_CHARS)} names without your "
+                        "consent; give backend_target, or trust_folder_target=True for a folder you trust")
     target = backend_target or case.target
     if target is None:
         raise CaseError(f"{shown(case.folder, PATH_CHARS)} does not say where backend {shown(case.backend, 100)!r} "
@@ -324,17 +344,19 @@ def _ask(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def trust_command(folder, target: str) -> str:
-    """The command that replays `folder` on `target`."""
-    return f"bnconf replay {shlex.quote(shown(folder, PATH_CHARS))} --backend {shlex.quote(target)}"
+def trust_command(folder, target: str, records=()) -> str:
+    """The command that replays `folder` on `target`, judged with the records files `records`."""
+    return (f"bnconf replay {shlex.quote(shown(folder, PATH_CHARS))} --backend {shlex.quote(target)}"
+            + "".join(f" --records {shlex.quote(t)}" for t in records))
 
 
-def replay_line(folder, backend) -> str:
+def replay_line(folder, backend, records=None) -> str:
     """The one line that reruns the case saved in `folder` on `backend` (the target it was loaded from;
-    TARGET, to be filled in, for a backend built in this process)."""
+    TARGET, to be filled in, for a backend built in this process), with the records files the case was judged
+    with (None: those attached to `backend`, as `save_case` stores them)."""
     from ..adapters.registry import origin
 
-    return trust_command(folder, origin(backend) or "TARGET")
+    return trust_command(folder, origin(backend) or "TARGET", run_records(backend) if records is None else records)
 
 
 def _choose_target(case: SavedCase, backend_target: str | None, trust_folder_target: bool) -> str:
@@ -353,7 +375,24 @@ def _choose_target(case: SavedCase, backend_target: str | None, trust_folder_tar
             "and runs that code. Run it? [y/N] "):
         return case.target
     raise CaseError(f"{folder} names backend {name!r} from target {case.target}, which replay does not import without "
-                    f"your consent (it runs that code); if you trust it, run: {trust_command(case.folder, case.target)}")
+                    f"your consent (it runs that code); if you trust it, run: "
+                    f"{trust_command(case.folder, case.target, case.records)}")
+
+
+def _choose_records(case: SavedCase, records, trust_folder_target: bool) -> tuple[str, ...]:
+    """The records files to judge with: the user's (`records`, no consent needed), else the folder's own only
+    with `trust_folder_target`; a note on stdout when the folder names records that are not loaded."""
+    if records is None or isinstance(records, str) or not all(isinstance(t, str) and t.strip() for t in records):
+        raise InputError(f"records: expected a list of records targets (path/to/records.py:ATTR or module:attr), "
+                         f"got {records!r}")
+    if records:
+        return tuple(records)
+    if trust_folder_target or not case.records:
+        return case.records
+    print(f"note: the case was judged with records files it names ({', '.join(shown(t, 300) for t in case.records)}), "
+          "not loaded here (that imports their code); judging without them. To judge with them, add "
+          + " ".join(f"--records {shlex.quote(t)}" for t in case.records))
+    return ()
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -384,13 +423,17 @@ def _last_line(log) -> str:
 def _bad_input(kind: str, message: str) -> Exception:
     from ..adapters.protocol import BackendError
     from ..adapters.registry import TargetError
+    from .user_records import RecordsError
 
-    return {"TargetError": TargetError, "BackendError": BackendError}.get(kind, CaseError)(message)
+    return {"TargetError": TargetError, "BackendError": BackendError, "RecordsError": RecordsError}.get(
+        kind, CaseError)(message)
 
 
-def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool) -> int:
+def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool, records=()) -> int:
     """Run the case in a child on `target`'s backend (`select_backend`), print what it sends; the replay's
     exit status."""
+    from .user_records import _where
+
     label = f"{shown(case.backend, 100)} {case.device} {case.dtype} {case.mode.value}"
     with tempfile.TemporaryFile() as log:
         read, write = os.pipe()
@@ -405,7 +448,8 @@ def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool) 
             finally:
                 os.close(write)
             try:
-                job = {"folder": str(case.folder.resolve()), "target": target, "exact": exact}
+                job = {"folder": str(case.folder.resolve()), "target": target, "exact": exact,
+                       "records": [[_where(t), t] for t in records]}  # loadable from the child's directory
                 proc.stdin.write(json.dumps(job).encode())
                 proc.stdin.close()
             except BrokenPipeError:  # the child is gone already: the pipe says so below
@@ -457,7 +501,8 @@ def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool) 
                 _kill(proc)
 
 
-def replay(folder, backend_target: str | None, time_limit: float, trust_folder_target: bool = False) -> int:
+def replay(folder, backend_target: str | None, time_limit: float, trust_folder_target: bool = False,
+           records=()) -> int:
     """Rerun a saved case and print every quantity's comparison: 0 when it conforms now, 1 when a quantity
     still fails or the backend raised, crashed or ran past `time_limit` seconds (loading it and running the
     case each get that long), 130 when interrupted (Ctrl-C: one line on stderr).
@@ -465,9 +510,11 @@ def replay(folder, backend_target: str | None, time_limit: float, trust_folder_t
     The backend is the one `backend_target` names (a TARGET, module:attribute or path/to/file.py:attribute;
     the backend of the saved name there, or its only one). With None, the target the folder names is run only
     with `trust_folder_target`, or when the user answers "y" on a terminal; otherwise CaseError says which
-    target the folder names and the command that runs it. Raises CaseError for a folder that is not a
-    readable saved case, TargetError/BackendError for a target that does not load, InputError for a bad
-    `time_limit`."""
+    target the folder names and the command that runs it. `records` (records targets the user names) are
+    attached to the backend before judging; with none, the records files case.json names are attached only
+    with `trust_folder_target` (otherwise a note names them). Raises CaseError for a folder that is not a
+    readable saved case, TargetError/BackendError for a target that does not load, RecordsError for records
+    that do not load or hold, InputError for a bad `time_limit` or `records`."""
     if not _is_number(time_limit) or not time_limit > 0 or not math.isfinite(time_limit):
         raise InputError(f"time_limit: expected a number of seconds > 0, got {time_limit!r}")
     interrupted = []
@@ -488,7 +535,8 @@ def replay(folder, backend_target: str | None, time_limit: float, trust_folder_t
     try:
         case = read_case(folder)
         target = _choose_target(case, backend_target, trust_folder_target)
-        return _run_in_child(case, target, float(time_limit), exact=backend_target is None)
+        chosen = _choose_records(case, records, trust_folder_target)
+        return _run_in_child(case, target, float(time_limit), exact=backend_target is None, records=chosen)
     except KeyboardInterrupt:
         print("bnconf replay: interrupted; the case was not finished", file=sys.stderr)
         return 130
@@ -498,14 +546,15 @@ def replay(folder, backend_target: str | None, time_limit: float, trust_folder_t
 
 
 def print_replay(folder, backend_target: str | None = None, time_limit: float = DEFAULT_TIME_LIMIT,
-                 trust_folder_target: bool = False) -> int:
+                 trust_folder_target: bool = False, records=()) -> int:
     """`replay` for scripts: bad input is one line on stderr and exit status 2 instead of an exception."""
     from ..adapters.protocol import BackendError
     from ..adapters.registry import TargetError
+    from .user_records import RecordsError
 
     try:
-        return replay(folder, backend_target, time_limit, trust_folder_target)
-    except (CaseError, TargetError, BackendError, InputError) as e:
+        return replay(folder, backend_target, time_limit, trust_folder_target, records)
+    except (CaseError, TargetError, BackendError, InputError, RecordsError) as e:
         print(f"bnconf replay: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
@@ -521,8 +570,11 @@ def script_main(folder, argv: list[str]) -> int:
                         help="run it on the target case.json names (imports that code: only for a folder you trust)")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
                         help=f"stop the backend after this long (default {DEFAULT_TIME_LIMIT:g})")
+    parser.add_argument("--records", action="append", default=[], metavar="FILE.py:ATTR",
+                        help="judge with these records files (repeatable; default: none, or with --trust-target "
+                             "those case.json names)")
     args = parser.parse_args(argv)
-    return print_replay(folder, args.target, args.time_limit, args.trust_target)
+    return print_replay(folder, args.target, args.time_limit, args.trust_target, args.records)
 
 
 WORST_ELEMENTS = 5  # rows of the observed-against-expected table of a failing quantity
@@ -534,18 +586,21 @@ def worst_elements(backend, mode: Mode, a, dtype: str, device: str, quantity: st
     """The `count` worst elements of `quantity` in the assessment `a` of a case on `backend`, worst first:
     (index, observed, expected, bound, error/bound). Expected is the oracle's value in the quantity's format
     under the model it was judged by (the declared convention, or the known discrepancy's recorded behaviour
-    where one covers the quantity); elements whose finiteness differs from the oracle's rank first (error/bound
+    where one covers the quantity, its unchecked channels making no claim: no bound, ranked with the
+    ill-conditioned); elements whose finiteness differs from the oracle's rank first (error/bound
     inf), elements without a bound (ill-conditioned) last (error/bound nan)."""
     from ..adapters.protocol import declared_precision
-    from ..spec import expected
     from ..spec.verdict import expected_in_format, quantity_format
+    from .records import RecordedCase
 
     if a.inputs is None or a.observed.get(quantity) is None:
         return []
     inputs, convention, precision = a.inputs, backend.convention, declared_precision(backend, dtype, device)
     if a.discrepancy is not None and quantity in a.discrepancy.quantities and a.recorded:
-        inputs, convention, precision = a.discrepancy.recorded_model(inputs, convention, precision)
-    exp = expected(mode, inputs, convention, precision).get(quantity)
+        case = a.discrepancy.apply(inputs, a.observed, convention, precision)  # unchecked channels: no claim
+    else:
+        case = RecordedCase.declared(inputs, a.observed, convention, precision)
+    exp = case.expected(mode).get(quantity)
     observed = np.asarray(a.observed[quantity], dtype=np.float64)
     if exp is None or observed.shape != exp.value.shape:
         return []

@@ -100,22 +100,20 @@ def failures(state: RunState, backends) -> list[str]:
 # ---------------------------------------------------------------- carrying it out
 
 
-def cases_beside(crash_dir: Path) -> Path:
-    """The folder for a run's replayable findings beside its crashes folder: `<out>/<name>-crashes` gives
-    `<out>/<name>-cases` (reports/output.py ReportFolder.cases_dir)."""
-    crash_dir = Path(crash_dir)
-    return crash_dir.with_name(crash_dir.name.removesuffix("-crashes") + "-cases")
+def prepare(backends, options: RunOptions) -> None:
+    """Before anything is written or run: the backends' own records checked and the run's records files
+    attached to them (user_records.RecordsError, bad input, when one does not hold)."""
+    user_records.prepare_records(backends, options.records)
 
 
-def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, progress=None,
-            on_change=None, on_idle=None, cases_dir: Path | None = None) -> None:
-    """Run the battery, the extras and the cross-framework table, filling `state` as results arrive.
-    `on_change()` is called after each result, `on_idle()` while an isolated run waits on a slow case.
-    Every NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case under `cases_dir`
-    (default: `cases_beside(crash_dir)`), isolated or not."""
+def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path, progress=None,
+            on_change=None, on_idle=None) -> None:
+    """Run the battery, the extras and the cross-framework table on `prepare`d backends, filling `state` as
+    results arrive. `on_change()` is called after each result, `on_idle()` while an isolated run waits on a
+    slow case. A crash keeps its input under `crash_dir`; every NON-CONFORMANT row, ERROR cell and DIFFERS
+    inference row saves its case under `cases_dir`, isolated or not."""
     changed = on_change or (lambda: None)
-    cases_dir = cases_beside(crash_dir) if cases_dir is None else Path(cases_dir)
-    user_records.prepare_records(backends, options.records)  # the backends' own records checked, files attached
+    cases_dir = Path(cases_dir)
 
     def arrived(cell) -> None:
         state.results.append(cell)

@@ -93,7 +93,6 @@ def _report(args) -> int:
     import numpy as np
 
     from ..conformance import isolation, run, selection
-    from ..conformance.user_records import load_records
     from .output import ReportFolder
     from .publish import Publisher
 
@@ -102,39 +101,40 @@ def _report(args) -> int:
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
         raise UsageError(f"unknown dtype {', '.join(unknown)}; pick --dtype from {', '.join(FORMATS)}")
-    records = tuple(args.records)
-    for target in records:  # a records file that does not load, or a record that does not hold, is bad input
-        load_records(target)
+    found, missing = selection.backends(selection.choice(args.backend, "backend"))
+    devices = selection.choice(args.device, "device")
+    cells = selection.cells(found, devices, dtypes)
+    if not cells:
+        offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
+        raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
+                         f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
+                         f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
+    options = run.RunOptions(args.examples, args.seed, args.pair_examples,
+                             isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
+                             isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases,
+                             records=tuple(args.records))
+    run.prepare(found, options)  # a records file or record that does not hold is bad input, found here
+    # only now, when the run will start, is the output folder claimed: its previous report goes with the claim
     folder = ReportFolder(Path(args.out), args.name)
-    folder.claim()  # before the battery runs: an unwritable folder or a concurrent run must not cost a whole run
+    folder.claim()  # an unwritable folder or a concurrent run is found before the battery runs
     try:
-        found, missing = selection.backends(selection.choice(args.backend, "backend"))
-        devices = selection.choice(args.device, "device")
-        cells = selection.cells(found, devices, dtypes)
-        if not cells:
-            offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
-            raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
-                             f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
-                             f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
         for u in missing:
             print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
         environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
         for b in found:
             environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
-        options = run.RunOptions(args.examples, args.seed, args.pair_examples,
-                                 isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
-                                 isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases,
-                                 records=records)
         state = run.RunState(len(cells))
         publisher = Publisher(folder, args.name, state, found, environment, args.seed, args.examples,
                               lambda s: run.failures(s, found))
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
         with _signals_interrupt() as caught:
             try:
-                run.execute(found, cells, options, state, folder.crash_dir, say, publisher.arrived, publisher.idle)
+                publisher.write_json("running")  # from the start, the folder holds this run's report, partial
+                run.execute(found, cells, options, state, folder.crash_dir, folder.cases_dir, say, publisher.arrived,
+                            publisher.idle)
+                report = publisher.write_all("complete")
             except KeyboardInterrupt:
                 return _interrupted(publisher, state, folder.out, args.name, caught)
-        report = publisher.write_all("complete")
     finally:
         folder.release()
     print(render_terminal(report))
@@ -205,7 +205,8 @@ def _replay(args) -> int:
     if not 0 < args.time_limit < float("inf"):
         raise UsageError(f"--time-limit must be a finite number more than 0, got {args.time_limit:g}; "
                          "give it in seconds, e.g. --time-limit 120")
-    return replay(args.folder, args.backend, args.time_limit, trust_folder_target=args.trust_target)
+    return replay(args.folder, args.backend, args.time_limit, trust_folder_target=args.trust_target,
+                  records=args.records)
 
 
 def _battery_options(parser, name: str, examples: int, pair_examples: int) -> None:
@@ -272,6 +273,9 @@ def main(argv=None) -> int:
                        help="rerun it on the target the folder's case.json names (imports that code: only for a folder you trust)")
     replay.add_argument("--time-limit", type=float, default=120.0, metavar="SECONDS",
                         help="stop a backend that loads or runs longer than this, report it as timed out (default 120)")
+    replay.add_argument("--records", action="append", default=[], metavar="FILE.py:ATTR",
+                        help="judge the case with these records files, as the run did (repeatable; default: none, "
+                             "or with --trust-target those the folder's case.json names)")
     replay.set_defaults(run=_replay)
     sub.add_parser("selfcheck", parents=[debug],
                    help="check the oracle against independent computations").set_defaults(run=_selfcheck)

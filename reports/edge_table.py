@@ -100,6 +100,7 @@ def edge_record_rows(outcomes) -> list[list[str]]:
     another record, and explained none: the backend changed, update the record), explanation and evidence. A backend's own and attached records are
     found by its name (`known.backend_named`: the run registered its backends), else the built-ins."""
     from ..conformance.known import BUILT_IN, EDGE_RECORDS, backend_named, sourced_edge_records_for
+    from ..conformance.edge import record_use
     from ..conformance.records import matches
 
     rows = [_row(o) for o in outcomes]
@@ -112,13 +113,9 @@ def edge_record_rows(outcomes) -> list[list[str]]:
             records.setdefault(id(r), [r, source, set()])[2].add(name)
     out = []
     for r, source, names in records.values():
-        mine = [o for o in rows if o["backend"] in names]
-        # outcomes another (more specific, earlier) record explains are not this one's to explain
-        covered = [o for o in mine if r.covers(SimpleNamespace(**o)) and o.get("recorded") in (None, r.id)]
+        covered, explained = record_use(r, [SimpleNamespace(**o) for o in rows if o["backend"] in names])
         if not covered:
             continue
-        explained = sum(o.get("recorded") == r.id for o in mine)
-        status = (f"in use ({explained} outcome(s))" if explained
-                  else f"STALE: covered {len(covered)} outcome(s), explained none")
+        status = f"in use ({explained} outcome(s))" if explained else f"STALE: covered {covered} outcome(s), explained none"
         out.append([r.id, source, r.backends, r.case, status, r.explanation, r.evidence])
     return out

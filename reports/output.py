@@ -101,7 +101,7 @@ class ReportFolder:
     @property
     def cases_dir(self) -> Path:
         """Where the run saves each NON-CONFORMANT row's, ERROR cell's and DIFFERS probe's case (conformance/run.py
-        `cases_beside(crash_dir)` gives the same folder)."""
+        the run's cases are saved there)."""
         return self.out / f"{self.name}-cases"
 
     @property
@@ -223,11 +223,15 @@ class ReportFolder:
                                   "another --out or --name")
 
     def _clear_previous_run(self) -> None:
-        """The previous run of this name: its figures, crashes and cases folders and leftover temporary files."""
+        """The previous run of this name: its Markdown and HTML (the JSON is rewritten at once: this run's report
+        is never mixed with the last one's), figures, crashes and cases folders and leftover temporary files."""
         try:
             for folder in (self.crash_dir, self.cases_dir):
                 if folder.is_dir() and not folder.is_symlink():
                     shutil.rmtree(folder)
+            for path in self.report_files():
+                if path.suffix != ".json" and (path.is_symlink() or path.is_file()):
+                    path.unlink()  # a link is removed, never its target
             for entry in os.scandir(self.out):
                 if (self._is_old_figure(entry.name) or self._is_temp(entry.name)) and not entry.is_dir(follow_symlinks=False):
                     os.unlink(entry.path)  # a link is removed, never its target

@@ -293,7 +293,7 @@ def markdown(report: Report) -> str:
 
 def _bad(row) -> bool:
     return any(str(v).startswith(("NON", "ERROR", "UNEXPECTED", "STALE", "CRASHED", "TIMED OUT", "OUT OF MEMORY",
-                                  "NOT RUN", "DIFFERS")) or v == "NO" for v in row)
+                                  "NOT RUN", "DIFFERS", "probing failed")) or v == "NO" for v in row)
 
 
 def _figures_html(report: Report) -> str:

@@ -58,11 +58,9 @@ def selected(config) -> Selection:
     targets = selection.choice(_option(config, "bnconf_backend"), "backend")
     found, missing = selection.backends(targets)
     records = selection.choice(_option(config, "bnconf_records"), "record")
-    if records:
-        from bnconf.conformance.user_records import attach_records, load_records
+    from bnconf.conformance.user_records import prepare_records
 
-        for target in records:
-            attach_records(found, load_records(target))
+    prepare_records(found, records)  # the backends' own records checked, as `bnconf validate` does; files attached
     config.stash[_SELECTION] = s = Selection(
         targets, found, missing, selection.choice(_option(config, "bnconf_device"), "device"),
         selection.choice(_option(config, "bnconf_dtype"), "dtype"), records, config.getoption("bnconf_examples", default=None))

@@ -69,9 +69,9 @@ def machine_for(backend, device: str = "cpu", dtype: str = PREFERRED_DTYPE, max_
     from bnconf.adapters.protocol import channel_axes, declared_precision
     from bnconf.conformance import strategies as bst
     from bnconf.conformance.discrepancies import covering
-    from bnconf.conformance.engine import prepare, request
+    from bnconf.conformance.engine import ACCEPTED, prepare, request
     from bnconf.conformance.records import RecordedCase
-    from bnconf.spec import Inputs, Mode, RunningStats, Verdict
+    from bnconf.spec import Inputs, Mode, RunningStats
 
     registry = support.discrepancies_for(backend) if registry is None else registry
     precision = declared_precision(backend, dtype, device)
@@ -120,8 +120,10 @@ def machine_for(backend, device: str = "cpu", dtype: str = PREFERRED_DTYPE, max_
             case = (entry.apply(oracle_inputs, observed, backend.convention, precision) if entry is not None
                     else RecordedCase.declared(oracle_inputs, observed, backend.convention, precision))
             results = case.judge(Mode.TRAIN_FORWARD)
+            # accepted as the battery accepts (engine.ACCEPTED): conforms, or ill-conditioned (the error model
+            # has no bound there: half precision after a few steps of carried error)
             bad = {q: f"{c.verdict.value} {c.detail} (error/bound {c.max_ratio:.3g})" for q, c in results.items()
-                   if c.verdict is not Verdict.CONFORMS}
+                   if c.verdict not in ACCEPTED}
             if bad:
                 self._fail(Mode.TRAIN_FORWARD, "; ".join(f"{q} {text}" for q, text in bad.items()), given)
             exp = case.expected(Mode.TRAIN_FORWARD)

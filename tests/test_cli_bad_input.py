@@ -90,9 +90,9 @@ def test_bad_options_are_one_line_with_exit_2(args, fragments, tmp_path, capsys)
 
 
 def test_an_unwritable_report_folder_is_named_before_the_battery_runs(tmp_path, capsys, monkeypatch):
-    from bnconf.conformance import selection
+    from bnconf.conformance import run
 
-    monkeypatch.setattr(selection, "backends", lambda targets: pytest.fail("the battery was about to run"))
+    monkeypatch.setattr(run, "execute", lambda *a, **k: pytest.fail("the battery was about to run"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     _one_line_error(capsys, ["report", "--backend", EXAMPLE, "--out", str(blocker / "sub")],

@@ -39,7 +39,7 @@ def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_res
     # the input each was running is a replayable case folder
     folder, target = crashed["reason"].split("replay: bnconf replay ")[1].split(" --backend ")
     assert target == f"{FIXTURE.resolve()}:SEGFAULT"
-    backend, mode, inputs, dtype, _ = load_case(folder)
+    backend, mode, inputs, dtype, _ = load_case(folder, target)
     assert (backend.name, mode, dtype) == ("segfaults in training", Mode.TRAIN_FORWARD, "float64") and inputs.x.size
     # the misbehaving backends' other modes, run in a fresh worker, and the good backend all ran
     others = [c for key, c in cells.items() if key[1] != "train_forward" or key[0].startswith("ideal")]

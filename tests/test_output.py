@@ -219,9 +219,10 @@ def test_a_name_that_is_not_a_plain_file_stem_is_refused(tmp_path, name):
 
 
 def test_a_reused_folder_keeps_no_figure_or_crash_of_the_previous_run_and_every_other_file(tmp_path):
-    ours = ["t-heatmap.png", "t-conditioning.png", "t-old_figure.png", ".t.abc123_x.tmp"]
+    # the previous run's Markdown and HTML go too: the JSON is rewritten at once, so no report is ever mixed
+    ours = ["t-heatmap.png", "t-conditioning.png", "t-old_figure.png", ".t.abc123_x.tmp", "t.md", "t.html"]
     theirs = ["t-x-heatmap.png", "t.x-heatmap.png", "u-heatmap.png", "notes.txt", "t.png", "t-.png", ".t.x.abc123_x.tmp",
-              ".t.tmp", "t-heatmap.png.bak", "t.md"]
+              ".t.tmp", "t-heatmap.png.bak", "t.json", "u.md"]
     for name in ours + theirs:
         (tmp_path / name).write_text(name)
     (tmp_path / "t-crashes" / "case-1").mkdir(parents=True)
@@ -273,8 +274,9 @@ def test_a_link_planted_at_the_lock_file_is_refused_never_followed(tmp_path):
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
 def test_a_failed_or_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch, failure):
-    (tmp_path / "t.md").write_text("old")
     with ReportFolder(tmp_path, "t") as folder:
+        folder.write("t.md", b"old")
+
         def replace(src, dst):
             assert os.path.basename(src).startswith(".t.")  # a fresh name of this run's, never a fixed one
             raise failure

@@ -192,12 +192,12 @@ def test_debug_shows_the_traceback_and_keeps_exit_2(tmp_path, capsys):
 
 
 def test_a_second_report_into_the_same_folder_and_name_refuses_before_running(tmp_path, capsys, monkeypatch):
-    from bnconf.conformance import selection
+    from bnconf.conformance import run as run_module
     from bnconf.reports.output import ReportFolder
 
-    (tmp_path / "report.json").write_text('{"the first run": "still writing"}')
-    with ReportFolder(tmp_path, "report"):  # the first run holds it
-        monkeypatch.setattr(selection, "backends", lambda targets: pytest.fail("the battery was about to run"))
+    with ReportFolder(tmp_path, "report") as first:  # the first run holds it
+        first.write("report.json", b'{"the first run": "still writing"}')
+        monkeypatch.setattr(run_module, "execute", lambda *a, **k: pytest.fail("the battery was about to run"))
         assert main(["report", "--backend", "bnconf.adapters.example_numpy:BACKEND", "--out", str(tmp_path)]) == 2
     err = _one_line_error(capsys)
     assert f"another bnconf run (pid {os.getpid()})" in err and "pick another --out or --name" in err
@@ -219,3 +219,14 @@ def test_a_signal_the_run_was_started_with_ignored_stays_ignored(monkeypatch):
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_bad_input_found_after_the_backends_load_leaves_the_previous_report_alone(tmp_path, capsys):
+    """The folder is claimed (and the previous run of the name cleared) only once the run will start."""
+    previous = {"cpu.md": "old report", "cpu-heatmap.png": "old figure", "cpu-crashes/case/case.json": "{}"}
+    for name, text in previous.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert main(["report", "--backend", f"{CONTROL}:SAME_NAME", "--out", str(tmp_path), "--name", "cpu"]) == 2
+    _one_line_error(capsys)
+    assert all((tmp_path / name).read_text() == text for name, text in previous.items())

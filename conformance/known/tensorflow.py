@@ -69,6 +69,17 @@ def _ema_decay_momentum(decay: float) -> float:
     return 1.0 - float(np.float32(1.0 - np.float32(decay)))
 
 
+def _float32_subnormal(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return (v != 0) & (np.abs(v) < np.finfo(np.float32).tiny)
+
+
+def _flush_float32_subnormals(v) -> np.ndarray:
+    """What a flush-to-zero float32 update leaves of `v`: its float32 subnormals become zeros of their sign."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.where(_float32_subnormal(v), 0.0 * v, v)
+
+
 def _inf_to_nan(a) -> np.ndarray:
     a = np.asarray(a, np.float64)
     return np.where(np.isinf(a), np.nan, a)
@@ -216,6 +227,29 @@ ENTRIES: tuple[KnownDiscrepancy, ...] = (
             "- tf.cast(value, variable.dtype)) * decay`). Measured: float32 x of shape (2, 3, 2, 2), moving mean "
             "(inf, 0, 1), variance (1, inf, 2), training fed False with the update ops run: moving mean "
             "(nan, 0, 1), variance (1, nan, 2); the non-fused layer returns them unchanged."
+        ),
+    ),
+    KnownDiscrepancy(
+        id="tf-v1-layers-fused-eval-update-flushes-subnormal-running-stats",
+        backends=V1_LAYERS + "fused]",
+        dtypes=("float32", "float16", "bfloat16"),  # float64 runs the non-fused path, which leaves them alone
+        modes=(Mode.EVAL_FORWARD,),
+        when=lambda i: np.ndim(i.x) in (4, 5) and i.running is not None
+        and bool(_float32_subnormal(i.running.mean).any() or _float32_subnormal(i.running.var).any()),
+        quantities=RUNNING,
+        adjust=lambda i: replace(i, running=replace(i.running, mean=_flush_float32_subnormals(i.running.mean),
+                                                    var=_flush_float32_subnormals(i.running.var))),
+        explanation=(
+            "The same eval-time update as tf-v1-layers-fused-eval-update-turns-inf-into-nan, "
+            "moving <- moving - (moving - mean) * 0, runs in float32 on a CPU runtime that flushes subnormals to "
+            "zero (declared for every TF kernel): a subnormal moving mean or variance (|v| < 1.18e-38) comes back "
+            "as a signed zero, so an eval step changes the running statistics. Found by the eval-state rule of "
+            "issue 15 in the committed CPU report's float16 and bfloat16 cells."
+        ),
+        evidence=(
+            "tf_keras v2.21.0 tf_keras/src/layers/normalization/batch_normalization.py:1001-1003 and :867-870 (as "
+            "in the inf record). Observed (bnconf report --examples 8, seed 0): float16 eval, running_mean "
+            "-1.401298464324817e-45 in channel 3 came back -0.0; bfloat16 eval, -1.8301378333621408e-40 came back -0.0."
         ),
     ),
     KnownDiscrepancy(

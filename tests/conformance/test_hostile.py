@@ -14,7 +14,8 @@ import pytest
 
 from bnconf.adapters.protocol import OutputError, Outputs, Request
 from bnconf.conformance import inference_probes as probes
-from bnconf.conformance.battery import CellResult, QuantityRow, conforms, run_cell, target_score
+from bnconf.conformance.battery import CellResult, QuantityRow, run_cell, target_score
+from bnconf.conformance.run import cell_failures
 from bnconf.conformance.engine import assess
 from bnconf.conformance.inference import infer
 from bnconf.conformance.status import CellStatus, RowVerdict
@@ -48,7 +49,7 @@ def test_outputs_that_are_not_real_floats_are_the_cells_error_naming_quantity_dt
     with pytest.raises(OutputError, match=f"y is a ndarray of dtype {dtype}"):
         assess(backend, TRAIN, CASE, "float64", "cpu")
     cell = _cell(backend)
-    assert cell.status is CellStatus.ERROR and not conforms([cell])
+    assert cell.status is CellStatus.ERROR and cell_failures([cell])
     assert "returned outputs bnconf cannot judge" in cell.reason and f"dtype {dtype}" in cell.reason
     assert "return it as a real floating-point NumPy array" in cell.reason
 
@@ -84,7 +85,7 @@ def test_a_backend_writing_into_x_is_reported_as_such_and_its_outputs_still_judg
     assert a.wrote_into.startswith("the backend wrote into its input x (6 of 6 values changed")
     assert not a.problems()  # it wrote after computing: the oracle saw the same inputs
     cell = _cell(hostile.WRITES_X)
-    assert cell.status is CellStatus.ERROR and not conforms([cell])
+    assert cell.status is CellStatus.ERROR and cell_failures([cell])
     assert "made the backend write into its inputs; first: the backend wrote into its input x" in cell.reason
     assert all(r.verdict is RowVerdict.CONFORMS for r in cell.rows)
 
@@ -132,7 +133,7 @@ def test_y_plus_one_is_non_conformant_with_its_infinite_ratio_never_a_crash():
     assert y.verdict is RowVerdict.NON_CONFORMANT and y.failures == y.examples == 6
     assert y.max_ratio == math.inf and y.verdict_text == "NON-CONFORMANT (non-conformant)"
     assert "non-deterministic" not in y.detail  # ran twice, the same both times
-    assert not conforms([cell])
+    assert cell_failures([cell])
 
 
 @pytest.mark.parametrize("isolation", [["--no-isolation"], []], ids=["in-process", "isolated"])
@@ -189,10 +190,10 @@ def test_an_older_reports_verdict_text_is_read_into_verdict_and_failure():
         QuantityRow("y", "NONSENSE")
 
 
-def test_conforms_is_decided_by_the_enums():
+def test_the_cell_rule_is_decided_by_the_enums():
     ran = lambda *rows: CellResult("b", "c", "cpu", "float64", "train_forward", "ran", rows=list(rows))  # noqa: E731
-    assert conforms([ran(QuantityRow("y"), QuantityRow("dx", RowVerdict.KNOWN), QuantityRow("dy", "ill-conditioned"))])
-    assert not conforms([ran(QuantityRow("y", RowVerdict.NON_CONFORMANT))])
-    assert conforms([CellResult("b", "c", "cpu", "float64", "train_forward", CellStatus.UNSUPPORTED)])
+    assert not cell_failures([ran(QuantityRow("y"), QuantityRow("dx", RowVerdict.KNOWN), QuantityRow("dy", "ill-conditioned"))])
+    assert cell_failures([ran(QuantityRow("y", RowVerdict.NON_CONFORMANT))])
+    assert not cell_failures([CellResult("b", "c", "cpu", "float64", "train_forward", CellStatus.UNSUPPORTED)])
     for status in ("error", "crashed", "timed out", "out of memory", "not run"):
-        assert not conforms([CellResult("b", "c", "cpu", "float64", "train_forward", status)])
+        assert cell_failures([CellResult("b", "c", "cpu", "float64", "train_forward", status)])

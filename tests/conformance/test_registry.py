@@ -19,7 +19,8 @@ EXAMPLE = Path(__file__).parents[2] / "adapters" / "example_numpy.py"
 def test_a_backend_loads_from_a_file_or_a_module_and_conforms(target):
     (backend,) = registry.load(target)
     x = np.random.default_rng(0).normal(2.0, 3.0, size=(16, 3, 4))
-    inputs = Inputs(x=x, axis=1, eps=1e-5, running=RunningStats.initial(3), momentum=0.1)
+    dy = np.random.default_rng(1).normal(0.0, 1.0, size=x.shape)  # for the training backward
+    inputs = Inputs(x=x, axis=1, eps=1e-5, running=RunningStats.initial(3), momentum=0.1, dy=dy)
     for mode in backend.modes:
         a = assess(backend, mode, inputs, "float32", "cpu")
         assert a.discrepancy is None and all(c.verdict is Verdict.CONFORMS for c in a.declared.values())

@@ -52,7 +52,10 @@ def test_a_saved_failure_replays_and_still_fails(tmp_path, capsys):
     inputs = small_inputs()
     folder = save_case(tmp_path / "repro", backend, Mode.TRAIN_FORWARD, inputs, "float32", "cpu")
 
-    loaded_backend, mode, loaded, dtype, device = load_case(folder)
+    with pytest.raises(CaseError, match="without your consent"):  # the folder's own target: never unasked
+        load_case(folder)
+    loaded_backend, mode, loaded, dtype, device = load_case(folder, f"{wrong}:BACKEND")
+    assert load_case(folder, trust_folder_target=True)[0].name == backend.name
     assert (loaded_backend.name, mode, dtype, device) == (backend.name, Mode.TRAIN_FORWARD, "float32", "cpu")
     assert np.array_equal(loaded.x, inputs.x) and loaded.running.count == 2 and loaded.momentum == 0.1
 
@@ -200,6 +203,7 @@ CORRUPT_FIELDS = [
     ("mode", "sideways"), ("axis", "1"), ("axis", True), ("eps", "1e-3"), ("momentum", [0.1]),
     ("dtype", "float128"), ("dtype", None), ("device", "cpu\n\x1b[2J"), ("target", 5), ("target", "a.py:X\nrm -rf"),
     ("running_count", -1), ("running_count", 2.5), ("backend", 7), ("backend", ""), ("versions", [1]), ("format", "other/9"),
+    ("records", "a.py:R"), ("records", [5]), ("records", ["a.py:R\nrm -rf"]), ("records", ["no-colon"]),
 ]
 
 
@@ -247,3 +251,26 @@ def test_a_corrupt_case_folder_is_a_case_error_and_nothing_is_unpickled(tmp_path
     assert read_case(old).dtype == "float64"
     with pytest.raises(CaseError, match="no case.json"):
         replay(tmp_path, target("GOOD"), LIMIT)
+
+
+def test_worst_elements_apply_a_record_as_the_judge_does_its_unchecked_channels_last():
+    from bnconf.conformance.engine import assess
+    from bnconf.conformance.ideal import IdealBackend
+    from bnconf.conformance.records import KnownDiscrepancy
+    from bnconf.spec import convention
+
+    class Off(IdealBackend):  # y off by 1 in channel 0 (the record claims nothing there), by 1e-6 in channel 1
+        def run(self, mode, r):
+            out = super().run(mode, r)
+            out.y = out.y + np.array([1.0, 1e-6])
+            return out
+
+    backend = Off(convention("torch.nn.functional.batch_norm"))
+    record = KnownDiscrepancy(id="off", backends=backend.name, quantities=("y",), explanation="e", evidence="e",
+                              unchecked=lambda i: np.array([True, False]))
+    a = assess(backend, Mode.TRAIN_FORWARD, small_inputs(), "float64", "cpu", registry=(record,))
+    assert a.discrepancy is record and "y" in a.problems()  # channel 1 still fails the record's claim
+    rows = repro.worst_elements(backend, Mode.TRAIN_FORWARD, a, "float64", "cpu", "y", count=16)
+    checked = [r for r in rows if r[0][1] == 1]
+    assert rows[:len(checked)] == checked and all(r[4] > 1 for r in checked), rows  # the claimed channel first
+    assert all(np.isnan(r[4]) for r in rows if r[0][1] == 0), rows  # no claim there: no bound, ranked last

@@ -8,6 +8,7 @@ or edge case that does not exist, is bad input (exit 2, one line).
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,86 @@ def test_unchecked_channels_are_applied_the_same_way_by_the_battery_and_the_cros
     nothing = KnownDiscrepancy(id="n", backends="*", quantities=("y",), explanation="e", evidence="v",
                                unchecked=lambda i: np.ones(3, bool))
     assert nothing.apply(i, {"y": wrong1}, conv, p).judge(Mode.TRAIN_FORWARD) == {}
+
+
+SHIFTED = '''"""thirdparty.numpy's deviation made big: y has beta + 1 (recorded below), and running_mean is off by 1 (not)."""
+from dataclasses import replace
+
+import numpy as np
+
+from bnconf.adapters.protocol import Outputs
+from bnconf.conformance.records import KnownDiscrepancy
+from bnconf.spec import Mode, convention
+
+
+def _plus_one(i):
+    c = i.x.shape[i.axis % i.x.ndim]
+    return replace(i, beta=(np.zeros(c) if i.beta is None else i.beta) + 1)
+
+
+RECORDS = (KnownDiscrepancy(
+    id="shifted-beta", backends="shifted.numpy", quantities=("y",), modes=(Mode.TRAIN_FORWARD,),
+    explanation="y is shifted by one: beta is read as beta + 1.", evidence="shifted.py: `beta + 1`", adjust=_plus_one),)
+
+
+class Shifted:
+    name = "shifted.numpy"
+    convention = convention("torch.nn.functional.batch_norm")
+    modes = frozenset({Mode.TRAIN_FORWARD})
+    dtypes = ("float64",)
+    devices = ("cpu",)
+
+    def run(self, mode, r):
+        x, axis = r.x, r.axis % r.x.ndim
+        reduce = tuple(i for i in range(x.ndim) if i != axis)
+        shape = [-1 if i == axis else 1 for i in range(x.ndim)]
+        c = x.shape[axis]
+        gamma = np.ones(c) if r.gamma is None else r.gamma
+        beta = (np.zeros(c) if r.beta is None else r.beta) + 1
+        n = x.size // max(c, 1)
+        if n == 0 or (r.running_mean is not None and n < 2):
+            raise ValueError(f"too few values per channel in x of shape {x.shape}")
+        mean, var = x.mean(axis=reduce), x.var(axis=reduce)
+        out = Outputs(y=(x - mean.reshape(shape)) * (gamma / np.sqrt(var + r.eps)).reshape(shape) + beta.reshape(shape))
+        if r.running_mean is not None:
+            out.running_mean = (1 - r.momentum) * r.running_mean + r.momentum * mean + 1
+            out.running_var = (1 - r.momentum) * r.running_var + r.momentum * var * n / (n - 1)
+        return out
+
+
+BACKEND = Shifted()
+'''
+
+
+@pytest.mark.parametrize("isolated", [True, False], ids=["isolated", "in-process"])
+def test_a_replay_line_of_a_run_with_records_judges_with_them(tmp_path, capsys, isolated):
+    import shlex
+
+    path = tmp_path / "shifted.py"
+    path.write_text(SHIFTED)
+    records = f"{path}:RECORDS"
+    argv = ["report", "--backend", f"{path}:BACKEND", "--records", records, "--no-edge-cases", *QUICK,
+            "--examples", "8", "--out", str(tmp_path), "--name", "r"]
+    assert main(argv + ([] if isolated else ["--no-isolation"])) == 1
+    doc = json.loads((tmp_path / "r.json").read_text())
+    rows = {r["quantity"]: r for c in doc["cells"] for r in c["rows"]}
+    assert rows["running_mean"]["verdict"] == "NON-CONFORMANT" and rows["y"]["verdict"] != "NON-CONFORMANT", rows
+    line = rows["running_mean"]["replay"]
+    argv = shlex.split(line)
+    assert argv[-2:] == ["--records", records], line
+    folder = Path(argv[2])
+    assert json.loads((folder / "case.json").read_text())["records"] == [records]
+
+    capsys.readouterr()
+    assert main(argv[1:]) == 1  # the line as printed: judged with the run's records, y is the record's
+    out = capsys.readouterr().out
+    assert "still fails: running_mean\n" in out and "covered by known discrepancy shifted-beta" in out, out
+
+    without = argv[1:-2]  # the same line without --records: the shifted y is a finding again
+    assert main(without) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"still fails: .*\by\b", out) and "running_mean" in out.splitlines()[-1], out
+    assert f"--records {records}" in out  # the note naming the records case.json holds, not loaded unasked
+
+    assert main(["replay", str(folder), "--trust-target"]) == 1  # trusting the folder loads its records too
+    assert "still fails: running_mean\n" in capsys.readouterr().out
