@@ -14,7 +14,6 @@ from ..spec import Comparison, Inputs, Mode, Precision, RunningStats, Verdict, j
 from ..spec.error_model import split_layout
 from .arrays import round_to
 from .discrepancies import covering
-from . import records
 from .known import DISCREPANCIES as REGISTRY, discrepancies_for
 from .records import KnownDiscrepancy
 
@@ -158,9 +157,3 @@ def output_differences(first: dict, second: dict) -> list[str]:
         if differ.any():
             out.append(f"{q} by up to {float(np.max(np.abs(a - b)[differ])):.3g} ({int(differ.sum())} of {a.size} values)")
     return out
-
-
-def only_channels(inputs: Inputs, observed: dict, keep: np.ndarray) -> tuple[Inputs, dict]:
-    """`inputs` and `observed` restricted to the channels where `keep` is true (`records.only_channels`, which
-    `KnownDiscrepancy.apply` uses)."""
-    return records.only_channels(inputs, observed, keep)
