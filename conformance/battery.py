@@ -45,6 +45,17 @@ class QuantityRow:
     # NON-CONFORMANT, when the run keeps cases: `bnconf replay <folder> --backend <target>`, the command that reruns
     # the case shown (the worst failing case found: shrinking is off, Hypothesis's target phase steers to it)
     replay: str = ""
+    # at the shown case's worst element: the observed and expected (oracle) values and |observed - expected| /
+    # max(|expected|, the format's smallest normal); None where the row has no checked element
+    observed: float | None = None
+    expected: float | None = None
+    relative_error: float | None = None
+    judged: int = 0  # examples where at least one element of the quantity had a bound (was judged, not ill-conditioned)
+    ill_reason: str = ""  # ill-conditioned elements: which condition broke the first-order bound, and how large it was
+    # NON-CONFORMANT: the mistake that explains the row's failing cases within its own bound (spec/diagnosis.py), or
+    # "unexplained"; diagnosis_note: its residual and the runner-up's
+    diagnosis: str = ""
+    diagnosis_note: str = ""
 
     def __post_init__(self):
         """Accept the verdict as its string, and the older "NON-CONFORMANT (<failure>)" text of saved reports."""
@@ -77,6 +88,9 @@ class CellResult:
     discrepancies: dict[str, list[int]] = field(default_factory=dict)
     # one point per case and quantity: [max |mean|/std, values per channel, quantity, normwise error, error/bound]
     points: list[list] = field(default_factory=list)
+    # (affine on/off, running statistics on/off) -> [examples drawn, examples judged]: how much of each combination
+    # the cell tested, e.g. {"affine on, running on": [12, 11]}
+    coverage: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.status = CellStatus(self.status)  # also from its string, as a worker's JSON gives it
