@@ -10,7 +10,9 @@ CPU. What each mode returns:
     train_backward   dx; with gamma and beta given, dgamma and dbeta
 
 It refuses what the spec's edge cases require a refusal for (no value per channel in training, a running
-variance from one value, a momentum outside [0, 1]): see spec/edge_cases.py. Validate it with
+variance from one value, a momentum outside [0, 1]): see spec/edge_cases.py; and a momentum of None (a
+cumulative average, which its convention does not have), with a ValueError: any other exception would be a
+crash (conformance/refusal.py). Validate it with
 
     bnconf validate adapters/example_numpy.py:BACKEND
     python -m pytest --pyargs bnconf.testing --bnconf-backend adapters/example_numpy.py:BACKEND
@@ -55,6 +57,8 @@ class NumpyBatchNorm:
                 raise ValueError(f"training needs at least one value per channel, got x of shape {x.shape}")
             if r.running_mean is not None and n < 2:  # the Bessel-corrected running variance would be 0/0
                 raise ValueError(f"a running variance needs 2 or more values per channel, got {n} (x of shape {x.shape})")
+            if r.running_mean is not None and r.momentum is None:  # a refusal (a ValueError), not a TypeError crash
+                raise ValueError("momentum None (a cumulative average) is not supported: give a momentum in [0, 1]")
             self.check_momentum(r.momentum)
             mean, var = x.mean(axis=reduce), x.var(axis=reduce)
             if r.running_mean is not None:

@@ -154,7 +154,7 @@ FAMILIES: tuple[Family, ...] = (
         known="tensorflow",
         found="forgetting `UPDATE_OPS` leaves the moving statistics untouched (its own row); `fused=True` "
               "silently falls back to the non-fused path (biased running variance) for float64; the decay is a "
-              "float32 tensor even for float64 variables",
+              "float32 tensor even for float64 variables; in eval a NaN or Inf in x makes dx of its channel NaN",
         rows=(
             ConventionRow(
                 conventions=("tf.compat.v1.layers.batch_normalization[fused]",),
@@ -187,7 +187,7 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=("float64", "float32", "bfloat16"),
         known="tensorflow",
         found="the eps bug shows as a training-mode discrepancy while eval conforms; decay 1 with zero-debias "
-              "divides by zero; float32 decay",
+              "divides by zero; float32 decay; in eval a NaN or Inf in x makes dx of its channel NaN",
         rows=(
             ConventionRow(
                 conventions=("tf1-tutorial batch norm (ExponentialMovingAverage)",),
@@ -248,7 +248,7 @@ FAMILIES: tuple[Family, ...] = (
         dtypes=ALL_DTYPES,
         known="jax",
         found="half-precision gradients: linen rounds its gradient paths to half, NNX sums its float16 "
-              "gradients in half and overflows",
+              "gradients in half and overflows; the default fast variance is NaN where the squares overflow",
         rows=(
             ConventionRow(
                 conventions=("flax.linen.BatchNorm",),

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings, target
+from hypothesis import strategies as st
 
-from ..adapters.protocol import OutputError, unavailable
+from ..adapters.protocol import OutputError, declared_precision, unavailable
 from ..spec import Inputs, Verdict
+from ..spec.diagnosis import diagnose
 from ..spec.oracle import channels_first
-from .cases import case_inputs
+from .cases import Plan, case_inputs, combinations, plan_for
 from .discrepancies import matches
 from .engine import ACCEPTED, assess, rerun_difference
 from .status import CellStatus, RowVerdict
@@ -35,7 +37,7 @@ class QuantityRow:
     verdict: RowVerdict = RowVerdict.CONFORMS
     max_error: float = 0.0
     max_ratio: float = 0.0
-    max_ulp: float = 0.0
+    max_ulp: float | None = None  # spec/ulp.py: None where no checked element has a meaningful ULP figure
     detail: str = ""
     worst_input: str = ""
     discrepancy: str = ""
@@ -52,6 +54,7 @@ class QuantityRow:
     relative_error: float | None = None
     judged: int = 0  # examples where at least one element of the quantity had a bound (was judged, not ill-conditioned)
     ill_reason: str = ""  # ill-conditioned elements: which condition broke the first-order bound, and how large it was
+    ill_examples: int = 0  # examples with ill-conditioned elements (ill_reason: the first with nothing checked)
     # NON-CONFORMANT: the mistake that explains the row's failing cases within its own bound (spec/diagnosis.py), or
     # "unexplained"; diagnosis_note: its residual and the runner-up's
     diagnosis: str = ""
@@ -91,27 +94,66 @@ class CellResult:
     # (affine on/off, running statistics on/off) -> [examples drawn, examples judged]: how much of each combination
     # the cell tested, e.g. {"affine on, running on": [12, 11]}
     coverage: dict[str, list[int]] = field(default_factory=dict)
+    # kind of non-finite or extreme input (cases.NONFINITE_KINDS: "nan", "+inf", "-inf", "huge", "tiny") -> [examples
+    # drawn, examples judged]: the examples whose x held it in one channel (also counted in `coverage`)
+    nonfinite: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.status = CellStatus(self.status)  # also from its string, as a worker's JSON gives it
 
 
-def conditioning(inputs: Inputs) -> tuple[float, int]:
-    """(the largest |mean|/std over the channels, values per channel); 0 when a channel is constant."""
+@dataclass(frozen=True)
+class Offsets:
+    """How offset x's channels are: the largest |mean|/std over the channels that are neither constant nor hold
+    NaN or Inf (0 when none is), and how many channels are constant or non-finite."""
+
+    kappa: float
+    n: int  # values per channel
+    channels: int
+    constant: int
+    nonfinite: int
+
+    def text(self) -> str:
+        """"max|mean|/std=3.2", "max|mean|/std=3.2 constant_channels=1", or "max|mean|/std=none constant_channels=4"
+        when every channel is constant (or non-finite)."""
+        if self.n == 0:
+            return "empty batch"
+        measured = self.channels - self.constant - self.nonfinite
+        parts = [f"max|mean|/std={self.kappa:.3g}" if measured else "max|mean|/std=none"]
+        counts = ((self.constant, "constant"), (self.nonfinite, "nonfinite"))
+        parts += [f"{what}_channels={k}" for k, what in counts if k]
+        return " ".join(parts)
+
+
+@np.errstate(all="ignore")  # NaN and Inf channels are counted, not measured
+def offsets(inputs: Inputs) -> Offsets:
+    """The channels' |mean|/std, constant channels (std 0) and non-finite ones (NaN or Inf) of `inputs.x`."""
     rows = channels_first(np.asarray(inputs.x, dtype=np.float64), inputs.axis)
+    n = rows.shape[1]
+    if n == 0:
+        return Offsets(0.0, 0, rows.shape[0], 0, 0)
+    finite = np.isfinite(rows).all(axis=1)
     std = rows.std(axis=1)
-    if not np.all(std > 0):
-        return 0.0, rows.shape[1]
-    return float(np.max(np.abs(rows.mean(axis=1)) / std)), rows.shape[1]
+    constant = finite & (std == 0)
+    measured = finite & ~constant
+    kappa = float(np.max(np.abs(rows.mean(axis=1)[measured]) / std[measured])) if measured.any() else 0.0
+    return Offsets(kappa, n, rows.shape[0], int(constant.sum()), int((~finite).sum()))
+
+
+def conditioning(inputs: Inputs) -> tuple[float, int]:
+    """(the largest |mean|/std over the channels, values per channel) for the accuracy plot; 0 when a channel is
+    constant or non-finite: such a case says nothing about accuracy against conditioning."""
+    o = offsets(inputs)
+    return (0.0 if o.constant or o.nonfinite else o.kappa), o.n
 
 
 def describe(inputs: Inputs) -> str:
-    """A one-line summary of a case: shape, axis, eps, momentum, affine and running, worst |mean|/std."""
+    """A one-line summary of a case: shape, axis, eps, momentum, affine and running, worst |mean|/std (over the
+    channels neither constant nor non-finite, which are counted beside it)."""
     x = np.asarray(inputs.x, dtype=np.float64)
-    kappa, _ = conditioning(inputs)
     parts = [f"shape={x.shape}", f"axis={inputs.axis}", f"eps={inputs.eps:.3g}", f"momentum={inputs.momentum}",
              f"affine={'on' if inputs.gamma is not None else 'off'}",
-             f"running={'on' if inputs.running is not None else 'off'}", f"max|mean|/std={kappa:.3g}"]
+             f"running={'on' if inputs.running is not None else 'off'}", offsets(inputs).text()]
     return " ".join(parts)
 
 
@@ -133,22 +175,21 @@ def _record(rows: dict, assessment, inputs: Inputs, shown_inputs: dict | None = 
     for q, c in assessment.declared.items():
         row = rows.setdefault(q, QuantityRow(q))
         row.examples += 1
+        row.judged += c.judged
         known = assessment.discrepancy is not None and q in assessment.discrepancy.quantities and c.verdict not in ACCEPTED
-        judged = recorded.get(q, c) if known else c
+        ruling = recorded.get(q, c) if known else c  # the comparison that decides: the record's where one covers it
         failing = q in problems
         if failing:
             row.failures += 1
         # the row shows the worst failing case once there is one, else the worst accepted case
         worse = _severity(c.max_ratio) >= _severity(row.max_ratio)
         if (failing and (row.failures == 1 or worse)) or (not row.failures and worse):
-            shown = judged if failing else c
-            row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
-            row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
-            row.detail, row.worst_input = shown.detail, describe(inputs)
+            _show(row, c, ruling if failing else c, inputs)
             if failing:
-                row.failure = judged.verdict.value
+                row.failure = ruling.verdict.value
                 if shown_inputs is not None:
                     shown_inputs[q] = inputs
+        _ill(row, c)
         if failing:
             row.verdict = RowVerdict.NON_CONFORMANT
         elif known and row.verdict is not RowVerdict.NON_CONFORMANT:
@@ -157,11 +198,80 @@ def _record(rows: dict, assessment, inputs: Inputs, shown_inputs: dict | None = 
             row.verdict = RowVerdict.ILL_CONDITIONED
 
 
+def _show(row: QuantityRow, c, shown, inputs: Inputs) -> None:
+    """Make the case the row's shown one: its figures from the declared comparison `c` (worst element, error/bound,
+    ULPs, relative error), its detail from `shown`, or, when `shown` fails and names nothing, what it saw there."""
+    row.max_ratio, row.max_ulp = c.max_ratio, c.max_ulp
+    row.observed, row.expected, row.relative_error = c.observed, c.expected, c.relative_error
+    row.max_error = abs(c.observed - c.expected) if c.observed is not None and c.expected is not None else 0.0
+    row.detail = shown.detail or (shown.seen() if shown.verdict not in ACCEPTED else "")
+    row.worst_input = describe(inputs)
+
+
+def _ill(row: QuantityRow, c) -> None:
+    """Count an example with ill-conditioned elements and keep why: the first example where nothing could be
+    checked (the one that makes the row ill-conditioned), else the first with some such elements."""
+    if not c.ill_conditioned:
+        return
+    row.ill_examples += 1
+    first_unchecked = c.verdict is Verdict.ILL_CONDITIONED and row.verdict is not RowVerdict.ILL_CONDITIONED
+    if not row.ill_reason or first_unchecked:
+        row.ill_reason = c.ill_reason
+
+
 def _note(rows: dict, notes: dict) -> None:
     """Add what each row's cases showed beyond their values (e.g. non-determinism) to the row's detail."""
     for q, note in notes.items():
         row = rows[q]
         row.detail = f"{row.detail}; {note}" if row.detail else note
+
+
+def _drawn(cell: CellResult, plan: Plan) -> None:
+    """Count an example drawn under `plan` in the cell's coverage (and non-finite counts)."""
+    cell.coverage.setdefault(plan.label, [0, 0])[0] += 1
+    if plan.nonfinite:
+        cell.nonfinite.setdefault(plan.nonfinite, [0, 0])[0] += 1
+
+
+def _judged(cell: CellResult, plan: Plan, assessment) -> None:
+    """Count an assessed example as judged where some quantity was (`Comparison.judged`: an element checked
+    against its bound or by the non-finite semantics, or a failure)."""
+    if any(c.judged for c in assessment.declared.values()):
+        cell.coverage[plan.label][1] += 1
+        if plan.nonfinite:
+            cell.nonfinite[plan.nonfinite][1] += 1
+
+
+def least_judged(cell: CellResult) -> int | None:
+    """The fewest judged examples of any (affine, running) combination the cell drew (None: no coverage kept)."""
+    return min((judged for _, judged in cell.coverage.values()), default=None)
+
+
+CASES_PER_ROW = 8  # failing cases a NON-CONFORMANT row keeps for its diagnosis: the first half and the worst half
+
+
+def _keep_failing(kept: dict, assessment) -> None:
+    """Keep, per failing quantity, failing cases as (error/bound, inputs as prepared for the backend, outputs) for
+    `_diagnose`: the first CASES_PER_ROW / 2 (the generate phase's varied draws) and the worst of the later ones (the
+    target phase's, often variations of one input)."""
+    for q, c in assessment.problems().items():
+        if assessment.observed.get(q) is None:
+            continue  # not returned: nothing to diagnose
+        cases = kept.setdefault(q, [])
+        cases.append((_severity(c.max_ratio), assessment.inputs, assessment.observed))
+        first = CASES_PER_ROW // 2
+        cases[first:] = sorted(cases[first:], key=lambda t: -t[0])[:CASES_PER_ROW - first]
+
+
+def _diagnose(rows: list, kept: dict, backend, mode, dtype: str, device: str) -> None:
+    """Name the mistake behind each NON-CONFORMANT row from its kept failing cases (spec/diagnosis.py), under the
+    backend's declared convention and precision."""
+    precision = declared_precision(backend, dtype, device)
+    for row in rows:
+        if row.verdict is RowVerdict.NON_CONFORMANT and kept.get(row.quantity):
+            cases = [(inputs, observed) for _, inputs, observed in kept[row.quantity]]
+            d = diagnose(mode, cases, backend.convention, precision, (row.quantity,))
+            row.diagnosis, row.diagnosis_note = d.text, d.note
 
 
 RAISED, UNJUDGEABLE, WROTE = "raised", "returned outputs bnconf cannot judge", "made the backend write into its inputs"
@@ -227,14 +337,23 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     errors: dict[str, list[str]] = {RAISED: [], UNJUDGEABLE: [], WROTE: []}
     notes: dict[str, str] = {}  # quantity -> the first sign of non-determinism in its failing cases
     shown_inputs: dict[str, Inputs] = {}  # quantity -> the failing case its row shows
+    failing_cases: dict[str, list] = {}  # quantity -> its first and worst failing cases, for the diagnosis
     first_error: dict[str, Inputs] = {}  # kind of error -> its first case
     start = time.perf_counter()
 
-    @seed(run_seed * 1_000_003 + zlib.crc32(f"{backend.name}|{device}|{dtype}|{mode.value}".encode()))  # per cell
+    key = zlib.crc32(f"{backend.name}|{device}|{dtype}|{mode.value}".encode())
+    combos, planned = combinations(backend, mode), []  # the plans of the examples drawn so far, in order
+
+    @seed(run_seed * 1_000_003 + key)  # per cell
     @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
               phases=[Phase.generate, Phase.target], suppress_health_check=list(HealthCheck))
-    @given(case_inputs(backend, mode, dtype))
-    def explore(inputs):
+    @given(st.data())
+    def explore(data):
+        # the example's plan by its index (a draw Hypothesis rejects takes no index): every combination a share
+        plan = plan_for(len(planned), combos, key)
+        inputs = data.draw(case_inputs(backend, mode, dtype, plan=plan), label="inputs")
+        planned.append(plan)
+        _drawn(cell, plan)
         try:
             with watch(backend, mode, inputs, dtype, device) if watch else nullcontext():
                 a = assess(backend, mode, inputs, dtype, device)
@@ -249,6 +368,8 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
             first_error.setdefault(RAISED, inputs)
             return
         _record(rows, a, inputs, shown_inputs)
+        _judged(cell, plan, a)
+        _keep_failing(failing_cases, a)
         if a.wrote_into:
             errors[WROTE].append(f"{a.wrote_into} [{describe(inputs)}]")
             first_error.setdefault(WROTE, inputs)
@@ -270,6 +391,7 @@ def run_cell(backend, device: str, dtype: str, mode, examples: int, run_seed: in
     cell.seconds = time.perf_counter() - start
     _note(rows, notes)
     cell.rows = sorted(rows.values(), key=lambda r: r.quantity)
+    _diagnose(cell.rows, failing_cases, backend, mode, dtype, device)
     replays = {}
     if cases_dir is not None:
         for row in cell.rows:

@@ -4,36 +4,42 @@
 
 A case is placed on the backend's smallest rank and first channel axis; a case or mode the backend cannot
 express (`check_request` refuses the request up front, or the case is not for its convention) is skipped.
-An outcome agrees when the backend raises where the spec requires or allows a refusal (a ValueError, or the
-framework's invalid-argument error; any other exception is a crash), or returns values where the spec
-allows that: every element in the class the spec's pattern gives it (finite, NaN, +Inf, -Inf), every
-finite element within the error model's bound of the oracle under the backend's declared convention and
-precision (or the recorded model of a known discrepancy that covers the case), every required quantity
-returned. Otherwise the outcome is a short factual description of what the backend does instead. No
-exception from a backend escapes: it is an outcome. Where a framework really does something other than
-the spec says, `conformance/known/edge.py` records it; an outcome an entry matches is marked recorded, and
-`stale_records` lists entries that matched nothing.
+Edge cases judge semantics, not precision. An outcome agrees when the backend refuses where the spec
+requires or allows a refusal (`conformance/refusal.py`: a ValueError, an ArithmeticError or TensorFlow's
+InvalidArgumentError; any other exception is a crash), or returns values where the spec allows that: every
+element in the class the spec's pattern gives it (finite, NaN, +Inf, -Inf), every finite element within the
+error model's bound for the dtype (`rounding_precision`: arithmetic in the data format, at least float32
+accumulators) of the oracle under the backend's declared convention (or the recorded model of a known
+discrepancy that covers the case), every required quantity returned. A different class of outcome (NaN
+vs finite, +Inf vs -Inf, values vs a required refusal, a refusal where values are required, a crash) or a
+value no rounding in the dtype explains is a disagreement, described in a short factual sentence. Finite
+values outside the backend's declared precision's bound but within the dtype's rounding agree, with a
+precision note (`EdgeOutcome.precision`): the main battery judges precision. No exception from a backend
+escapes: it is an outcome. Where a framework really does something other than the spec says,
+`conformance/known/edge.py` records it; an outcome an entry matches is marked recorded, and `stale_records`
+lists entries that matched nothing.
 """
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-import os
-import re
-import traceback
 
 import numpy as np
 
 from ..adapters.protocol import channel_axes, check_request, declared_precision, unavailable
-from ..spec import Convention, Inputs, Mode, Precision, expected, probe_tolerance
+from ..spec import Convention, Expected, Inputs, Mode, Precision, expected, probe_tolerance
 from ..spec.edge_cases import EDGE_CASES, X_SHAPED, EdgeCase, Expectation, Kind, Refusal, kinds, kinds_agree
+from ..spec.error_model import RECURSIVE
+from ..spec.formats import float_format, wider
 from ..spec.verdict import quantity_format, required_quantities
 from .discrepancies import covering
 from .engine import prepare, request
 from .inference_probes import shaped
 from .known import EDGE_RECORDS, backend_named, discrepancies_for, edge_records_for
 from .records import EdgeRecord
+from .refusal import Behaviour, behaviour_of, is_refusal, raised_in
 
 AGREES = "returns the spec's values"
+WITHIN_ROUNDING = "returns the spec's values within the dtype's rounding"
 _ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 _MESSAGE_LIMIT = 160
 
@@ -50,11 +56,13 @@ class EdgeOutcome:
     agrees: bool
     outcome: str
     recorded: str | None = None  # the id of the EdgeRecord that explains a disagreement
+    behaviour: Behaviour = Behaviour.VALUES  # returned values, refused, or crashed
+    precision: str = ""  # finite values outside the declared precision's bound but within the dtype's rounding
 
 
 def as_row(outcome: EdgeOutcome) -> dict:
     """The outcome as a JSON-ready dict."""
-    return asdict(outcome)
+    return {**asdict(outcome), "behaviour": outcome.behaviour.value}
 
 
 def edge_records() -> tuple[EdgeRecord, ...]:
@@ -88,31 +96,13 @@ def placement(backend) -> Placement:
 # ---------------------------------------------------------------- exceptions
 
 
-def is_refusal(e: BaseException) -> bool:
-    """A refusal: a ValueError (PyTorch's and JAX's argument checks) or a framework's invalid-argument error,
-    but not one NumPy raised on the way (a reduction over an empty array is an accident, not a check)."""
-    where = _raised_in(e) or ""
-    accidental = f"{os.sep}numpy{os.sep}" in where
-    return (isinstance(e, ValueError) or type(e).__name__ == "InvalidArgumentError") and not accidental
-
-
-def _raised_in(e: BaseException) -> str | None:
-    """The file of the innermost frame, in this process or in a child process (subprocess_backend's note)."""
-    for note in reversed(getattr(e, "__notes__", ())):
-        files = re.findall(r'File "([^"]+)"', note)
-        if files:
-            return files[-1]
-    frames = traceback.extract_tb(e.__traceback__)
-    return frames[-1].filename if frames else None
-
-
 def describe_exception(e: BaseException) -> str:
     """'raises Type: first line of the message', saying so when a bnconf adapter (not the framework) raised it."""
     lines = str(e).strip().splitlines()
     message = lines[0] if lines else ""
     if len(message) > _MESSAGE_LIMIT:
         message = message[:_MESSAGE_LIMIT] + "…"
-    where = _raised_in(e)
+    where = raised_in(e)
     own = where is not None and Path(where).resolve().parent == _ADAPTERS_DIR
     return f"raises {type(e).__name__}: {message}" + (f" (in bnconf's {Path(where).name})" if own else "")
 
@@ -143,45 +133,103 @@ def _values(v: np.ndarray) -> str:
     return "[" + ", ".join(f"{float(a):.4g}" for a in np.ravel(v)[:6]) + (", …]" if np.size(v) > 6 else "]")
 
 
+def rounding_precision(p: Precision) -> Precision:
+    """The error model's loosest precision for `p`'s data format (SPEC.md §4.1, what a standard permits):
+    elementwise arithmetic and the returned statistics in the data format, reductions accumulated in at least
+    float32, in any order (`p`'s own formats where they are narrower still). A finite value within its bound
+    is one rounding in the dtype explains: a precision matter, not a semantic one."""
+    at_least_float32 = wider(float_format(p.dtype), float_format("float32")).name
+    return replace(p, compute=_narrower(p.compute, p.dtype), accumulate=_narrower(p.accumulate, at_least_float32),
+                   stats=_narrower(p.stats, p.dtype), summation=RECURSIVE)
+
+
+def _narrower(a: str, b: str) -> str:
+    """Of two formats, the one with fewer significand bits."""
+    return a if float_format(a).precision <= float_format(b).precision else b
+
+
 @dataclass(frozen=True)
 class _Reference:
-    """Expected values and per-element bounds for one quantity, in the backend's layout."""
+    """Expected values of one quantity in the backend's layout, with two per-element bounds: the declared
+    precision's (`bound`; none where `ill`) and the dtype's rounding (`rounding`, at least `bound`; none where
+    `rounding_ill`)."""
 
     value: np.ndarray
     bound: np.ndarray
     ill: np.ndarray
+    rounding: np.ndarray
+    rounding_ill: np.ndarray
+
+
+def _reference(declared: Expected, loosest: Expected) -> _Reference:
+    """One quantity's reference from the oracle under the declared precision and under `rounding_precision`."""
+    return _Reference(declared.value, declared.bound, np.asarray(declared.ill, bool),
+                      np.maximum(declared.bound, loosest.bound), np.asarray(loosest.ill, bool))
 
 
 def _oracle(mode, placed: Inputs, convention: Convention, precision: Precision) -> dict[str, _Reference]:
     with np.errstate(all="ignore"):
-        values = expected(mode, placed, convention, precision)
-    return {q: _Reference(e.value, e.bound, e.ill) for q, e in values.items()}
+        declared = expected(mode, placed, convention, precision)
+        loosest = expected(mode, placed, convention, rounding_precision(precision))
+    return {q: _reference(e, loosest[q]) for q, e in declared.items()}
 
 
 def _explicit(exp: Expectation, rows_inputs: Inputs, where: Placement, precision: Precision) -> dict[str, _Reference]:
     refs = {}
     for q, v in exp.values(rows_inputs).items():
         v = where.x_shaped(v) if q in X_SHAPED else np.asarray(v, dtype=np.float64)
-        tol = probe_tolerance(quantity_format(q, precision))
-        refs[q] = _Reference(v, tol * np.abs(v), np.zeros(v.shape, dtype=bool))
+        bound = probe_tolerance(quantity_format(q, precision)) * np.abs(v)
+        rounding = probe_tolerance(quantity_format(q, rounding_precision(precision))) * np.abs(v)
+        none = np.zeros(v.shape, dtype=bool)
+        refs[q] = _Reference(v, bound, none, np.maximum(bound, rounding), none)
     return refs
 
 
-def _value_problems(observed: dict, refs: dict[str, _Reference], patterns: dict, where: Placement) -> list[str]:
-    """Finite elements outside their bound, worst first per quantity."""
-    problems = []
+@dataclass(frozen=True)
+class _Values:
+    """What the finite values say: semantic problems (outside the dtype's rounding) and precision notes
+    (outside the declared bound, within the rounding)."""
+
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def _ratio(obs: np.ndarray, value: np.ndarray, bound: np.ndarray, checked: np.ndarray) -> np.ndarray:
+    """|obs - value| / bound on the checked elements, 0 elsewhere."""
+    with np.errstate(all="ignore"):
+        return np.where(checked, np.abs(obs - value) / np.maximum(bound, np.finfo(float).tiny), 0.0)
+
+
+def _value_problems(observed: dict, refs: dict[str, _Reference], patterns: dict, where: Placement,
+                    dtype: str) -> _Values:
+    """Per quantity, its worst finite element outside the dtype's rounding (a problem) or else outside the
+    declared bound (a precision note); `dtype` is the data format."""
+    problems, notes = [], []
     for q, obs in observed.items():
         ref = refs.get(q)
         if ref is None or ref.value.shape != obs.shape:
             continue
-        check = np.isfinite(obs) & np.isfinite(ref.value) & (patterns[q] == Kind.FINITE) & ~ref.ill
-        with np.errstate(all="ignore"):
-            ratio = np.where(check, np.abs(obs - ref.value) / np.maximum(ref.bound, np.finfo(float).tiny), 0.0)
-        if (ratio > 1.0).any():
-            at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-            channel = at[where.axis % where.rank] if q in X_SHAPED else at[0]
-            problems.append(f"{q} off in channel {channel}: {obs[at]:.6g} where the spec has {ref.value[at]:.6g}")
-    return problems
+        finite = np.isfinite(obs) & np.isfinite(ref.value) & (patterns[q] == Kind.FINITE)
+        semantic = _ratio(obs, ref.value, ref.rounding, finite & ~ref.rounding_ill)
+        declared = _ratio(obs, ref.value, ref.bound, finite & ~ref.ill)
+        if (semantic > 1.0).any():
+            at = _worst(semantic)
+            problems.append(f"{q} off in channel {_channel(q, at, where)}: {obs[at]:.6g} where the spec has "
+                            f"{ref.value[at]:.6g}")
+        elif (declared > 1.0).any():
+            at = _worst(declared)
+            notes.append(f"{q} in channel {_channel(q, at, where)}: {obs[at]:.6g} where the spec has "
+                         f"{ref.value[at]:.6g}: {declared[at]:.3g} × the declared precision's bound, within {dtype} "
+                         "arithmetic's bound")
+    return _Values(tuple(problems), tuple(notes))
+
+
+def _worst(ratio: np.ndarray) -> tuple:
+    return np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+
+
+def _channel(q: str, at: tuple, where: Placement) -> int:
+    return int(at[where.axis % where.rank] if q in X_SHAPED else at[0])
 
 
 def _weight_moved(observed: dict, rows_inputs: Inputs) -> str:
@@ -244,20 +292,34 @@ def run_case(backend, case: EdgeCase, mode: Mode, dtype: str, device: str = "cpu
     except ValueError:
         return None
     refusal = run.expectation.refusal_for(conv)
-    def outcome(agrees: bool, text: str) -> EdgeOutcome:
-        return EdgeOutcome(backend.name, device, dtype, case.id, mode.value, agrees, text)
+
+    def outcome(agrees: bool, text: str, behaviour=Behaviour.VALUES, precision: str = "") -> EdgeOutcome:
+        return EdgeOutcome(backend.name, device, dtype, case.id, mode.value, agrees, text, None, behaviour, precision)
 
     if before:
         before()
     try:
         returned = backend.run(mode, req).quantities()
     except Exception as e:  # noqa: BLE001 -- whatever a backend raises is an outcome
-        return outcome(refusal is not Refusal.FORBIDDEN and is_refusal(e), describe_exception(e))
+        behaviour = behaviour_of(e)
+        return outcome(*_raised(e, behaviour, refusal), behaviour)
     observed = {q: v for q, v in returned.items() if q in mode.quantities and q not in run.expectation.unspecified}
     if refusal is Refusal.REQUIRED:
         return outcome(False, _accepted(run, observed))
-    problems = _problems(run, observed)
-    return outcome(not problems, "; ".join(problems) if problems else AGREES)
+    problems, values = _problems(run, observed)
+    text = "; ".join(problems + list(values.problems)) or (WITHIN_ROUNDING if values.notes else AGREES)
+    return outcome(not (problems or values.problems), text, precision="; ".join(values.notes))
+
+
+def _raised(e: BaseException, behaviour: Behaviour, refusal: Refusal) -> tuple[bool, str]:
+    """(agrees, description) of an exception: a refusal agrees where the spec requires or allows one; a
+    refusal where values are required and a crash (anywhere) do not."""
+    text = describe_exception(e)
+    if behaviour is Behaviour.CRASH:
+        return False, f"{text} (a crash, not a refusal)"
+    if refusal is Refusal.FORBIDDEN:
+        return False, f"{text} (a refusal where the spec requires values)"
+    return True, text
 
 
 def _accepted(run: _Run, observed: dict) -> str:
@@ -267,8 +329,9 @@ def _accepted(run: _Run, observed: dict) -> str:
     return "accepts it: returns without raising" + "".join(nonfinite) + _weight_moved(observed, run.rows)
 
 
-def _problems(run: _Run, observed: dict) -> list[str]:
-    """What in the returned values differs from the spec: missing or misshapen quantities, classes, values."""
+def _problems(run: _Run, observed: dict) -> tuple[list[str], _Values]:
+    """What in the returned values differs from the spec: missing or misshapen quantities and classes; and what
+    the finite values say, against the reference that explains them best."""
     exp = run.expectation
     missing = required_quantities(run.mode, run.placed) - set(observed) - set(exp.unspecified)
     problems = [f"does not return {q}" for q in sorted(missing)]
@@ -284,7 +347,8 @@ def _problems(run: _Run, observed: dict) -> list[str]:
         if not kinds_agree(got, patterns[q]).all():
             problems.append(f"{q} {describe_kinds(run.rows_of(q, got))} "
                             f"(spec: {describe_kinds(run.rows_of(q, patterns[q]))})")
-    return problems + min((_value_problems(observed, r, patterns, run.where) for r in _references(run)), key=len)
+    judged = (_value_problems(observed, r, patterns, run.where, run.precision.dtype) for r in _references(run))
+    return problems, min(judged, key=lambda v: (len(v.problems), len(v.notes)))
 
 
 def _references(run: _Run) -> list[dict[str, _Reference]]:
@@ -297,8 +361,11 @@ def _references(run: _Run) -> list[dict[str, _Reference]]:
     refs = [_oracle(run.mode, run.placed, conv, run.precision)]
     entry = covering(discrepancies_for(run.backend), run.backend.name, run.mode, run.dtype, run.device, run.placed)
     if entry is not None:  # the record applied as everywhere: its unchecked channels make no claim
-        recorded = entry.apply(run.placed, {}, conv, run.precision).expected(run.mode)
-        refs.append({q: _Reference(e.value, e.bound, e.ill) for q, e in recorded.items()})
+        recorded = entry.apply(run.placed, {}, conv, run.precision)
+        loosest = replace(recorded, precision=rounding_precision(recorded.precision)).expected(run.mode)
+        # the record speaks for its own quantities only; the others keep the declared reference
+        refs.append({**refs[0], **{q: _reference(e, loosest[q]) for q, e in recorded.expected(run.mode).items()
+                                   if q in entry.quantities}})
     return refs
 
 
@@ -369,5 +436,6 @@ def unexplained(outcomes: list[EdgeOutcome]) -> list[EdgeOutcome]:
     return [o for o in outcomes if not o.agrees and o.recorded is None]
 
 
-__all__ = ["AGREES", "EdgeOutcome", "EdgeRecord", "as_row", "describe_exception", "describe_kinds", "edge_records",
-           "is_refusal", "placement", "record_use", "run_case", "run_edge_cases", "stale_records", "unexplained"]
+__all__ = ["AGREES", "WITHIN_ROUNDING", "Behaviour", "EdgeOutcome", "EdgeRecord", "as_row", "describe_exception",
+           "describe_kinds", "edge_records", "is_refusal", "placement", "record_use", "rounding_precision", "run_case",
+           "run_edge_cases", "stale_records", "unexplained"]

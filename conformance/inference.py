@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..adapters.protocol import Request, channel_axes, declared_precision
+from ..adapters.protocol import OutputError, Request, channel_axes, declared_precision
 from ..spec import Convention, EpsPlacement, Mode, MomentumStyle, Variance, float_format, probe_tolerance
 from . import inference_probes as p
 from .ideal import inputs_of
 from .known import DISCREPANCIES as REGISTRY, backend_named, discrepancies_for
+from .refusal import is_refusal
 
 HALF = ("float16", "bfloat16")
 MOMENTA = (0.1, 0.3)  # in the backend's own convention; two values so that w = m and w = 1 - m never coincide
@@ -197,6 +198,15 @@ def _error(prop: str, value, what: str, e: Exception) -> Finding:
     return Finding(prop, value, f"{what} raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}", {})
 
 
+def _refused(prop: str, value, label: str, what: str, e: Exception) -> Finding:
+    """`value` where the backend refused the probe's input (conformance/refusal.py, the edge cases' definition);
+    undecided (None) where it crashed: a crash says nothing about the property."""
+    f = _error(prop, value, what, e)
+    if is_refusal(e):
+        return Finding(prop, value, f"{label}: {f.evidence}", {})
+    return Finding(prop, None, f"{f.evidence} (a crash, not a refusal)", {})
+
+
 # ---------------------------------------------------------------- channel axis
 
 
@@ -238,7 +248,7 @@ def _running_step(pr: _Probe, momentum, seen: int, rows=p.MOMENTUM_ROWS):
     out = pr.run(Mode.TRAIN_FORWARD, rows, momentum=momentum, batches_seen=seen,
                  running_mean=np.full(c, p.RUNNING_START[0]), running_var=np.full(c, p.RUNNING_START[1]))
     if out.running_mean is None or out.running_var is None:
-        raise ValueError("train forward returned no running statistics")
+        raise OutputError("train forward returned no running statistics")  # not a refusal: no ValueError
     return out
 
 
@@ -280,8 +290,7 @@ def _cumulative(pr: _Probe) -> Finding:
     try:
         ws = {t: float(np.mean(_weight(_running_step(pr, None, t), batch_mean))) for t in STEPS_SEEN}
     except Exception as e:  # noqa: BLE001
-        f = _error("cumulative_average", False, "train step with momentum None", e)
-        return Finding(f.property, False, "not supported: " + f.evidence, {})
+        return _refused("cumulative_average", False, "not supported", "train step with momentum None", e)
     fit = max(abs(w - 1.0 / (t + 1)) * (t + 1) for t, w in ws.items())
     evidence = "momentum None, " + ", ".join(f"batches_seen {t}: w={w:.6g}" for t, w in ws.items())
     tol = probe_tolerance(pr.stats_format, _weight_conditioning(batch_mean))
@@ -321,8 +330,8 @@ def _bessel_floor(pr: _Probe, running_var) -> Finding:
     try:
         out = _running_step(pr, MOMENTA[1], STEPS_SEEN[1], rows)
     except Exception as e:  # noqa: BLE001
-        f = _error("bessel_divisor_min", "rejected", f"train step on one value per channel {rows.tolist()}", e)
-        return Finding(f.property, "rejected", f.evidence, {})
+        what = f"train step on one value per channel {rows.tolist()}"
+        return _refused("bessel_divisor_min", "rejected", "rejected", what, e)
     rv = np.asarray(out.running_var, dtype=np.float64)
     evidence = f"train step on one value per channel {rows.tolist()}: running var {rv.tolist()}"
     if running_var is Variance.BIASED:

@@ -640,7 +640,9 @@ def assessment_lines(name: str, mode: Mode, dtype: str, device: str, a, backend=
     for q, c in a.declared.items():
         judged = problems.get(q, c)
         lines.append(f"  {q}: {judged.verdict.value}{' ' + judged.detail if judged.detail else ''}; max error/bound "
-                     f"{judged.max_ratio:.3g}, {judged.max_ulp:.3g} ulps, worst at {judged.worst_index}: observed "
+                     f"{judged.max_ratio:.3g}, "
+                     f"{'no ULP figure' if judged.max_ulp is None else f'{judged.max_ulp:.3g} ulps'}, "
+                     f"worst at {judged.worst_index}: observed "
                      f"{judged.observed!r}, expected {judged.expected!r}, bound {judged.bound!r}")
         if q in problems and backend is not None:
             lines += _element_lines(worst_elements(backend, mode, a, dtype, device, q))

@@ -6,7 +6,10 @@
 3. running statistics after k identical batches against their closed form, for every convention;
 4. the error model at work on plain NumPy implementations (`plain_numpy`): correct float32/16/bfloat16
    ones conform, the three classic mistakes are named and stand far outside their bounds, a one-pass
-   variance is classified as an unstable algorithm.
+   variance is classified as an unstable algorithm;
+5. the diagnosis (spec/diagnosis.py) on plain NumPy implementations that are right but for their precision:
+   half-precision arithmetic declared as float32 and eps held in float32 on float64 data are named so, never
+   a one-pass variance.
 
 Each check is a function returning a `CheckResult`; nothing here depends on a framework or Hypothesis.
 """
@@ -32,6 +35,7 @@ from ..spec import (
     precision_for,
     variants,
 )
+from ..spec import diagnosis
 from ..spec.conventions import EpsPlacement
 from . import exact, plain_numpy
 from .arrays import values_with_moments
@@ -186,6 +190,39 @@ def error_model_flags_one_pass_variance() -> CheckResult:
                        f"{c.verdict.value}, error/stable bound {c.max_ratio:.3g}", c.verdict is Verdict.UNSTABLE_ALGORITHM)
 
 
+def _precision_cases(dtype: str, compute: str, std: float = 1.0, eps_used: float = 1e-5) -> list:
+    """(inputs, outputs) of plain_numpy's training forward in `compute` on 32 values per channel (standard deviations
+    about `std`), momentum 0.01, eps 1e-5 given and `eps_used` used; three seeds."""
+    cases = []
+    for seed in range(3):
+        means, stds = std * np.array([0.5, -2.0, 4.0]), std * np.array([1.0, 0.5, 2.0])
+        x = values_with_moments((32, 3), 1, means, stds, seed, dtype)
+        running = RunningStats(np.array([0.3, -1.2, 2.5]), np.array([0.5, 1.5, 3.0]), 2)
+        i = Inputs(x=x, axis=1, eps=1e-5, gamma=np.linspace(0.5, 2, 3), beta=np.linspace(-1, 1, 3), running=running,
+                   momentum=0.01)
+        out = plain_numpy.train(x, i.gamma, i.beta, running.mean, running.var, axis=1, eps=eps_used, new_weight=0.01,
+                                compute=compute)
+        cases.append((i, {q: np.asarray(v, dtype=np.float64) for q, v in out.items()}))
+    return cases
+
+
+def diagnosis_names_precision_mistakes() -> CheckResult:
+    """float16 and bfloat16 computed in their own format (the running update shows it), float64 with eps rounded
+    to float32 (var ~ eps, where eps matters): each named by its precision hypothesis under the default (float32 /
+    float64 arithmetic) declaration."""
+    checks = [(dtype, "running_mean", diagnosis.ARITHMETIC_IN_HALF.name, _precision_cases(dtype, dtype))
+              for dtype in ("float16", "bfloat16")]
+    checks.append(("float64", "y", diagnosis.EPS_IN_FLOAT32.name,
+                   _precision_cases("float64", "float64", std=3e-3, eps_used=float(np.float32(1e-5)))))
+    named, ok = [], True
+    for dtype, quantity, name, cases in checks:
+        d = diagnosis.diagnose(Mode.TRAIN_FORWARD, cases, REFERENCE, precision_for(dtype), [quantity])
+        named.append(f"{dtype} {quantity}: {d.text}")
+        ok &= d.name == name
+    return CheckResult("diagnosis: half-precision arithmetic and float32 eps named, not one-pass", len(checks),
+                       "; ".join(named), ok)
+
+
 CHECKS = (
     oracle_forward_vs_exact,
     oracle_backward_vs_finite_differences,
@@ -193,6 +230,7 @@ CHECKS = (
     error_model_accepts_correct_implementations,
     error_model_names_mistakes,
     error_model_flags_one_pass_variance,
+    diagnosis_names_precision_mistakes,
 )
 
 

@@ -139,11 +139,13 @@ def _report(args) -> int:
         folder.release()
     print(render_terminal(report))
     reasons = run.failures(state, found)
+    written = (f"report written to {folder.out}/{args.name}.{{md,html,json}} (the summary: {args.name}.md; every row, "
+               f"filterable: {args.name}.html)")
     if reasons:
-        print(f"\nNON-CONFORMANT ({len(reasons)} finding(s); first: {reasons[0]}); "
-              f"report written to {folder.out}/{args.name}.{{md,html,json}}")
+        print(f"\nNON-CONFORMANT ({len(reasons)} failing result(s), the findings listed under the summary at the top; "
+              f"first: {reasons[0]}); {written}")
         return 1
-    print(f"\nconforms; report written to {folder.out}/{args.name}.{{md,html,json}}")
+    print(f"\nconforms; {written}")
     return 0
 
 

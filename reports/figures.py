@@ -1,7 +1,8 @@
 """The report's pictures, as PNG bytes: a heat map of error/bound and accuracy against conditioning and
 against reduction length. matplotlib (Agg) is imported here only, when a report is written.
 
-    heatmap(results)              worst error/bound per (backend) x (dtype, quantity), log colour scale
+    heatmap(results)              worst error/bound per (backend) x (dtype, quantity), log colour scale; one
+                                  column per quantity, grouped under its dtype, sized to the matrix
     scatter(results, axis)        normwise error of y (float32 training forward) against max |mean|/std
                                   (axis="conditioning") or values per channel (axis="length"), per backend
 """
@@ -59,24 +60,73 @@ def heatmap_matrix(results) -> tuple[list[str], list[tuple[str, str]], np.ndarra
     return backends, columns, matrix, marks
 
 
-def heatmap(results) -> bytes | None:
+HEATMAP_COLUMN_INCHES, HEATMAP_ROW_INCHES, LABEL_POINTS = 0.24, 0.3, 8
+BACKEND_LABEL_CHARS = 56  # a longer backend name is broken into lines (at a '[', '+' or ',' where it can)
+
+
+def backend_label(name: str, width: int = BACKEND_LABEL_CHARS) -> str:
+    """The whole name in lines of at most about `width` characters (joined again they give the name), broken before
+    '[' or '+' or after ', '."""
+    lines = []
+    while len(name) > width:
+        comma = name.rfind(", ", 1, width - 1)
+        cut = max(name.rfind("[", 1, width), name.rfind("+", 1, width), comma + 2 if comma > 0 else -1)
+        cut = cut if cut > 0 else width
+        lines.append(name[:cut])
+        name = name[cut:]
+    return "\n".join(lines + [name])
+
+
+def dtype_groups(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
+    """(dtype, first column, last column) of each run of columns with the same dtype."""
+    groups: list[list] = []
+    for j, (dtype, _) in enumerate(columns):
+        if groups and groups[-1][0] == dtype:
+            groups[-1][2] = j
+        else:
+            groups.append([dtype, j, j])
+    return [tuple(g) for g in groups]
+
+
+def heatmap_figure(results):
+    """The heat map as a matplotlib figure (None without data): quantities under their columns at 45 degrees,
+    each dtype named once above its group of columns, backend names whole (wrapped), the figure sized to the
+    number of rows and columns."""
     backends, columns, matrix, marks = heatmap_matrix(results)
     if not backends:
         return None
     plt = _pyplot()
     from matplotlib.colors import LogNorm
 
-    fig, ax = plt.subplots(figsize=(0.32 * len(columns) + 6, 0.3 * len(backends) + 2))
+    labels = [backend_label(b) for b in backends]
+    label_inches = max(len(line) for label in labels for line in label.split("\n")) * LABEL_POINTS * 0.55 / 72
+    row_inches = max(HEATMAP_ROW_INCHES, max(label.count("\n") + 1 for label in labels) * LABEL_POINTS * 1.3 / 72)
+    width = label_inches + HEATMAP_COLUMN_INCHES * len(columns) + 1.6
+    height = row_inches * len(backends) + 2.4
+    fig, ax = plt.subplots(figsize=(width, height))
     shown = np.where(np.isnan(matrix), np.nan, np.clip(matrix, 1e-3, 1e3))
     image = ax.imshow(shown, norm=LogNorm(1e-3, 1e3), cmap="RdYlGn_r", aspect="auto")
-    ax.set_xticks(range(len(columns)), [f"{d} {q}" for d, q in columns], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(backends)), backends, fontsize=7)
+    ax.set_xticks(range(len(columns)), [q for _, q in columns], rotation=45, ha="right", rotation_mode="anchor",
+                  fontsize=LABEL_POINTS)
+    ax.set_yticks(range(len(backends)), labels, fontsize=LABEL_POINTS)
+    groups = dtype_groups(columns)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([(first + last) / 2 for _, first, last in groups], [d for d, _, _ in groups],
+                   fontsize=LABEL_POINTS + 1, fontweight="bold")
+    top.tick_params(length=0)
+    for _, first, _ in groups[1:]:
+        ax.axvline(first - 0.5, color="black", linewidth=1.2)
     for (i, j), m in marks.items():
-        ax.text(j, i, m, ha="center", va="center", fontsize=7, fontweight="bold" if m == FAILED else "normal")
-    fig.colorbar(image, ax=ax, label="worst error / bound")
-    ax.set_title(f"Worst error in units of the error model's bound\n({RECORDED}: above it as a recorded known "
-                 f"discrepancy; {FAILED}: NON-CONFORMANT, see the table)", fontsize=9)
-    return _png(fig)
+        ax.text(j, i, m, ha="center", va="center", fontsize=LABEL_POINTS - 1, fontweight="bold" if m == FAILED else "normal")
+    fig.colorbar(image, ax=ax, label="worst error / bound", fraction=0.04, pad=0.02)
+    ax.set_title(f"Worst error in units of the error model's bound ({RECORDED}: above it as a recorded known "
+                 f"discrepancy; {FAILED}: NON-CONFORMANT)", fontsize=LABEL_POINTS + 1, pad=LABEL_POINTS * 2.5)
+    return fig
+
+
+def heatmap(results) -> bytes | None:
+    fig = heatmap_figure(results)
+    return None if fig is None else _png(fig)
 
 
 def scatter_points(results, axis: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -29,7 +29,8 @@ class Publisher:
         s = self.state
         return render.Report(list(s.results), self.environment, self.seed, self.examples, not self.verdict(s),
                              battery.discrepancy_use(s.results, REGISTRY), s.pairs, dict(self.pictures),
-                             s.rows("inferred", self.backends), status, s.cells_planned, s.rows("edge", self.backends))
+                             s.rows("inferred", self.backends), status, s.cells_planned, s.rows("edge", self.backends),
+                             self.name)
 
     def _progress(self) -> tuple:
         s = self.state

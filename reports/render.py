@@ -1,6 +1,11 @@
 """Rendering a run: terminal tables, Markdown, HTML and JSON, all from the same `Report`.
 
-A report is a list of sections (title, header, rows), built once by `sections`; each format renders them.
+Every format opens with the summary (summary.py: one line per backend, then the findings with their diagnosis
+and replay line). Then:
+- terminal and HTML: the full tables, built once by `sections` (the HTML's conformance table filterable and
+  sortable, page.py);
+- Markdown (`<name>.md`, the file to read in a minute): only short per-backend tables (`markdown_sections`),
+  and where the full tables are: `<name>.html` and `<name>.json`.
 
 JSON layout (`bnconf-report/1`):
     {"format": "bnconf-report/1", "status": "complete"|"running"|"interrupted", "cells_planned": int,
@@ -9,10 +14,16 @@ JSON layout (`bnconf-report/1`):
      "cells": [{"backend", "convention", "device", "dtype", "mode",
                 "status": "ran"|"unsupported"|"error"|"crashed"|"timed out"|"out of memory"|"not run",
                 "reason", "seconds", "discrepancies": {"<id>": [covered, needed]},
+                "coverage": {"affine on|off, running on|off": [examples drawn, examples judged]},
                 "points": [[max |mean|/std, values per channel, quantity, normwise error, error/bound], ...],
                 "rows": [{"quantity", "verdict": "conforms"|"known discrepancy"|"ill-conditioned"|"NON-CONFORMANT",
                           "failure" (the spec's verdict of a NON-CONFORMANT row's worst case), "max_error",
-                          "max_ratio", "max_ulp", "detail", "worst_input", "discrepancy", "examples", "failures",
+                          "max_ratio", "max_ulp" (null: no meaningful figure), "detail", "worst_input", "discrepancy",
+                          "examples" (drawn), "judged" (examples with a judged element), "failures",
+                          "observed", "expected", "relative_error" (at the shown case's worst element; null: none),
+                          "ill_reason" (an ill-conditioned row: which condition number, how large),
+                          "diagnosis", "diagnosis_note" (a NON-CONFORMANT row: the named mistake or "unexplained",
+                          its residual and the runner-up),
                           "replay" (a NON-CONFORMANT row: `bnconf replay <folder> --backend <target>`, its worst case
                           saved under <out>/<name>-cases; an ERROR cell's reason ends with its first case's)}]}],
      "discrepancies": [{"id", "backends", "covered", "needed", "status", "explanation", "evidence",
@@ -24,7 +35,13 @@ JSON layout (`bnconf-report/1`):
                        "explanation", "evidence"}]   (each recorded edge behaviour that covered an outcome)
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
-     "seconds_per_backend": {"<backend>": float}}
+     "seconds_per_backend": {"<backend>": float},
+     "summary": {"backends": [{"backend", "cells", "unsupported", "drawn", "judged", "conforms", "known",
+                               "ill_conditioned", "non_conformant", "errors", "edge": [agree, recorded, unexplained],
+                               "other_findings", "worst_ratio", "verdict"}],
+                 "findings": [{"backend", "where", "subject", "verdict", "diagnosis", "observed", "expected",
+                               "relative_error", "ratio", "judged", "drawn", "replay"}]}}
+       (derived from the rest, for readers of the JSON; `load.load_report` reads a report back without it)
 Non-finite numbers are the strings "nan", "inf", "-inf" (strict JSON has none).
 `max_ratio` is the largest error in units of the error model's bound; `max_ulp` the error in ULPs of the
 quantity's format; a discrepancy entry is "in use" when some case needed it, "STALE" when it covered cases
@@ -33,10 +50,9 @@ difference". Timestamps are deliberately absent: the same seed gives the same fi
 The JSON file is rewritten (atomically) as cells arrive while the run goes on ("status": "running"; a large
 report skips rewrites that would take over a tenth of the run's time, so it is at most about a second
 behind), so a run killed or interrupted leaves a valid partial report; Ctrl-C writes every format with
-"interrupted".
+"interrupted". Reports written before a field existed still load (`load.py`: missing fields take defaults).
 """
 
-import base64
 import html
 import json
 import re
@@ -46,13 +62,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import page
 from .edge_table import EDGE_RECORD_HEADER, edge_matrix_rows, edge_record_rows, edge_section_rows, edge_summary
 from ..conformance.status import CellStatus
+from .summary import UNEXPECTED_PAIR, BackendLine, Finding, backend_lines, findings, reason_replays, totals
 from .terminal import one_line, table
 
 FORMAT = "bnconf-report/1"
-CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "max error", "error/bound", "ulps", "verdict", "worst input",
-               "replay"]
+TITLE = "bnconf discrepancy report"
+CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "examples judged / drawn", "max error", "error / bound",
+               "ulps", "verdict", "observed / expected", "relative error", "worst input", "replay"]
+NO_FIGURE = "\u2014"  # a number with no meaningful value (e.g. a ULP distance where none is defined)
+NO_FINDINGS = "None: no quantity, cell, edge case, convention property or pair makes this run non-conformant."
+MARKDOWN_FINDINGS = 30  # findings listed in the Markdown; the rest are in the HTML and JSON
 
 
 @dataclass
@@ -70,6 +92,7 @@ class Report:
     status: str = "complete"  # "running" (partial, written as results arrive) or "interrupted"
     cells_planned: int = 0
     edge: list = field(default_factory=list)  # edge-case outcomes, conformance.edge.as_row dicts
+    name: str = "report"  # the file stem: the Markdown names <name>.html and <name>.json, where the full tables are
 
 
 @dataclass
@@ -79,33 +102,62 @@ class Section:
     rows: list[list]
     note: str = ""
     terminal_columns: int | None = None  # the terminal shows only the first columns (the rest is too wide)
+    filter_columns: tuple[int, int] | None = None  # (backend, verdict) columns: the HTML table gets a filter bar
+    element_id: str = ""  # the HTML table's id
 
 
-_REPLAY_IN_REASON = re.compile(r"; replay: (bnconf replay .*?)(?=; |$)")
+def number(value, digits: int = 3) -> str:
+    """A figure for a table: NO_FIGURE for None (no meaningful value), "nan"/"inf" as such, else `digits`
+    significant digits."""
+    if value is None:
+        return NO_FIGURE
+    return f"{float(value):.{digits}g}"
 
 
-def _reason_replays(reason: str) -> tuple[str, list[str]]:
-    """A crashed or ERROR cell's reason without its "; replay: <command>" parts, and those commands."""
-    return _REPLAY_IN_REASON.sub("", reason), _REPLAY_IN_REASON.findall(reason)
+def _row_verdict(r) -> str:
+    """A row's verdict with its record id, and what explains it: the diagnosis, the detail, the ill-conditioning."""
+    text = r.verdict_text + (f" [{r.discrepancy}]" if r.discrepancy else "")
+    diagnosis = getattr(r, "diagnosis", "")
+    said = [f"{diagnosis} ({r.diagnosis_note})" if diagnosis and r.diagnosis_note else diagnosis, r.detail,
+            getattr(r, "ill_reason", "")]
+    said = [s for s in dict.fromkeys(said) if s]
+    return text + (": " + "; ".join(said) if said else "")
+
+
+def _observed_expected(r) -> str:
+    observed, expected = getattr(r, "observed", None), getattr(r, "expected", None)
+    if observed is None and expected is None:
+        return ""
+    return f"{number(observed, 6)} / {number(expected, 6)}"
+
+
+def examples_text(judged, drawn) -> str:
+    return f"{NO_FIGURE if judged is None else judged}/{NO_FIGURE if drawn is None else drawn}"
+
+
+def _quantity_row(c, r) -> list:
+    """One quantity of a cell, in CELL_HEADER's columns."""
+    seen = _observed_expected(r)
+    return [c.backend, c.device, c.dtype, c.mode, r.quantity, examples_text(getattr(r, "judged", None), r.examples),
+            number(r.max_error), number(r.max_ratio), number(r.max_ulp), _row_verdict(r), seen,
+            number(getattr(r, "relative_error", None)) if seen else "", r.worst_input, getattr(r, "replay", "")]
 
 
 def _cell_rows(results) -> list[list]:
     """One row per (backend, device, dtype, mode, quantity); unsupported cells folded per backend and device."""
     out, folded = [], set()
+    blank = [""] * 4
     for c in results:
         if c.status is CellStatus.UNSUPPORTED:
             if (c.backend, c.device, c.reason) not in folded:
                 folded.add((c.backend, c.device, c.reason))
-                out.append([c.backend, c.device, "*", "*", "-", "", "", "", "unsupported", c.reason, ""])
+                out.append([c.backend, c.device, "*", "*", "-", *blank, "unsupported", "", "", c.reason, ""])
             continue
         if not c.status.acceptable:  # raised, crashed, timed out, out of memory, not run
-            reason, replays = _reason_replays(c.reason)
-            out.append([c.backend, c.device, c.dtype, c.mode, "-", "", "", "", c.status.value.upper(), reason,
+            reason, replays = reason_replays(c.reason)
+            out.append([c.backend, c.device, c.dtype, c.mode, "-", *blank, c.status.value.upper(), "", "", reason,
                         "; ".join(replays)])
-        for r in c.rows:
-            verdict = r.verdict_text + (f" [{r.discrepancy}]" if r.discrepancy else "") + (f": {r.detail}" if r.detail else "")
-            out.append([c.backend, c.device, c.dtype, c.mode, r.quantity, f"{r.max_error:.3g}", f"{r.max_ratio:.3g}",
-                        f"{r.max_ulp:.3g}", verdict, r.worst_input, getattr(r, "replay", "")])
+        out += [_quantity_row(c, r) for r in c.rows]
     return out
 
 
@@ -167,24 +219,44 @@ def seconds_per_backend(results) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(totals.items())}
 
 
+_DISCREPANCIES_NOTE = ("Each record that applies to a backend of the run. Source: built-in (conformance/known/), backend "
+                       "(the backend's own known_discrepancies), or the records file named with --records. STALE: it "
+                       "covered cases and none needed it (the backend changed: update the record).")
+_EDGE_RECORDS_NOTE = ("Each record that covered an outcome of the run. Source: built-in (conformance/known/edge.py), "
+                      "backend (the backend's own edge_records), or the records file named with --records. STALE: it "
+                      "covered outcomes and explained none (the backend changed: update the record).")
+_EDGE_MATRIX_NOTE = ("Per backend and edge case over its modes and dtypes: agrees with the spec (SPEC.md section 5), "
+                     "recorded (what it does instead is explained in conformance/known/edge.py), DIFFERS (unexplained) "
+                     "or - (not run).")
+
+
+def _inferred_section(report: Report) -> Section:
+    return Section("Convention inferred by probing, against the declared record",
+                   ["backend", "property", "inferred", "against the declared record", "evidence", "replay"],
+                   [[r["backend"], r["property"], r["value"], r.get("verdict", "agrees" if r["agrees"] else "DIFFERS"),
+                     r["evidence"] + (f" (probed in {r['dtype']})" if r.get("dtype") else ""), r.get("replay", "")]
+                    for r in report.inferred],
+                   note="Designed inputs (conformance/inference_probes.py). \"differs as recorded\": a known "
+                        "discrepancy covers a probe that decided the property; DIFFERS: nobody has explained "
+                        "it. Each property's candidate hypotheses and their residuals are in the JSON.",
+                   terminal_columns=4)
+
+
+def _edge_matrix_section(report: Report) -> Section:
+    return Section("Edge-case behaviour per backend", *edge_matrix_rows(report.edge), note=_EDGE_MATRIX_NOTE)
+
+
 def sections(report: Report) -> list[Section]:
+    """The full tables, in the order the terminal and the HTML show them after the summary."""
     out = [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
-                   terminal_columns=9)]
+                   note="One row per backend, device, dtype, mode and quantity: its worst case. Examples: those with "
+                        "a judged element / those drawn. Observed / expected and the relative error are at the worst "
+                        f"element of the case shown; {NO_FIGURE}: no meaningful figure.",
+                   terminal_columns=10, filter_columns=(0, 9), element_id="conformance")]
     if report.inferred:
-        out.append(Section("Convention inferred by probing, against the declared record",
-                           ["backend", "property", "inferred", "against the declared record", "evidence", "replay"],
-                           [[r["backend"], r["property"], r["value"], r.get("verdict", "agrees" if r["agrees"] else "DIFFERS"),
-                             r["evidence"] + (f" (probed in {r['dtype']})" if r.get("dtype") else ""), r.get("replay", "")]
-                            for r in report.inferred],
-                           note="Designed inputs (conformance/inference_probes.py). \"differs as recorded\": a known "
-                                "discrepancy covers a probe that decided the property; DIFFERS: nobody has explained "
-                                "it. Each property's candidate hypotheses and their residuals are in the JSON.",
-                           terminal_columns=4))
+        out.append(_inferred_section(report))
     if report.edge:
-        out.append(Section("Edge-case behaviour per backend", *edge_matrix_rows(report.edge),
-                           note="Per backend and edge case over its modes and dtypes: agrees with the spec (SPEC.md "
-                                "section 5), recorded (what it does instead is explained in conformance/known/edge.py; "
-                                "the next table says what), DIFFERS (unexplained) or - (not run)."))
+        out.append(_edge_matrix_section(report))
         header, rows = edge_section_rows(report.edge, grouped=True)
         counts = edge_summary(report.edge)
         out.append(Section("Edge-case behaviour: what each backend does", header, rows,
@@ -195,18 +267,10 @@ def sections(report: Report) -> list[Section]:
         recorded = edge_record_rows(report.edge)
         if recorded:
             out.append(Section("Recorded edge behaviours", EDGE_RECORD_HEADER, recorded,
-                               note="Each record that covered an outcome of the run, with its explanation and evidence. "
-                                    "Source: built-in (conformance/known/edge.py), backend (the backend's own "
-                                    "edge_records), or the records file named with --records. STALE: it covered "
-                                    "outcomes and explained none (the backend changed: update the record).",
-                               terminal_columns=5))
+                               note=_EDGE_RECORDS_NOTE + " With their explanation and evidence.", terminal_columns=5))
     if report.discrepancies:
         out.append(Section("Known discrepancies", DISCREPANCY_HEADER, discrepancy_rows(report.discrepancies),
-                           note="Each record that applies to a backend of the run, with its explanation and evidence. "
-                                "Source: built-in (conformance/known/), backend (the backend's own "
-                                "known_discrepancies), or the records file named with --records. STALE: it covered "
-                                "cases and none needed it (the backend changed: update the record).",
-                           terminal_columns=6))
+                           note=_DISCREPANCIES_NOTE + " With their explanation and evidence.", terminal_columns=6))
     if report.pairs:
         out.append(Section(
             "Frameworks against each other after translating parameters",
@@ -229,6 +293,74 @@ def sections(report: Report) -> list[Section]:
     return out
 
 
+# ---------------------------------------------------------------- the summary, in every format
+
+SUMMARY_HEADER = ["backend", "cells run / selected", "examples judged / drawn", "conform", "known", "ill-conditioned",
+                  "NON-CONFORMANT", "errors", "edge cases agree / recorded / DIFFERS", "worst error / bound", "time (s)",
+                  "verdict"]
+FINDING_HEADER = ["backend", "where", "quantity", "verdict", "diagnosis", "observed / expected", "relative error",
+                  "error / bound", "examples judged / drawn", "replay"]
+SUMMARY_NOTE = ("Cells run / selected (the rest unsupported); rows per verdict over every quantity; errors: cells "
+                "that raised, crashed, timed out or ran out of memory; worst error / bound over rows no record covers.")
+
+
+def _summary_row(line: BackendLine) -> list:
+    return [line.backend, f"{line.cells}/{line.cells + line.unsupported}",
+            examples_text(line.judged, line.drawn), line.conforms, line.known, line.ill_conditioned, line.non_conformant,
+            line.errors, "/".join(map(str, line.edge)) if any(line.edge) else "-", number(line.worst_ratio),
+            f"{line.seconds:.1f}", line.verdict]
+
+
+def summary_section(report: Report) -> Section:
+    """One line per backend."""
+    return Section("Summary", SUMMARY_HEADER, [_summary_row(line) for line in backend_lines(report)], note=SUMMARY_NOTE)
+
+
+def _finding_row(f: Finding) -> list:
+    shown = f.observed is not None or f.expected is not None
+    return [f.backend, f.where, f.subject, f.verdict, f.diagnosis,
+            f"{number(f.observed, 6)} / {number(f.expected, 6)}" if shown else "",
+            number(f.relative_error) if f.relative_error is not None else "", number(f.ratio) if f.ratio is not None else "",
+            examples_text(f.judged, f.drawn) if f.drawn is not None else "", f.replay]
+
+
+def findings_section(report: Report) -> Section:
+    """Every finding: what failed, its diagnosis, what was seen at the worst element, how to replay it."""
+    return Section("Findings", FINDING_HEADER, [_finding_row(f) for f in findings(report)],
+                   note="Each reason the run does not conform: NON-CONFORMANT rows, cells that did not finish, edge "
+                        "cases and convention properties nobody has explained, unexpected cross-framework differences.",
+                   terminal_columns=None)
+
+
+def finding_text(f: Finding) -> str:
+    """A finding on one line: where, verdict, diagnosis, what was seen, how many examples, the replay command."""
+    seen = []
+    if f.observed is not None or f.expected is not None:
+        seen.append(f"observed {number(f.observed, 6)}, expected {number(f.expected, 6)}"
+                    + (f" (relative error {number(f.relative_error)})" if f.relative_error is not None else ""))
+    elif f.relative_error is not None:
+        seen.append(f"relative difference {number(f.relative_error)}")
+    if f.ratio is not None:
+        seen.append(f"error/bound {number(f.ratio)}")
+    if f.drawn is not None:
+        seen.append(f"{examples_text(f.judged, f.drawn)} examples judged")
+    subject = "" if f.subject == "-" else f" {f.subject}"
+    text = f"{f.backend} {f.where}{subject}: {f.verdict}" + (f" \u2014 {f.diagnosis}" if f.diagnosis else "")
+    text += (". " + "; ".join(seen) if seen else "")
+    return text + (f". Replay: {f.replay}" if f.replay else "")
+
+
+def _totals_text(report: Report) -> str:
+    t = totals(backend_lines(report))
+    n = len(findings(report))
+    judged = NO_FIGURE if t.judged is None else t.judged
+    return (f"{t.backend}: {t.cells} cells ran ({t.unsupported} unsupported), {judged} of {t.drawn} examples judged; "
+            f"rows: {t.conforms} conform, {t.known} known discrepancy, {t.ill_conditioned} ill-conditioned, "
+            f"{t.non_conformant} NON-CONFORMANT; {t.errors} cell error(s); edge cases {t.edge[0]} agree, "
+            f"{t.edge[1]} recorded, {t.edge[2]} DIFFER; worst error/bound {number(t.worst_ratio)}; "
+            f"{n} finding(s).")
+
+
 def _headline(report: Report) -> str:
     verdict = "everything conforms or is a recorded discrepancy" if report.conforms else "NON-CONFORMANT quantities found"
     if report.status == "complete":
@@ -236,27 +368,36 @@ def _headline(report: Report) -> str:
     return f"PARTIAL report ({report.status}: {len(report.results)} of {report.cells_planned} cells): {verdict} so far"
 
 
-def replay_lines(report: Report) -> list[str]:
-    """One line per finding saved for replay: what failed, then the command that reruns it."""
-    out = []
-    for c in report.results:
-        where = f"{c.backend} {c.device} {c.dtype} {c.mode}"
-        out += [f"{where} ({c.status.value}): {line}" for line in _reason_replays(c.reason)[1]]
-        out += [f"{where} {r.quantity}: {r.replay}" for r in c.rows if getattr(r, "replay", "")]
-    out += [f"{r['backend']} convention {r['property']}: {r['replay']}" for r in report.inferred if r.get("replay")]
-    return out
+# ---------------------------------------------------------------- terminal
+
+
+def _terminal_section(s: Section) -> str:
+    k = s.terminal_columns or len(s.header)
+    return f"{s.title}\n\n" + table(s.header[:k], [row[:k] for row in s.rows])
 
 
 def terminal(report: Report) -> str:
-    parts = []
-    for s in sections(report):
-        k = s.terminal_columns or len(s.header)
-        parts.append(f"{s.title}\n\n" + table(s.header[:k], [row[:k] for row in s.rows]))
-    lines = replay_lines(report)
-    if lines:
-        parts.append("Replay each finding (bnconf replay reruns the saved case on the backend and the oracle)\n\n"
-                     + "\n".join(one_line(line) for line in lines))
+    """The summary, the findings one per line (with their replay command), then the tables: in full for a
+    small run (at most TERMINAL_FULL_ROWS table rows), else the Markdown's short per-backend tables and where
+    the full ones are (the summary must not scroll away behind 1,900 rows)."""
+    summary = summary_section(report)
+    parts = [f"{TITLE}: {_headline(report)}\n{_totals_text(report)}", _terminal_section(summary)]
+    found = findings(report)
+    if found:
+        parts.append(f"Findings ({len(found)})\n\n" + "\n".join(one_line(f"- {finding_text(f)}") for f in found))
+    full = sections(report)
+    if sum(len(s.rows) for s in full) <= TERMINAL_FULL_ROWS:
+        parts += [_terminal_section(s) for s in full]
+    else:
+        parts += [_terminal_section(s) for s in markdown_sections(report)]
+        parts.append("The full tables (every backend, dtype, mode and quantity) are in the HTML and JSON report.")
     return "\n\n".join(parts)
+
+
+TERMINAL_FULL_ROWS = 200
+
+
+# ---------------------------------------------------------------- Markdown
 
 
 def _environment(report: Report) -> str:
@@ -277,18 +418,89 @@ def _markdown_row(values) -> str:
     return "| " + " | ".join(markdown_cell(v) for v in values) + " |"
 
 
+def _pair_counts_rows(pairs) -> list[list]:
+    """Per backend, over the pairs it is in: pairs compared, and its quantities per pair verdict."""
+    counts: dict[str, list[int]] = {}
+    for p in pairs:
+        for name in (p.source, p.target):
+            row = counts.setdefault(name, [0, 0, 0, 0, 0])
+            if p.status != "ran":
+                row[4] += p.status == "error"
+                continue
+            row[0] += 1
+            for r in p.rows or []:
+                row[1 if r.verdict.startswith("matches") else 3 if r.verdict == UNEXPECTED_PAIR else 2] += 1
+    return [[name, *row] for name, row in counts.items()]
+
+
+def markdown_sections(report: Report) -> list[Section]:
+    """The Markdown's short tables, one row per backend or per record (the full ones are in the HTML and JSON)."""
+    out = []
+    if report.inferred:
+        out.append(_inferred_section(report))
+    if report.edge:
+        out.append(_edge_matrix_section(report))
+        recorded = edge_record_rows(report.edge)
+        if recorded:
+            out.append(Section("Recorded edge behaviours", EDGE_RECORD_HEADER[:5], [r[:5] for r in recorded],
+                               note=_EDGE_RECORDS_NOTE))
+    if report.discrepancies:
+        out.append(Section("Known discrepancies", DISCREPANCY_HEADER[:6],
+                           [r[:6] for r in discrepancy_rows(report.discrepancies)], note=_DISCREPANCIES_NOTE))
+    if report.pairs:
+        out.append(Section("Frameworks against each other after translating parameters",
+                           ["backend", "pairs compared", "quantities matching after translation",
+                            "differing as the spec predicts", "UNEXPECTED differences", "pairs that raised"],
+                           _pair_counts_rows(report.pairs),
+                           note="Per backend, over every pair it is in (inputs translated with bnconf.spec.translate)."))
+    return out
+
+
+def _markdown_table(s: Section) -> list[str]:
+    lines = ["", f"## {markdown_cell(s.title)}", ""] + ([markdown_cell(s.note), ""] if s.note else [])
+    return lines + [_markdown_row(s.header), "|" + "---|" * len(s.header)] + [_markdown_row(row) for row in s.rows]
+
+
+def _markdown_findings(report: Report) -> list[str]:
+    found = findings(report)
+    lines = ["", f"## Findings ({len(found)})", ""]
+    if not found:
+        return lines + [NO_FINDINGS]
+    lines += [f"- {markdown_cell(finding_text(f))}" for f in found[:MARKDOWN_FINDINGS]]
+    if len(found) > MARKDOWN_FINDINGS:
+        name = markdown_cell(report.name)
+        lines.append(f"- ... and {len(found) - MARKDOWN_FINDINGS} more: every finding is in {name}.html and {name}.json")
+    return lines
+
+
+def _where_the_rest_is(report: Report) -> list[str]:
+    html_name, json_name = (urllib.parse.quote(f"{report.name}.{ext}") for ext in ("html", "json"))
+    rows = len(_cell_rows(report.results))
+    return ["", "## Full tables", "",
+            f"Every quantity of every cell ({rows} rows, with observed and expected values, the worst input and the "
+            f"replay line), every edge-case outcome, cross-framework pair, accuracy against conditioning, and each "
+            f"record's explanation and evidence: [{markdown_cell(report.name)}.html]({html_name}) (filterable by "
+            f"backend, verdict and text; sortable) and [{markdown_cell(report.name)}.json]({json_name}) (everything, "
+            "layout in reports/render.py)."]
+
+
 def markdown(report: Report) -> str:
-    lines = ["# bnconf discrepancy report", "",
+    """The report to read in a minute: verdict, summary, findings, short per-backend tables, where the rest is."""
+    summary = summary_section(report)
+    lines = [f"# {TITLE}", "",
              f"Verdict: **{_headline(report)}**. Seed {report.seed}, {report.examples} Hypothesis examples per cell "
-             "(shrinking off, targeting the largest error/bound).", "", f"Environment: {markdown_cell(_environment(report))}"]
+             "(shrinking off, targeting the largest error/bound).", "", markdown_cell(_totals_text(report)), "",
+             f"Environment: {markdown_cell(_environment(report))}"]
+    lines += _markdown_table(summary) + _markdown_findings(report)
     if report.figures:
         lines += ["", "## Figures", ""] + [f"- [{markdown_cell(title)}]({urllib.parse.quote(name)})"
                                            for name, (title, _) in report.figures.items()]
-    for s in sections(report):
-        lines += ["", f"## {markdown_cell(s.title)}", ""] + ([markdown_cell(s.note), ""] if s.note else [])
-        lines += [_markdown_row(s.header), "|" + "---|" * len(s.header)]
-        lines += [_markdown_row(row) for row in s.rows]
-    return "\n".join(lines) + "\n"
+    for s in markdown_sections(report):
+        lines += _markdown_table(s)
+    return "\n".join(lines + _where_the_rest_is(report)) + "\n"
+
+
+# ---------------------------------------------------------------- HTML
 
 
 def _bad(row) -> bool:
@@ -296,35 +508,50 @@ def _bad(row) -> bool:
                                   "NOT RUN", "DIFFERS", "probing failed")) or v == "NO" for v in row)
 
 
-def _figures_html(report: Report) -> str:
-    """The figures embedded as data URIs, so that the HTML file stands alone."""
-    return "\n".join(
-        f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" style="max-width:100%" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-        for title, png in report.figures.values()
-    )
+def _html_section(s: Section) -> str:
+    """A table with its title and note; the filter bar where the section names its backend and verdict columns."""
+    note = f'<p class="note">{page.esc(s.note)}</p>' if s.note else ""
+    bar = ""
+    backend_column = verdict_column = None
+    if s.filter_columns:
+        backend_column, verdict_column = s.filter_columns
+        present = {page.verdict_class(row[verdict_column]) for row in s.rows}
+        bar = page.filters(list(dict.fromkeys(row[backend_column] for row in s.rows)),
+                           [v for v in page.VERDICT_CLASSES if v in present])
+    body = page.table(s.header, s.rows, verdict_column, backend_column, s.element_id, bool(s.filter_columns),
+                      row_class=lambda row: "bad" if _bad(row) else "")
+    return f"<h2>{page.esc(s.title)}</h2>{note}\n{bar}{body}"
+
+
+def _html_summary(report: Report) -> str:
+    """What opens the page: title, verdict, totals, one line per backend."""
+    summary = summary_section(report)
+    verdict = _headline(report)
+    return (f'<section id="summary"><h1>{TITLE}</h1>'
+            f'<p><b class="verdict">{page.esc(verdict[0].upper() + verdict[1:])}</b>. Seed {report.seed}, '
+            f"{report.examples} examples per cell. {page.esc(_totals_text(report))}</p>"
+            f"{page.table(summary.header, summary.rows, len(summary.header) - 1, 0, 'backends')}"
+            f'<p class="note">{page.esc(summary.note)}</p></section>')
 
 
 def html_page(report: Report) -> str:
-    def cells(row, tag="td"):
-        return "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in row)
+    """The summary, the findings, the figures, every table in full, the environment: one self-contained page."""
+    found = findings_section(report)
+    body = [_html_section(found) if found.rows else f"<h2>Findings</h2><p>{NO_FINDINGS}</p>",
+            page.figures(report.figures)]
+    body += [_html_section(s) for s in sections(report)]
+    body.append(f'<p class="note">Environment: {page.esc(_environment(report))}</p>')
+    return page.document(TITLE, _html_summary(report), "\n".join(body))
 
-    body = []
-    for s in sections(report):
-        rows = "\n".join(f"<tr class=\"{'bad' if _bad(r) else ''}\">{cells(r)}</tr>" for r in s.rows)
-        note = f"<p>{html.escape(s.note)}</p>" if s.note else ""
-        body.append(f"<h2>{html.escape(s.title)}</h2>{note}\n<table><tr>{cells(s.header, 'th')}</tr>\n{rows}\n</table>")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>bnconf discrepancy report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px}}tr.bad td{{background:#fdd}}th{{background:#eee}}</style></head>
-<body><h1>bnconf discrepancy report</h1>
-<p><b>{html.escape(_headline(report)[0].upper() + _headline(report)[1:])}</b>. Seed {report.seed}, {report.examples} examples per cell.</p>
-<p>Environment: {html.escape(_environment(report))}</p>
-{_figures_html(report)}
-{chr(10).join(body)}
-</body></html>
-"""
+
+# ---------------------------------------------------------------- JSON
+
+
+def _summary_document(report: Report) -> dict:
+    """The summary for readers of the JSON (timings are in seconds_per_backend only: the rest depends on the seed)."""
+    backends = [dict(asdict(line), verdict=line.verdict) for line in backend_lines(report)]
+    return {"backends": [{k: v for k, v in b.items() if k != "seconds"} for b in backends],
+            "findings": [asdict(f) for f in findings(report)]}
 
 
 def json_document(report: Report) -> str:
@@ -343,6 +570,7 @@ def json_document(report: Report) -> str:
         "edge": report.edge,
         "edge_records": [dict(zip(EDGE_RECORD_HEADER, row)) for row in edge_record_rows(report.edge)],
         "seconds_per_backend": seconds_per_backend(report.results),
+        "summary": _summary_document(report),
     }
     return json.dumps(_finite(doc), indent=1, sort_keys=True, default=str, allow_nan=False)
 

@@ -1,6 +1,7 @@
 """Plain-text tables for the terminal (tabulate's "simple" format)."""
 
 import re
+import textwrap
 
 from tabulate import tabulate
 
@@ -20,7 +21,16 @@ def terminal_cell(value) -> str:
     return "-" if value is None else one_line(value)
 
 
+def _header(title, cells: list[str]) -> str:
+    """A column title in lines no wider than the column's widest cell, its longest word or half of itself."""
+    title = terminal_cell(title)
+    width = max([len(c) for c in cells] + [len(word) for word in title.split()] + [-(-len(title) // 2)])
+    return textwrap.fill(title, width=width, break_long_words=False)
+
+
 def table(header: list[str], rows: list[list]) -> str:
-    """Left-aligned columns with a rule under the header; every cell through `terminal_cell`."""
-    return tabulate([[terminal_cell(c) for c in row] for row in rows], headers=[terminal_cell(h) for h in header],
-                    tablefmt="simple", disable_numparse=True, stralign="left")
+    """Left-aligned columns with a rule under the header; every cell through `terminal_cell`, a title longer
+    than its column's cells wrapped onto more lines."""
+    cells = [[terminal_cell(c) for c in row] for row in rows]
+    titles = [_header(h, [row[i] for row in cells if i < len(row)]) for i, h in enumerate(header)]
+    return tabulate(cells, headers=titles, tablefmt="simple", disable_numparse=True, stralign="left")

@@ -2,7 +2,8 @@
 
 Pure NumPy. `oracle` computes what batch norm is; `conventions` records how each framework's API
 chooses among the variants; `translate` maps parameters between APIs; `error_model` bounds how far a
-correct float32/16 implementation may be from the oracle; `expect` and `verdict` compare and classify.
+correct float32/16 implementation may be from the oracle; `expect` and `verdict` compare and classify;
+`diagnosis` names the known mistake that explains a failure.
 The prose and the derivations are in SPEC.md beside this file.
 """
 
@@ -35,6 +36,7 @@ from .oracle import (
     update_weight,
 )
 from .translate import Residual, ResidualKind, Translation, translate
-from .verdict import Comparison, Verdict, compare, judge
+from .verdict import Comparison, Verdict, compare, comparisons
+from .diagnosis import HYPOTHESES, Diagnosis, Hypothesis, diagnose, judge
 
 __all__ = [name for name in dir() if not name.startswith("_")]

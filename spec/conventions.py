@@ -5,6 +5,7 @@ statistics. The oracle reads these fields; it never branches on a framework's na
 the source it was read from, so that a reader can check it against the installed version.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -404,25 +405,52 @@ def _swapped_style(s: MomentumStyle) -> MomentumStyle:
     return MomentumStyle.OLD_WEIGHT if s is MomentumStyle.NEW_WEIGHT else MomentumStyle.NEW_WEIGHT
 
 
-def variants(conv: Convention) -> dict[str, Convention]:
-    """Deliberately wrong versions of `conv`, keyed by the mistake each one models.
+@dataclass(frozen=True)
+class ConventionMistake:
+    """One deliberately wrong version of a record: `change(conv)` where `applies(conv)` holds.
 
-    A backend whose outputs match one of these is diagnosed by that name rather than just failed.
-    """
-    out = {
-        "eps outside the square root": replace(conv, eps_placement=EpsPlacement.OUTSIDE_SQRT),
-        f"normalized with the {_swapped(conv.normalize_with).value} variance": replace(
-            conv, normalize_with=_swapped(conv.normalize_with)
-        ),
-    }
-    if conv.tracks_running_stats:
-        out[f"running variance {_swapped(conv.running_var).value} instead of {conv.running_var.value}"] = (
-            replace(conv, running_var=_swapped(conv.running_var))
-        )
-        out["momentum applied the wrong way round"] = replace(
-            conv, momentum_style=_swapped_style(conv.momentum_style)
-        )
-        out["zero-debiased moving average" if not conv.zero_debias else "moving average not zero-debiased"] = (
-            replace(conv, zero_debias=not conv.zero_debias)
-        )
-    return {name: replace(v, name=f"{conv.name} with {name}") for name, v in out.items()}
+    `quantities` are the outputs the mistake changes (the oracle's names), in training calls and, where
+    `in_eval`, in eval calls too: where a diagnosis looks for it (spec/diagnosis.py)."""
+
+    name: str
+    applies: Callable[[Convention], bool]
+    change: Callable[[Convention], Convention]
+    quantities: frozenset[str]
+    in_eval: bool = False
+
+
+_NORMALIZED = frozenset({"y", "saved_invstd", "dx", "dgamma"})  # what s = s(var, eps) reaches
+_RUNNING = frozenset({"running_mean", "running_var"})
+
+EPS_OUTSIDE = ConventionMistake(
+    "eps outside the square root", lambda c: c.eps_placement is EpsPlacement.INSIDE_SQRT,
+    lambda c: replace(c, eps_placement=EpsPlacement.OUTSIDE_SQRT), _NORMALIZED, in_eval=True)
+NORMALIZED_UNBIASED, NORMALIZED_BIASED = (
+    ConventionMistake(f"normalized with the {v.value} variance", lambda c, v=v: c.normalize_with is _swapped(v),
+                      lambda c, v=v: replace(c, normalize_with=v), _NORMALIZED | {"saved_var"})
+    for v in (Variance.UNBIASED, Variance.BIASED)
+)
+RUNNING_BIASED, RUNNING_UNBIASED = (
+    ConventionMistake(f"running variance {v.value} instead of {_swapped(v).value}",
+                      lambda c, v=v: c.tracks_running_stats and c.running_var is _swapped(v),
+                      lambda c, v=v: replace(c, running_var=v), frozenset({"running_var"}))
+    for v in (Variance.BIASED, Variance.UNBIASED)
+)
+MOMENTUM_REVERSED = ConventionMistake(
+    "momentum applied the wrong way round", lambda c: c.tracks_running_stats,
+    lambda c: replace(c, momentum_style=_swapped_style(c.momentum_style)), _RUNNING)
+ZERO_DEBIASED, NOT_ZERO_DEBIASED = (
+    ConventionMistake(name, lambda c, on=on: c.tracks_running_stats and c.zero_debias is not on,
+                      lambda c, on=on: replace(c, zero_debias=on), _RUNNING)
+    for name, on in (("zero-debiased moving average", True), ("moving average not zero-debiased", False))
+)
+
+CONVENTION_MISTAKES = (EPS_OUTSIDE, NORMALIZED_UNBIASED, NORMALIZED_BIASED, RUNNING_BIASED, RUNNING_UNBIASED,
+                       MOMENTUM_REVERSED, ZERO_DEBIASED, NOT_ZERO_DEBIASED)
+
+
+def variants(conv: Convention) -> dict[str, Convention]:
+    """Deliberately wrong versions of `conv`, keyed by the mistake each one models (`CONVENTION_MISTAKES` that
+    apply to it). A backend whose outputs match one of these is diagnosed by that name rather than just failed."""
+    return {m.name: replace(m.change(conv), name=f"{conv.name} with {m.name}")
+            for m in CONVENTION_MISTAKES if m.applies(conv)}

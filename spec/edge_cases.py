@@ -6,10 +6,11 @@ a battery places them on a backend's own rank and channel axis), and per mode an
 
   * `refusal`: whether the implementation must raise, may raise, or must not raise. The rule (§5): a result
     that is undefined, where shapes and parameters alone show it, must be refused (a ValueError naming the
-    problem, or the framework's invalid-argument error): that costs nothing and turns a silent NaN into a
-    message. A result that is defined but degenerate may be refused. Trouble that depends on the values (NaN or
-    Inf in x, a zero variance with eps = 0) cannot be seen without reading the data (on an accelerator, a
-    synchronization): there IEEE arithmetic's result, confined to the affected channels, is required.
+    problem, an ArithmeticError, or the framework's invalid-argument error: conformance/refusal.py): that
+    costs nothing and turns a silent NaN into a message. A result that is defined but degenerate may be
+    refused. Trouble that depends on the values (NaN or Inf in x, a zero variance with eps = 0) cannot be seen
+    without reading the data (on an accelerator, a synchronization): there IEEE arithmetic's result, confined
+    to the affected channels, is required.
   * `nonfinite`: which elements of which quantities are NaN, +Inf, -Inf or non-finite (NaN or either
     infinity); every element not listed must be finite. Patterns are (n, C) for y and dx, (C,) otherwise.
   * `values`: explicit expected values where the oracle has none (empty tensors); None: the float64 oracle
@@ -419,19 +420,29 @@ def spec_section() -> str:
         "",
         "Inputs where batch normalization is degenerate, undefined or non-finite, and the outcome the spec",
         "requires; the registry is `edge_cases.py`, the battery `conformance/edge.py`. The rule for refusals: a",
-        "result that is **undefined where shapes and parameters alone show it** must be refused (a `ValueError`",
-        "naming the problem, or the framework's invalid-argument error): that costs nothing and turns a silent",
-        "NaN into a message. A result that is defined but degenerate **may** be refused. Trouble that depends on",
-        "the **values** (NaN or Inf in x, a zero variance with eps = 0) cannot be seen without reading the data",
-        "(on an accelerator, a synchronization): there the result is IEEE arithmetic's, confined to the affected",
-        "channels, and finite values are held to the error model's bounds (§4). Any other exception is a crash,",
-        "never an acceptable outcome. Unless a case says otherwise, inputs are `n = 4` dyadic values of `C = 3`",
-        "channels (exact in every format), affine parameters on, running statistics that have seen one batch",
-        "where the convention tracks them, momentum 0.5 (`w = 0.5` in either style), eps = 2⁻¹⁰. The battery runs",
+        "result that is **undefined where shapes and parameters alone show it** must be refused: that costs",
+        "nothing and turns a silent NaN into a message. A result that is defined but degenerate **may** be",
+        "refused. Trouble that depends on the **values** (NaN or Inf in x, a zero variance with eps = 0) cannot be",
+        "seen without reading the data (on an accelerator, a synchronization): there the result is IEEE",
+        "arithmetic's, confined to the affected channels. A **refusal** is a `ValueError` naming the problem (not",
+        "one NumPy raises on the way), an `ArithmeticError` (`ZeroDivisionError`, `FloatingPointError`,",
+        "`OverflowError`: the arithmetic asked for is undefined) or the framework's invalid-argument error (a class",
+        "named `InvalidArgumentError`, TensorFlow's); any other exception (`TypeError`, `IndexError`,",
+        "`RuntimeError`, …) is a **crash**, never an acceptable outcome. Convention inference reads refusals by",
+        "the same definition (`conformance/refusal.py`). Edge cases judge **semantics, not precision**: a",
+        "different class of outcome (NaN vs finite, +Inf vs −Inf, values vs a required refusal, a refusal where",
+        "values are required, a crash) disagrees, and so does a finite value outside the error model's bound for",
+        "the dtype (§4.1's loosest arithmetic: elementwise in the data format, reductions accumulated in at least",
+        "float32, any order); a value outside the backend's declared bound but within that one agrees \"within",
+        "rounding\", with a precision note (the main battery judges precision). Unless a case says otherwise,",
+        "inputs are `n = 4` dyadic values of `C = 3` channels (exact in every format), affine parameters on,",
+        "running statistics that have seen one batch where the convention tracks them, momentum 0.5 (`w = 0.5`",
+        "in either style), eps = 2⁻¹⁰. The battery runs",
         "an any-format case in every dtype `bnconf report` selects that the backend takes (the test suite: the",
         "first of float32, float64, float16, bfloat16), on its smallest rank and first channel axis; the report's",
-        "edge-case table shows, per backend and case, whether it agrees",
-        "or what it does instead, with the recorded explanation (`conformance/known/edge.py`).",
+        "edge-case table shows, per backend and case, whether it agrees (and whether it refused, crashed or",
+        "rounded outside its declared bound) or what it does instead, with the recorded explanation",
+        "(`conformance/known/edge.py`).",
         "",
         "| case | modes (refusal) | inputs | required outcome |",
         "|---|---|---|---|",

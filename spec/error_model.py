@@ -10,12 +10,14 @@ factor (n - 1 recursive, ceil(log2 n) pairwise, see `Summation`) and g = f(n) u_
     d_var (1-pass)  = (g + 2 u_c) * (var + mean**2) + 2 |mean| d_mean + d_mean**2 + u_c * var
 
 The one-pass E[x^2] - E[x]^2 bound loses u * (mean/std)**2 relative accuracy; the stable ones do not.
-Every per-element bound below follows from these by first-order propagation; a channel whose relative
-variance error reaches 1/2, or whose intermediate sums overflow the compute or accumulator format, is
-*ill-conditioned*: no first-order bound holds there, and comparisons say so instead of widening.
+Every per-element bound below follows from these by first-order propagation; a channel where the relative
+error bound of var + eps reaches 1/4, or whose intermediate sums overflow the compute or accumulator format,
+is *ill-conditioned*: no first-order bound holds there, and comparisons say so instead of widening, with the
+reason (`IllConditioning.reason`: which intermediate overflows which format, or that relative error and what
+drives it: |mean|/std and n, a constant channel against eps, or a given variance).
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from enum import Enum
 
@@ -225,6 +227,27 @@ class StatisticsError:
     var_one_pass: np.ndarray
     overflow: np.ndarray  # bool: an intermediate of the stable algorithm exceeds its format
     overflow_one_pass: np.ndarray
+    intermediates: tuple["Intermediate", ...] = ()  # those the overflow checks look at, stable algorithm
+    intermediates_one_pass: tuple["Intermediate", ...] = ()
+
+
+@dataclass(frozen=True)
+class Intermediate:
+    """One intermediate of a statistics algorithm: its size per channel and the format it must fit in."""
+
+    name: str
+    size: np.ndarray
+    fmt: str
+    limit: float  # the format's largest finite value
+
+    def overflows(self) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return self.size > self.limit
+
+
+def _overflows(intermediates: tuple[Intermediate, ...]) -> np.ndarray:
+    """Per channel: some intermediate exceeds its format."""
+    return np.logical_or.reduce([i.overflows() for i in intermediates])
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
@@ -244,12 +267,14 @@ def statistics_error(x: np.ndarray, stats: BatchStats, axis: int, p: Precision) 
     d_var_one_pass = (r.reduction + 2 * r.compute) * (var + mu**2) + 2 * mu * d_mean + d_mean**2 + r.compute * var + tiny
     max_sq_dev = (np.abs(rows - stats.mean[:, None]).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
     max_sq = (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(var))) ** 2
-    sum_overflow = n * mean_abs > r.accumulate_max if rows.size else np.zeros(len(var), bool)
-    overflow = sum_overflow | (max_sq_dev > r.compute_max) | (n * (var + d_mean**2) > r.accumulate_max)
-    overflow_one_pass = sum_overflow | (max_sq > r.compute_max) | (n * (var + mu**2) > r.accumulate_max)
+    total = Intermediate("sum |x|", n * mean_abs, p.accumulate, r.accumulate_max)  # NaN (empty batch): no overflow
+    stable = (total, Intermediate("(x - mean)^2", max_sq_dev, p.compute, r.compute_max),
+              Intermediate("n var", n * (var + d_mean**2), p.accumulate, r.accumulate_max))
+    one_pass = (total, Intermediate("x^2", max_sq, p.compute, r.compute_max),
+                Intermediate("n (var + mean^2)", n * (var + mu**2), p.accumulate, r.accumulate_max))
     if p.variance is VarianceAlgorithm.ONE_PASS:  # declared: the one-pass bound is the model itself
-        d_var, overflow = d_var_one_pass, overflow_one_pass
-    return StatisticsError(d_mean, d_var, d_var_one_pass, overflow, overflow_one_pass)
+        d_var, stable = d_var_one_pass, one_pass
+    return StatisticsError(d_mean, d_var, d_var_one_pass, _overflows(stable), _overflows(one_pass), stable, one_pass)
 
 
 @dataclass(frozen=True)
@@ -259,7 +284,8 @@ class _Normalizer:
     s: np.ndarray
     d_s: np.ndarray
     d_var: np.ndarray  # bound on the error of the variance s is computed from
-    ill: np.ndarray  # first-order model invalid: relative variance error >= 1/2, or overflow
+    ill: np.ndarray  # first-order model invalid: relative variance error >= 1/4, or overflow
+    relative: np.ndarray  # delta(var + eps) / (var + eps), the relative error bound of var + eps as computed
 
 
 def _normalizer(var, d_var, overflow, eps: float, convention: Convention, r: _Roundoff) -> _Normalizer:
@@ -272,11 +298,61 @@ def _normalizer(var, d_var, overflow, eps: float, convention: Convention, r: _Ro
     # first order times (1 + 2 relative) covers (1 - relative)**-1/2 - 1 while relative < 1/4
     d_s = slope * d_sum * (1 + 2 * relative) + 3 * r.compute * s
     ill = overflow | ~np.isfinite(d_s) | ~(relative < 0.25)
-    return _Normalizer(s, np.where(np.isfinite(d_s), d_s, np.inf), d_var, ill)
+    return _Normalizer(s, np.where(np.isfinite(d_s), d_s, np.inf), d_var, ill, relative)
+
+
+@dataclass(frozen=True)
+class IllConditioning:
+    """Per channel, the numbers behind section 4.8's conditions, to say why a channel has no first-order bound.
+
+    Worded only when asked (`reason`): most channels have a bound, and this is built for every example."""
+
+    relative: np.ndarray  # delta(var + eps) / (var + eps): the expansion of s(var) needs < 1/4
+    intermediates: tuple[Intermediate, ...]  # whose overflow leaves no bound (none in eval: nothing is summed)
+    mean: np.ndarray  # the mean and variance normalized with (the batch's, or the running ones in eval)
+    var: np.ndarray
+    eps: float
+    count: int | None  # values per channel; None where the variance is given (eval), not computed
+    compute: str  # the compute format
+    x: np.ndarray = field(repr=False)  # to tell a constant channel
+    axis: int = 1
+
+    def severity(self) -> np.ndarray:
+        """How far each channel is from a bound: infinite where an intermediate overflows or `relative` is NaN."""
+        over = _overflows(self.intermediates) if self.intermediates else False
+        return np.where(over | np.isnan(self.relative), np.inf, self.relative)
+
+    def reason(self, channel: int) -> str:
+        """Why `channel` has no bound: the intermediate that overflows which format, or how large the relative
+        error bound of var + eps is and what drives it (|mean|/std and n, a constant channel, the given var)."""
+        c = int(channel)
+        for i in self.intermediates:
+            if i.overflows()[c]:
+                return f"{i.name} = {float(i.size[c]):.3g} overflows {i.fmt} (largest {i.limit:.3g})"
+        total = float(self.var[c]) + self.eps
+        if not total > 0:
+            return f"var + eps = {total:.3g}: 1/sqrt(var + eps) is not finite"
+        return f"error bound of var + eps {float(self.relative[c]):.2g} times itself (>= 0.25): {self._driver(c)}"
+
+    def _driver(self, c: int) -> str:
+        """The number behind a large relative error of var + eps."""
+        m, v, e = abs(float(self.mean[c])), float(self.var[c]), self.eps
+        if self.count is None:
+            return f"given var = {v:.3g}, eps = {e:.3g}, {self.compute} arithmetic"
+        if v == 0 or self._constant(c):
+            return f"constant channel, |mean| = {m:.3g}, eps = {e:.3g}, n = {self.count}, {self.compute} arithmetic"
+        return f"|mean|/std = {m / np.sqrt(v):.3g}, n = {self.count}, eps = {e:.3g}, {self.compute} arithmetic"
+
+    def _constant(self, c: int) -> bool:
+        row = np.take(np.asarray(self.x), c, axis=self.axis)
+        return row.size > 0 and bool(np.all(row == row.flat[0]))
 
 
 def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundoff) -> tuple[np.ndarray, np.ndarray]:
-    """(z, bound on its error) for z = (x - mean) * s, direct or folded as x * s - mean * s."""
+    """(z, bound on its error) for z = (x - mean) * s, direct or folded as x * s - mean * s.
+
+    The last term is absolute: x and the mean in the subnormal range are off by up to tiny_c before s scales them
+    (read as zero under flush-to-zero, or a mean of subnormals rounded to the subnormal spacing)."""
     b = partial(broadcast, ndim=x.ndim, axis=axis)
     z = (x - b(mean)) * b(norm.s)
     d_z = (
@@ -284,6 +360,7 @@ def _normalized_error(x, mean, d_mean, norm: _Normalizer, axis: int, r: _Roundof
         + np.abs(x - b(mean)) * b(norm.d_s)
         + 3 * r.compute * np.abs(z)
         + 2 * r.compute * b(norm.s) * (np.abs(x) + b(np.abs(mean)))
+        + 2 * r.tiny_compute * b(norm.s)
     )
     return z, d_z
 
@@ -325,6 +402,7 @@ class Bounds:
 
     bounds: dict[str, np.ndarray]
     ill: dict[str, np.ndarray]
+    why: IllConditioning | None = None  # per channel, why an ill-conditioned one has no bound
 
 
 def _ill_per_element(ill_channels: np.ndarray, shape, axis: int) -> np.ndarray:
@@ -363,6 +441,8 @@ def train_bounds(
     var = oracle_out.saved_var
     e = effective_eps(convention, eps)
     norm = _normalizer(var, k * d_var_b + 2 * r.compute * var, overflow, e, convention, r)
+    why = IllConditioning(norm.relative, err.intermediates_one_pass if one_pass else err.intermediates, stats.mean,
+                          var, e, n, precision.compute, x, axis)
     z, d_z = _normalized_error(x, stats.mean, err.mean, norm, axis, r)
     bounds = {
         "y": _affine_output_error(z, d_z, gamma, beta, oracle_out.y, _scaled(x, stats.mean, axis), axis, r),
@@ -395,7 +475,7 @@ def train_bounds(
     if dy is not None:
         bounds.update(_train_backward_bounds(dy, gamma, z, d_z, norm, axis, r))
         ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=no_ill)
-    return Bounds(bounds, ill)
+    return Bounds(bounds, ill, why)
 
 
 def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _Roundoff) -> dict[str, np.ndarray]:
@@ -458,6 +538,7 @@ def eval_bounds(
     e = effective_eps(convention, eps)
     no_overflow = np.zeros(len(running.var), dtype=bool)
     norm = _normalizer(running.var, np.zeros_like(running.var), no_overflow, e, convention, r)
+    why = IllConditioning(norm.relative, (), running.mean, running.var, e, None, precision.compute, x, axis)
     z, d_z = _normalized_error(x, running.mean, np.zeros_like(running.mean), norm, axis, r)
     bounds = {"y": _affine_output_error(z, d_z, gamma, beta, y, _scaled(x, running.mean, axis), axis, r)}
     ill = {"y": _ill_per_element(norm.ill, x.shape, axis)}
@@ -467,4 +548,4 @@ def eval_bounds(
         bounds["dx"] = np.abs(dy * b(gamma)) * b(norm.d_s) + (2 * r.compute + r.out) * np.abs(dx) + r.underflow(np.abs(dy))
         bounds.update(_parameter_gradient_bounds(rows(dy), rows(dy * z), rows(d_z), r))
         ill.update(dx=ill["y"], dgamma=norm.ill, dbeta=np.zeros_like(norm.ill))
-    return Bounds(bounds, ill)
+    return Bounds(bounds, ill, why)

@@ -12,6 +12,7 @@ import numpy as np
 from . import checks, error_model, oracle
 from .conventions import Convention
 from .error_model import ORACLE_PRECISION, Precision
+from .formats import float_format
 from .oracle import RunningStats
 
 
@@ -65,7 +66,8 @@ class Expected:
     """The oracle's value of one quantity and the bounds a correct implementation stays within.
 
     `bound` assumes the declared stable variance algorithm, `bound_one_pass` the E[x^2] - E[x]^2 one;
-    `ill` / `ill_one_pass` mark elements where that model gives no bound (see error_model).
+    `ill` / `ill_one_pass` mark elements where that model gives no bound (see error_model); `why` says, per
+    channel, why the stable model has none, and `channel_axis` is the channel's axis in `value`.
     """
 
     value: np.ndarray
@@ -73,6 +75,24 @@ class Expected:
     bound_one_pass: np.ndarray
     ill: np.ndarray
     ill_one_pass: np.ndarray
+    why: error_model.IllConditioning | None = field(default=None, repr=False, compare=False)
+    channel_axis: int = 0
+    # elements where the spec accepts any non-finite value in place of the oracle's (`nonfinite_accepted`); None: none
+    nonfinite_ok: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def ill_reason(self, ill: np.ndarray) -> str:
+        """Why the elements marked in `ill` (a subset of `self.ill`) have no bound: how many, in how many channels,
+        and the reason for the worst channel (the one furthest from a bound)."""
+        n_ill = int(ill.sum())
+        if not n_ill:
+            return ""
+        rows = np.moveaxis(ill, self.channel_axis, 0)
+        channels = np.flatnonzero(rows.reshape(rows.shape[0], -1).any(axis=1))
+        head = f"{n_ill} of {ill.size} element(s) unchecked, {len(channels)} of {rows.shape[0]} channel(s)"
+        if self.why is None:
+            return head
+        worst = channels[int(np.argmax(self.why.severity()[channels]))]
+        return f"{head}; channel {worst}: {self.why.reason(worst)}"
 
 
 def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Precision) -> dict[str, Expected]:
@@ -136,6 +156,11 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
         unchanged = {"running_mean": i.running.mean, "running_var": i.running.var}
 
     stable, own = bounds(precision, False), bounds(ORACLE_PRECISION, False)
+    accepted = {}
+    if mode is Mode.TRAIN_FORWARD:
+        accepted = nonfinite_accepted(stats, stable, convention, precision)
+    elif mode is Mode.EVAL_FORWARD:
+        accepted = eval_nonfinite_accepted(x, gamma, i.running, convention, i.eps, i.axis, precision)
     # eval modes compute no batch variance: the one-pass model is the stable one there
     one_pass = bounds(precision, True) if mode in (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD) else stable
     out = {
@@ -145,12 +170,42 @@ def expected(mode: Mode, inputs: Inputs, convention: Convention, precision: Prec
             bound_one_pass=one_pass.bounds[q] + own.bounds[q],
             ill=np.broadcast_to(stable.ill[q], v.shape),
             ill_one_pass=np.broadcast_to(one_pass.ill[q], v.shape),
+            why=stable.why,
+            channel_axis=oracle.channel_axis(x.ndim, i.axis) if v.ndim == x.ndim else 0,
+            nonfinite_ok=accepted.get(q),
         )
         for q, v in values.items()
     }
     if mode in (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD):
         out.update({q: exactly(v, q) for q, v in unchanged.items()})
     return out
+
+
+@np.errstate(invalid="ignore")
+def nonfinite_accepted(stats: oracle.BatchStats, stable: error_model.Bounds, convention: Convention,
+                       precision: Precision) -> dict[str, np.ndarray]:
+    """Per channel of a training forward, where any non-finite value is as right as the oracle's (SPEC.md section
+    5): the batch mean and running mean of a channel holding an infinity (+-Inf by IEEE sums, NaN by an updating
+    mean algorithm), and the batch and running variance where the batch variance may be held as Inf: it exceeds
+    the compute or stats format, or its computation overflows (the `stable` model's overflow, e.g. the square of a
+    mean one unit in the last place off, for a constant channel near the format's largest value); the running
+    update is then Inf, or NaN where the update weight is 0, though the exact value is finite."""
+    limit = min(float_format(precision.compute).max_value, float_format(precision.stats).max_value)
+    infinite_mean = np.isinf(stats.mean)
+    overflow = np.asarray(stable.ill["saved_var"], dtype=bool) | (stats.var > limit)
+    running = overflow | (oracle.selected_variance(stats, convention.running_var, convention) > limit)
+    return {"saved_mean": infinite_mean, "running_mean": infinite_mean, "saved_var": overflow, "running_var": running}
+
+
+@np.errstate(all="ignore")
+def eval_nonfinite_accepted(x, gamma, running: RunningStats, convention: Convention, eps: float, axis: int,
+                            precision: Precision) -> dict[str, np.ndarray]:
+    """Where an eval forward's y may be any non-finite value: an infinite x in a channel whose gamma * s lies
+    below the compute format's smallest normal number, where the folded coefficient gamma * s may underflow to 0
+    (SPEC.md section 4.4) and 0 * Inf is NaN, though the exact value is infinite."""
+    s = oracle.inverse_std(running.var, oracle.effective_eps(convention, eps), convention.eps_placement)
+    underflows = np.abs(gamma * s) < 2.0 ** float_format(precision.compute).min_exponent
+    return {"y": np.isinf(x) & oracle.broadcast(underflows, x.ndim, axis)}
 
 
 def exactly(value, name: str) -> Expected:

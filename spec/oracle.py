@@ -71,19 +71,38 @@ class BatchStats:
     count: int  # n, values per channel
 
 
+def _peak_exponents(rows: np.ndarray) -> np.ndarray:
+    """Per row, e with the largest finite |x| = m * 2**e, m in [0.5, 1) (0 for rows of zeros, non-finite or empty)."""
+    if rows.shape[1] == 0:
+        return np.zeros(rows.shape[0], dtype=int)
+    with np.errstate(invalid="ignore"):
+        peak = np.max(np.abs(rows), axis=1)
+    return np.frexp(np.where(np.isfinite(peak) & (peak > 0), peak, 1.0))[1] - 1
+
+
 def batch_stats(x, axis: int) -> BatchStats:
-    """Mean and variances over every axis but `axis`, by the corrected two-pass algorithm."""
+    """Mean and variances over every axis but `axis`, by the corrected two-pass algorithm.
+
+    Each channel is scaled by a power of two that brings its largest |x| near 1, exactly, and its statistics
+    scaled back: the same numbers as unscaled, except that values near the format's largest (or smallest) give
+    the variance correctly rounded (Inf where it exceeds float64) instead of Inf - Inf = NaN from overflowing
+    squares (or 0 from underflowing ones). The mean gets one refinement step (the mean of x - mean added back)."""
     checks.batch(x, axis)
     rows = channels_first(as_float64(x, "x"), axis)
     n = rows.shape[1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = rows.sum(axis=1) / n
-        d = rows - mean[:, None]
+    e = _peak_exponents(rows)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        scaled = np.ldexp(rows, -e[:, None])
+        mean = scaled.sum(axis=1) / n
+        d = scaled - mean[:, None]
+        sum_d = d.sum(axis=1)
         # sum(d)**2 / n removes the first-order error of the computed mean (Chan, Golub, LeVeque 1983)
-        sum_sq = np.maximum((d * d).sum(axis=1) - d.sum(axis=1) ** 2 / n, 0.0)
-        var = sum_sq / n
-        var_unbiased = sum_sq / (n - 1) if n > 1 else np.full_like(var, np.nan)
-    return BatchStats(mean, var, var_unbiased, n)
+        sum_sq = np.maximum((d * d).sum(axis=1) - sum_d**2 / n, 0.0)
+        var = np.ldexp(sum_sq / n, 2 * e)
+        # one refinement step: exact for a constant channel, whose x - mean is then 0 (an infinite mean stays)
+        mean = np.where(np.isfinite(sum_d), mean + sum_d / n, mean)
+        var_unbiased = np.ldexp(sum_sq / (n - 1), 2 * e) if n > 1 else np.full_like(var, np.nan)
+    return BatchStats(np.ldexp(mean, e), var, var_unbiased, n)
 
 
 def variance_factor(which: Variance, n: int, divisor_min: int = 0) -> float:
@@ -123,9 +142,16 @@ def inverse_std_derivative(var, eps: float, placement: EpsPlacement = EpsPlaceme
     """ds/dvar of `inverse_std`: -s**3 / 2 inside the root, -s**2 / (2 sqrt(var)) outside."""
     s = inverse_std(var, eps, placement)
     with np.errstate(divide="ignore", invalid="ignore"):
+        return s**2 * inverse_std_derivative_over_square(var, eps, placement)
+
+
+def inverse_std_derivative_over_square(var, eps: float, placement: EpsPlacement = EpsPlacement.INSIDE_SQRT) -> np.ndarray:
+    """(ds/dvar) / s**2: -s / 2 inside the root, -1 / (2 sqrt(var)) outside; free of the s**3 that underflows
+    for a variance near the format's largest value."""
+    with np.errstate(divide="ignore", invalid="ignore"):
         if placement is EpsPlacement.INSIDE_SQRT:
-            return -0.5 * s**3
-        return -0.5 * s**2 / np.sqrt(np.asarray(var, dtype=np.float64))
+            return -0.5 * inverse_std(var, eps, placement)
+        return -0.5 / np.sqrt(np.asarray(var, dtype=np.float64))
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
@@ -294,6 +320,8 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     With V = k * var (k = 1 biased, n/(n-1) Bessel-corrected) and s = s(V):
         dx = gamma * s * (dy - mean(dy)) + gamma * s'(V) * (2k/n) * (x - mean) * sum(dy * (x - mean))
     which for the usual V = var, s = (var + eps)**-1/2 is gamma * s * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    It is evaluated with xhat = (x - mean) * s and s'(V) / s**2, so that values near the format's largest give
+    no overflowing sum(dy * (x - mean)) nor an underflowing s**3.
     An empty batch (n = 0) has an empty dx and dgamma = dbeta = 0, empty sums (SPEC.md section 5, empty-batch).
     """
     _check_convention(convention)
@@ -310,14 +338,14 @@ def backward_train(dy, x, gamma=None, *, convention: Convention, axis: int, eps:
     var = k * stats.var
     e = effective_eps(convention, eps)
     s = inverse_std(var, e, convention.eps_placement)
-    ds = inverse_std_derivative(var, e, convention.eps_placement)
+    h = inverse_std_derivative_over_square(var, e, convention.eps_placement)
     b = partial(broadcast, ndim=x.ndim, axis=axis)
-    centered = x - b(stats.mean)
-    dy_rows, centered_rows = channels_first(dy, axis), channels_first(centered, axis)
+    xhat = (x - b(stats.mean)) * b(s)
+    dy_rows, xhat_rows = channels_first(dy, axis), channels_first(xhat, axis)
     sum_dy = dy_rows.sum(axis=1)
-    sum_dy_centered = (dy_rows * centered_rows).sum(axis=1)
-    dx = (b(s) * (dy - b(sum_dy / n)) + b(ds * (2.0 * k / n) * sum_dy_centered) * centered) * b(g)
-    return Gradients(dx, s * sum_dy_centered, sum_dy)
+    sum_dy_xhat = (dy_rows * xhat_rows).sum(axis=1)
+    dx = (b(s) * (dy - b(sum_dy / n)) + b(h * (2.0 * k / n) * sum_dy_xhat) * xhat) * b(g)
+    return Gradients(dx, sum_dy_xhat, sum_dy)
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them

@@ -7,7 +7,10 @@ model. The verdict is, in this order of precedence:
   ILL_CONDITIONED        every finite element lies where no first-order bound exists;
   CONVENTION_DIFFERENCE  outside the bound, but within it of a named variant of the convention;
   UNSTABLE_ALGORITHM     outside the stable bound, inside the E[x^2] - E[x]^2 one;
-  NON_CONFORMANT         none of the above.
+  PRECISION_DIFFERENCE   inside the bound of arithmetic in a narrower format than declared;
+  NON_CONFORMANT         none of the above (with the name of a known mistake where one explains it).
+`compare` classifies one quantity, `comparisons` every quantity of a call; `diagnosis.judge` then names the
+mistake that explains the failures (spec/diagnosis.py: competing hypotheses, each within its own bound).
 The running statistics after an eval call admit no error: any change from the given ones (NaN where NaN)
 is NON_CONFORMANT, named "eval forward changed the running statistics" (SPEC.md section 1.6), and so is
 running statistics returned by a call that was given none; no convention variant explains either.
@@ -18,16 +21,18 @@ from enum import Enum
 
 import numpy as np
 
-from .conventions import Convention, variants
+from .conventions import Convention
 from .error_model import Precision
 from .expect import STATE, Expected, Inputs, Mode, expected
 from .formats import float_format
+from . import ulp
 
 
 class Verdict(Enum):
     CONFORMS = "conforms"
     CONVENTION_DIFFERENCE = "convention difference"
     UNSTABLE_ALGORITHM = "unstable algorithm"
+    PRECISION_DIFFERENCE = "precision difference"  # rounds in a narrower format than declared (spec/diagnosis.py)
     NONFINITE_MISMATCH = "non-finite mismatch"
     ILL_CONDITIONED = "ill-conditioned"
     NON_CONFORMANT = "non-conformant"
@@ -42,7 +47,9 @@ class Comparison:
     detail: str  # the named convention difference, or what the non-finite mismatch is
     max_ratio: float  # max over checked elements of |error| / bound
     p99_ratio: float
-    max_ulp: float  # max |error| in ULPs of the quantity's format at the expected value
+    # max |error| in ULPs (spec/ulp.py: spacings of the format at max(|expected|, smallest normal)) over the checked
+    # elements whose bound is within ulp.ULP_LIMIT spacings; None where no element has a meaningful figure
+    max_ulp: float | None
     worst_index: tuple[int, ...] | None
     observed: float | None  # at the worst element
     expected: float | None
@@ -53,6 +60,25 @@ class Comparison:
     # max |error| / max(|expected|, |observed|) over the finite elements, ill-conditioned ones included: the error
     # in units of the quantity's scale, for plotting accuracy against conditioning
     normwise_error: float = 0.0
+    outside: int = 0  # checked elements outside their bound
+    nonfinite_agree: int = 0  # elements non-finite on both sides and the same (NaN, +Inf, -Inf): judged, and agree
+    relative_error: float | None = None  # worst element: |observed - expected| / max(|expected|, smallest normal)
+    ill_reason: str = ""  # ill-conditioned elements: how many, and why the worst of their channels has no bound
+
+    @property
+    def judged(self) -> bool:
+        """The comparison decided something: an element was checked against its bound or by the non-finite
+        semantics, or the quantity failed without one (a quantity not returned)."""
+        return (self.checked > 0 or self.nonfinite_agree > 0 or self.nonfinite_mismatches > 0
+                or self.verdict not in (Verdict.CONFORMS, Verdict.ILL_CONDITIONED))
+
+    def seen(self) -> str:
+        """One line on what was observed: at the worst element, observed against expected and its bound, and how
+        many checked elements lie outside their bound; "" when no element was checked."""
+        if self.worst_index is None:
+            return ""
+        return (f"at {self.worst_index}: observed {self.observed:.6g}, expected {self.expected:.6g} (bound "
+                f"{self.bound:.2g}); {self.outside} of {self.checked} element(s) outside their bound")
 
 
 def _nonfinite_mismatch(observed: np.ndarray, value: np.ndarray) -> np.ndarray:
@@ -87,30 +113,17 @@ def _overflow_threshold(fmt: str) -> float:
 def expected_in_format(observed: np.ndarray, exp: Expected, fmt: str) -> np.ndarray:
     """What `observed` is compared with: the value rounded to the format, except where the value is within
     its bound of the overflow threshold, so that a correct result may round either way: there +-Inf of
-    the right sign is exact, and a finite result is compared with the finite value."""
+    the right sign is exact, and a finite result is compared with the finite value; where the spec accepts any
+    non-finite value (`Expected.nonfinite_ok`), a non-finite result is exact."""
     value = rounded_to_format(exp.value, fmt)
     threshold = _overflow_threshold(fmt)
     with np.errstate(invalid="ignore"):
         either = (np.abs(exp.value) + exp.bound >= threshold) & (np.abs(exp.value) - exp.bound < threshold)
         inf_ok = either & np.isinf(observed) & (np.sign(observed) == np.sign(exp.value))
-        return np.where(inf_ok, observed, np.where(either, exp.value, value))
-
-
-@np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
-def _worst_ratio(observed, value, exp: Expected, one_pass: bool = False) -> float:
-    """Max error/bound over elements finite on both sides where the model gives a bound; infinite when
-    finiteness differs anywhere.
-
-    Where the model gives no bound at all: a convention variant that checks nothing explains nothing
-    (infinite); the one-pass model is unbounded there by its nature, so any value is consistent with it (0).
-    `judge` only asks about quantities the stable model did check and found outside their bound."""
-    if _nonfinite_mismatch(observed, value).any():
-        return float("inf")
-    bound, ill = (exp.bound_one_pass, exp.ill_one_pass) if one_pass else (exp.bound, exp.ill)
-    both = np.isfinite(observed) & np.isfinite(value) & ~ill
-    if not both.any():
-        return 0.0 if one_pass else float("inf")
-    return float(np.max(_ratios(observed[both], value[both], bound[both])))
+        out = np.where(inf_ok, observed, np.where(either, exp.value, value))
+    if exp.nonfinite_ok is not None:  # where the spec accepts any non-finite value (expect.nonfinite_accepted)
+        out = np.where(exp.nonfinite_ok & ~np.isfinite(observed), observed, out)
+    return out
 
 
 @np.errstate(all="ignore")  # NaN and Inf propagate by design; comparisons report them
@@ -128,9 +141,9 @@ def compare(quantity: str, observed, exp: Expected, fmt: str) -> Comparison:
     finite = np.isfinite(observed) & np.isfinite(value)
     checked = finite & ~exp.ill
     ratio = np.where(checked, _ratios(observed, value, exp.bound), 0.0)
-    ulp = np.where(checked, np.abs(observed - value) / float_format(fmt).ulp(value), 0.0)
     n_checked = int(checked.sum())
     worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape) if n_checked else None
+    ill = finite & exp.ill
 
     detail = ""
     if mismatch.any():
@@ -149,15 +162,19 @@ def compare(quantity: str, observed, exp: Expected, fmt: str) -> Comparison:
         detail=detail,
         max_ratio=float(ratio.max()) if n_checked else 0.0,
         p99_ratio=float(np.percentile(ratio[checked], 99)) if n_checked else 0.0,
-        max_ulp=float(ulp.max()) if n_checked else 0.0,
+        max_ulp=ulp.max_ulps(observed[checked], value[checked], exp.bound[checked], fmt) if n_checked else None,
         worst_index=tuple(int(i) for i in worst) if worst is not None else None,
         observed=float(observed[worst]) if worst is not None else None,
         expected=float(exp.value[worst]) if worst is not None else None,
         bound=float(exp.bound[worst]) if worst is not None else None,
         checked=n_checked,
-        ill_conditioned=int((finite & exp.ill).sum()),
+        ill_conditioned=int(ill.sum()),
         nonfinite_mismatches=int(mismatch.sum()),
         normwise_error=_normwise(observed, value, finite),
+        outside=int((ratio > 1.0).sum()),
+        nonfinite_agree=int((~finite & ~mismatch).sum()),
+        relative_error=ulp.relative_error(observed[worst], exp.value[worst], fmt) if worst is not None else None,
+        ill_reason=exp.ill_reason(ill),
     )
 
 
@@ -176,15 +193,15 @@ def quantity_format(quantity: str, precision: Precision) -> str:
     return precision.stats if quantity in _STATS_QUANTITIES else precision.dtype
 
 
-def judge(
+def comparisons(
     mode: Mode, observed: dict, inputs: Inputs, convention: Convention, precision: Precision
-) -> dict[str, Comparison]:
-    """Compare every quantity in `observed` with the oracle under `convention`, and explain failures.
+) -> tuple[dict[str, Comparison], list[str]]:
+    """Compare every quantity in `observed` with the oracle under `convention`: (the comparisons, the quantities
+    outside their bound that a named mistake may explain, `diagnosis.judge`).
 
-    Quantities the implementation did not return (absent or None) are skipped. Quantities outside their
-    bound are explained, in this order, by: one named variant of the convention that accounts for every
-    returned quantity; the one-pass variance model, if it accounts for every failing quantity; else, per
-    quantity, the best-fitting variant, the one-pass model, or nothing (non-conformant).
+    Quantities the implementation did not return (absent or None) are skipped; a required one missing, running
+    statistics returned by a call given none, and eval running statistics that are not the given ones bit for bit
+    are NON_CONFORMANT with their reason, and no mistake explains them here.
     """
     mode = Mode(mode)
     exp = expected(mode, inputs, convention, precision)
@@ -206,36 +223,10 @@ def judge(
     for q in state:
         if results[q].verdict is not Verdict.CONFORMS:
             results[q] = _changed(mode, q, obs[q], exp[q].value, results[q])
-    judged = [q for q in obs if q not in state]  # what a convention variant or the one-pass model may explain
-    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT and q in judged]
-    if not failing:
-        return results
-
-    def fit(q: str, e: Expected, one_pass: bool = False) -> float:
-        fmt = quantity_format(q, precision)
-        return _worst_ratio(obs[q], expected_in_format(obs[q], e, fmt), e, one_pass)
-
-    alternatives = {name: expected(mode, inputs, v, precision) for name, v in variants(convention).items()}
-    whole = sorted(
-        (max(fit(q, alt[q]) for q in judged), name)
-        for name, alt in alternatives.items()
-        if all(fit(q, alt[q]) <= 1.0 for q in judged)
-    )
-    if whole:
-        return _explained(results, failing, Verdict.CONVENTION_DIFFERENCE, _named(whole))
-    if all(fit(q, exp[q], one_pass=True) <= 1.0 for q in failing):
-        return _explained(results, failing, Verdict.UNSTABLE_ALGORITHM, _ONE_PASS)
-    for q in failing:
-        partial = sorted((r, name) for name, alt in alternatives.items() if (r := fit(q, alt[q])) <= 1.0)
-        if partial:
-            results[q] = replace(results[q], verdict=Verdict.CONVENTION_DIFFERENCE,
-                                 detail=_named(partial) + " (explains this quantity only)")
-        elif fit(q, exp[q], one_pass=True) <= 1.0:
-            results[q] = replace(results[q], verdict=Verdict.UNSTABLE_ALGORITHM, detail=_ONE_PASS)
-    return results
+    failing = [q for q, c in results.items() if c.verdict is Verdict.NON_CONFORMANT and q in obs and q not in state]
+    return results, failing
 
 
-_ONE_PASS = "consistent with a one-pass E[x^2] - E[x]^2 variance"
 _EVAL = (Mode.EVAL_FORWARD, Mode.EVAL_BACKWARD)
 
 
@@ -265,15 +256,3 @@ def required_quantities(mode: Mode, inputs: Inputs) -> set[str]:
     if mode is Mode.EVAL_FORWARD:
         return {"y"}
     return {"dx"} | ({"dgamma", "dbeta"} if inputs.gamma is not None else set())
-
-
-def _named(fits: list[tuple[float, str]]) -> str:
-    """The best-fitting name, and any others that fit too."""
-    detail = fits[0][1]
-    if len(fits) > 1:
-        detail += f" (also consistent: {', '.join(name for _, name in fits[1:])})"
-    return detail
-
-
-def _explained(results: dict, failing: list[str], verdict: Verdict, detail: str) -> dict[str, Comparison]:
-    return {q: replace(c, verdict=verdict, detail=detail) if q in failing else c for q, c in results.items()}

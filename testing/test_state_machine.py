@@ -120,6 +120,11 @@ def machine_for(backend, device: str = "cpu", dtype: str = PREFERRED_DTYPE, max_
             case = (entry.apply(oracle_inputs, observed, backend.convention, precision) if entry is not None
                     else RecordedCase.declared(oracle_inputs, observed, backend.convention, precision))
             results = case.judge(Mode.TRAIN_FORWARD)
+            if entry is not None:  # the record speaks for its own quantities; the others stay as declared
+                declared = RecordedCase.declared(oracle_inputs, observed, backend.convention, precision)
+                results = {**{q: c for q, c in declared.judge(Mode.TRAIN_FORWARD).items()
+                              if q not in entry.quantities},
+                           **{q: c for q, c in results.items() if q in entry.quantities}}
             # accepted as the battery accepts (engine.ACCEPTED): conforms, or ill-conditioned (the error model
             # has no bound there: half precision after a few steps of carried error)
             bad = {q: f"{c.verdict.value} {c.detail} (error/bound {c.max_ratio:.3g})" for q, c in results.items()

@@ -11,7 +11,7 @@ from bnconf.reports.cli import main
 def test_selfcheck_passes_and_prints_one_row_per_check(capsys):
     assert main(["selfcheck"]) == 0
     out = capsys.readouterr().out
-    assert "6 of 6 checks hold." in out
+    assert "7 of 7 checks hold." in out
     assert "FAILED" not in out
 
 

@@ -36,3 +36,41 @@ def test_every_figure_is_a_png_and_the_html_embeds_it():
     assert all(png.startswith(b"\x89PNG") for _, png in pictures.values())
     page = render.html_page(render.Report(_results(), {}, 0, 1, True, figures={f"r-{k}.png": v for k, v in pictures.items()}))
     assert page.count("data:image/png;base64,") == 3
+
+
+def _cpu_like_results():
+    """34 backends with the CPU report's longest names x 4 dtypes x 9 quantities: the committed heat map's size."""
+    names = ["tf.nn.batch_normalization+ExponentialMovingAverage[tutorial layer][train eps hard-coded 1e-5]",
+             "keras.layers.BatchNormalization[tensorflow, mixed_bfloat16]"] + [f"torch.nn.BatchNorm{i}d" for i in range(32)]
+    quantities = ["dbeta", "dgamma", "dx", "running_mean", "running_var", "saved_invstd", "saved_mean", "saved_var", "y"]
+    return [CellResult(b, "c", "cpu", d, "train_forward", "ran",
+                       rows=[QuantityRow(q, "conforms", max_ratio=0.5) for q in quantities])
+            for b in names for d in ("float64", "float32", "float16", "bfloat16")]
+
+
+def test_the_heat_map_labels_are_whole_readable_and_apart_and_it_fits_a_1400_px_page():
+    import io
+
+    import matplotlib.image
+
+    results = _cpu_like_results()
+    fig = figures.heatmap_figure(results)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    columns = [t.get_text() for t in ax.get_xticklabels()]
+    assert columns == ["dbeta", "dgamma", "dx", "running_mean", "running_var", "saved_invstd", "saved_mean", "saved_var",
+                       "y"] * 4
+    (top,) = ax.child_axes  # the dtypes, once above each group of columns
+    assert [t.get_text() for t in top.get_xticklabels()] == ["float64", "float32", "float16", "bfloat16"]
+    rows = ax.get_yticklabels()
+    assert [t.get_text().replace("\n", "") for t in rows] == sorted({c.backend for c in results})  # whole names, wrapped
+    assert all(t.get_fontsize() >= 8 for t in rows + ax.get_xticklabels())
+    boxes = sorted((t.get_window_extent(renderer) for t in rows), key=lambda b: b.y0)
+    assert all(lower.y1 <= upper.y0 + 0.5 for lower, upper in zip(boxes, boxes[1:]))  # no two backend labels overlap
+    png = figures.heatmap(results)
+    height, width = matplotlib.image.imread(io.BytesIO(png)).shape[:2]
+    assert width <= 1370, width  # shown at its own size in the page: no label shrunk
+    assert figures.backend_label("a" * 10 + "[b, c]") == "a" * 10 + "[b, c]"
+    assert figures.backend_label("x" * 40 + "+yyyyyyyyyy[z]", 48) == "x" * 40 + "\n+yyyyyyyyyy[z]"
+    assert figures.backend_label("x" * 50, 48) == "x" * 48 + "\nxx"  # nowhere to break: at the width

@@ -340,16 +340,17 @@ def test_the_markdown_report_keeps_every_row_one_row_and_passes_no_raw_html():
     md = render.markdown(_report())
     assert "<script>" not in md and "<b>" not in md and "&lt;script&gt;" in md
     headings = [line for line in md.splitlines() if line.startswith("#")]
-    assert headings == ["# bnconf discrepancy report"] + [f"## {render.markdown_cell(s.title)}" for s in render.sections(_report())]
+    short = [f"## {render.markdown_cell(s.title)}" for s in render.markdown_sections(_report())]
+    assert headings == ["# bnconf discrepancy report", "## Summary", "## Findings (1)", *short, "## Full tables"]
     for table_lines in re.split(r"\n\n(?=\|)", md)[1:]:
         widths = _table_widths(table_lines.split("\n\n")[0])
         assert len(set(widths)) == 1, table_lines  # the header's width in every row
-    assert "\\`code\\`" in md
+    assert "\\| extra \\| cell" in md  # the error message in the findings, its pipes escaped
 
 
 def test_the_html_report_escapes_every_cell():
     page = render.html_page(_report())
-    assert "<script>" not in page and "<b>bold" not in page
+    assert page.count("<script>") == 1 and "<script>alert" not in page and "<b>bold" not in page  # only the page's own
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bold" in page
 
 

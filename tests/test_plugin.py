@@ -53,6 +53,8 @@ class MyBatchNorm:
                 raise ValueError(f"a running variance needs 2 or more values per channel, got {n}")
             if r.momentum is not None and not 0 <= r.momentum <= 1:
                 raise ValueError(f"momentum must be in [0, 1], got {r.momentum}")
+            if r.running_mean is not None and r.momentum is None:  # a refusal; a TypeError would be a crash
+                raise ValueError("momentum None (a cumulative average) is not supported")
             mean, var = x.mean(axis=reduce), x.var(axis=reduce)
             if r.running_mean is not None:
                 out.running_mean = (1 - r.momentum) * r.running_mean + r.momentum * mean

@@ -5,6 +5,8 @@ optionally restricted to modes and dtypes; the first matching entry is the one r
 specific entries come first. Source lines are those of the installed versions (torch 2.13.0,
 tensorflow 2.21.0, tf_keras 2.21.0, keras 3.15.1, flax 0.12.8, dm-haiku 0.0.17, equinox 0.13.8); "observed"
 is what the edge battery's input for the case returned (x as in the case: n values of 3 channels).
+Entries record semantics only (an outcome's class, a refusal or its absence, a value no rounding explains):
+a finite value within the error model's bound for the dtype agrees, with a precision note, and needs no entry.
 """
 
 from dataclasses import replace

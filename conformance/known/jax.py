@@ -5,6 +5,8 @@ reverse mode rounds gradient contributions to the half input format before addin
 mode="batch" debiases its running statistics from an initial state that is not zero.
 """
 
+from dataclasses import replace
+
 import numpy as np
 
 from ...spec import Mode, VarianceAlgorithm, precision_for
@@ -78,6 +80,63 @@ def _nnx(suffix: str) -> KnownDiscrepancy:
     )
 
 
+_FAST_VARIANCE_EVIDENCE = (
+    "flax v0.12.8 flax/linen/normalization.py:138-142 and flax/nnx/nn/normalization.py:118-122 (_compute_stats): "
+    "`if use_fast_variance: mu, mu2 = maybe_distributed_mean(x, _abs_sq(x), mask=mask)` then `var = "
+    "jnp.maximum(0.0, mu2 - _abs_sq(mu))`, in float32 for every input but float64 (force_float32_reductions). "
+    "Observed: linen.BatchNorm(use_running_average=False) on float32 x[:, 0] = [3e37, -2e37, 1e37]: y[:, 0] = NaN "
+    "and batch_stats var[0] = NaN (mean(x**2) and mean**2 are both Inf); use_fast_variance=False gives y[:, 0] "
+    "finite and var[0] = Inf, as the spec. The battery's values near the largest float (issue 16) found it."
+)
+
+
+def _squares_overflow(limit: float):
+    """Per channel of finite values: the sum of x**2 passes half of `limit`, where mean(x**2) is Inf and the fast
+    variance mean(x**2) - mean(x)**2 is Inf - Inf = NaN (the exact variance may still be in range)."""
+    def overflow(inputs) -> np.ndarray:
+        rows = channels_first(np.asarray(inputs.x, dtype=np.float64), inputs.axis)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.isfinite(rows).all(axis=1) & ((rows * rows).sum(axis=1) > limit / 2)
+    return overflow
+
+
+def _fast_variance_overflow(lib: str, dtypes: tuple[str, ...], modes: tuple, precision=None) -> KnownDiscrepancy:
+    """flax's default fast variance with squares beyond the arithmetic's range: NaN in those channels."""
+    limit = float(np.finfo(np.float64 if dtypes == ("float64",) else np.float32).max)
+    return KnownDiscrepancy(
+        id=f"jax-flax-{lib}-fast-variance-squares-overflow" + ("-float64" if dtypes == ("float64",) else ""),
+        backends=f"flax.{lib}.BatchNorm",
+        dtypes=dtypes,
+        modes=modes,
+        when=lambda i, f=_squares_overflow(limit): bool(f(i).any()),
+        unchecked=_squares_overflow(limit),
+        quantities=("y", "dx", "dgamma"),
+        precision=precision,
+        explanation=(
+            "flax's default use_fast_variance=True computes the batch variance as mean(x**2) - mean(x)**2 clamped "
+            "at 0: where the squares pass the arithmetic's largest value (float32 for every input but float64) "
+            "both terms are Inf and the variance is max(0, Inf - Inf) = NaN, so y, dx and dgamma of that channel "
+            "are NaN where the spec's are finite (the stable variance is Inf there, 1/std 0, y = beta). Other "
+            "channels are checked as declared."
+        ),
+        evidence=_FAST_VARIANCE_EVIDENCE,
+    )
+
+
+def _fast_variance_overflows() -> tuple[KnownDiscrepancy, ...]:
+    """Per library: half-precision training backward (with its half-gradient precision, which the first covering
+    record must carry), then float32/half and float64 training."""
+    training, backward = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD), (Mode.TRAIN_BACKWARD,)
+    out = []
+    for lib, half in (("linen", _linen(_FAST)), ("nnx", _nnx(_FAST))):
+        out.append(replace(_fast_variance_overflow(lib, HALF, backward, half.precision),
+                           id=f"jax-flax-{lib}-fast-variance-squares-overflow-half-backward",
+                           quantities=("dx", "dgamma")))  # a backward returns no y
+        out.append(_fast_variance_overflow(lib, ("float32", *HALF), training))
+        out.append(_fast_variance_overflow(lib, ("float64",), training))
+    return tuple(out)
+
+
 def _count_zero_with_running_stats(inputs) -> bool:
     return inputs.running is not None and inputs.running.count == 0
 
@@ -137,6 +196,7 @@ def _equinox_float16_unchecked(inputs) -> np.ndarray:
 
 
 ENTRIES: tuple[KnownDiscrepancy, ...] = (
+    *_fast_variance_overflows(),  # first: where they apply, the half-gradient records' precision comes with them
     _linen(_FAST),
     _linen(_STABLE),
     *(KnownDiscrepancy(

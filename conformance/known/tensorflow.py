@@ -186,7 +186,9 @@ ENTRIES: tuple[KnownDiscrepancy, ...] = (
         backends=V1_LAYERS + "*update ops forgotten]",
         modes=TRAIN_FORWARD,
         quantities=RUNNING,
-        adjust=lambda i: replace(i, momentum=1.0),  # old-weight momentum 1: w = 0, running stays as it was
+        # old-weight momentum 1: w = 0, running stays as it was; x of zeros, so that a NaN or Inf batch statistic
+        # does not make the zero-weight update 0 * NaN = NaN (the running statistics are never touched)
+        adjust=lambda i: replace(i, momentum=1.0, x=np.zeros_like(i.x)),
         explanation=(
             "The classic TF1 pitfall: tf.compat.v1.layers.batch_normalization only adds its moving-average "
             "assignments to the UPDATE_OPS collection; a train op not built under "
@@ -355,4 +357,47 @@ ENTRIES: tuple[KnownDiscrepancy, ...] = (
             "`math_ops.cast(decay, variable.dtype.base_dtype)`."
         ),
     ),
+)
+
+
+def nonfinite_channels(i) -> np.ndarray:
+    """Per channel: x holds a NaN or an infinity there."""
+    return ~np.isfinite(channels_first(np.asarray(i.x, np.float64), i.axis)).all(axis=1)
+
+
+def _nan_dy_in_nonfinite_channels(i):
+    """The inputs with dy NaN throughout every channel whose x holds a NaN or an infinity: eval's dx = dy * gamma * s
+    is then NaN exactly there, as these layers return it."""
+    shape = [1] * np.ndim(i.x)
+    shape[i.axis % np.ndim(i.x)] = -1
+    return replace(i, dy=np.where(nonfinite_channels(i).reshape(shape), np.nan, i.dy))
+
+
+def _eval_gradient_through_batch_moments(edge_id: str, backends: str, dtypes: tuple[str, ...] = ()) -> KnownDiscrepancy:
+    """The main battery's record of an edge behaviour (conformance/known/edge.py `edge_id`): in eval, a NaN or Inf
+    in a channel of x makes dx of that whole channel NaN (the batch moments' gradient 0 * (x - mean))."""
+    from .edge import ENTRIES as EDGE_ENTRIES  # noqa: PLC0415 - data module, imported where the records are made
+
+    edge = next(r for r in EDGE_ENTRIES if r.id == edge_id)
+    return KnownDiscrepancy(
+        id=edge_id.removeprefix("edge-"),
+        backends=backends,
+        dtypes=dtypes,
+        modes=(Mode.EVAL_BACKWARD,),
+        when=lambda i: bool(nonfinite_channels(i).any()),
+        quantities=("dx",),
+        adjust=_nan_dy_in_nonfinite_channels,
+        explanation=edge.explanation + " Recorded as dx NaN throughout each channel of x holding a NaN or an "
+        "infinity, the other channels as declared (the edge record " + edge.id + ").",
+        evidence=edge.evidence + " The main battery's non-finite draws (issue 16) show it in every dtype run.",
+    )
+
+
+ENTRIES += (
+    _eval_gradient_through_batch_moments("edge-tf-v1-layers-non-fused-eval-gradient-through-batch-moments",
+                                         V1_LAYERS + "non-fused]"),
+    # fused=True with float64 runs the non-fused layer (tf-v1-layers-fused-float64-falls-back-to-non-fused)
+    _eval_gradient_through_batch_moments("edge-tf-v1-layers-fused-float64-eval-gradient-through-batch-moments",
+                                         V1_LAYERS + "fused*", ("float64",)),
+    _eval_gradient_through_batch_moments("edge-tf-tutorial-eval-gradient-through-batch-moments", TUTORIAL + "*"),
 )

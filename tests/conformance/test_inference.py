@@ -108,6 +108,36 @@ def test_bessel_floor_one_value_per_channel():
     assert "bessel_divisor_min" in mismatches(Declaring(replace(fused, bessel_divisor_min=0), fused))
 
 
+class RaisesOnOneValue(IdealBackend):
+    """Raises `error` on a training step with one value per channel and running statistics."""
+
+    def __init__(self, convention, error: Exception):
+        super().__init__(convention)
+        self.error = error
+
+    def run(self, mode, r):
+        if mode is Mode.TRAIN_FORWARD and r.running_mean is not None and r.x.size == r.x.shape[r.axis]:
+            raise self.error
+        return super().run(mode, r)
+
+
+@pytest.mark.parametrize("error, rejected", [(ZeroDivisionError("division by zero"), True),
+                                             (ValueError("more than one value per channel"), True),
+                                             (TypeError("unsupported operand"), False)],
+                         ids=["ZeroDivisionError", "ValueError", "TypeError"])
+def test_inference_and_edge_cases_share_one_definition_of_refusal(error, rejected):
+    """The same exception is a refusal in both or a crash in both (conformance/refusal.py)."""
+    from bnconf.conformance.edge import run_edge_cases
+
+    backend = RaisesOnOneValue(TORCH, error)
+    finding = infer(backend).findings["bessel_divisor_min"]
+    edge = next(o for o in run_edge_cases(backend) if o.case == "single-value-running")
+    assert (finding.value == "rejected") is rejected and edge.agrees is rejected
+    assert infer(backend).matches(TORCH)["bessel_divisor_min"] is rejected
+    if not rejected:
+        assert finding.value is None and finding.evidence.endswith("(a crash, not a refusal)")
+
+
 def test_cumulative_average_refused_and_absent():
     functional = CONVENTIONS["torch.nn.functional.batch_norm"]
     f = infer(IdealBackend(functional)).findings["cumulative_average"]

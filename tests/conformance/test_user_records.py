@@ -51,7 +51,8 @@ def test_a_third_party_backend_with_its_own_records_conforms_and_the_report_show
     (edge,) = [r for r in doc["edge_records"] if r["id"] == "thirdparty-momentum-not-checked"]
     assert edge["source"] == "backend" and edge["status"].startswith("in use") and "bn.py:38" in edge["evidence"]
     md = (tmp_path / "v.md").read_text()
-    assert "## Known discrepancies" in md and "bn.py:31" in md and "## Recorded edge behaviours" in md
+    assert "## Known discrepancies" in md and "thirdparty-eps-float32" in md and "## Recorded edge behaviours" in md
+    assert "bn.py:31" in (tmp_path / "v.html").read_text()  # the evidence: in the full tables
 
 
 def test_the_same_records_from_a_records_file_conform_with_the_file_as_their_source(tmp_path):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bnconf.adapters.protocol import Outputs
-from bnconf.conformance.edge import AGREES, run_edge_cases
+from bnconf.conformance.edge import AGREES, WITHIN_ROUNDING, rounding_precision, run_edge_cases
+from bnconf.conformance.refusal import Behaviour
 from bnconf.conformance.ideal import IdealBackend, inputs_of
 from bnconf.spec import CONVENTIONS, FORMATS, Mode, expected
 from bnconf.spec.edge_cases import (
@@ -237,12 +238,86 @@ def test_the_bare_oracle_poisons_running_statistics_with_an_empty_batch():
 
 def test_a_crash_is_not_a_refusal_and_never_escapes():
     o = _outcome(CrashesOnEmpty(TORCH), "empty-batch")  # a refusal is allowed there, a crash is not
-    assert not o.agrees and o.outcome == "raises IndexError: index 0 is out of bounds for axis 0 with size 0"
+    assert not o.agrees and o.behaviour is Behaviour.CRASH
+    assert o.outcome == "raises IndexError: index 0 is out of bounds for axis 0 with size 0 (a crash, not a refusal)"
 
 
 def test_refusing_a_value_dependent_case_is_caught():
     o = _outcome(RefusesNan(TORCH), "nan-in-x", Mode.EVAL_FORWARD)
-    assert not o.agrees and o.outcome == "raises ValueError: x holds NaN"
+    assert not o.agrees and o.behaviour is Behaviour.REFUSAL
+    assert o.outcome == "raises ValueError: x holds NaN (a refusal where the spec requires values)"
+
+
+class DividesByNMinusOne(Careful):
+    """Refuses one value per channel the way plain Python arithmetic does: n / (n - 1) with n = 1."""
+
+    def refusal(self, mode, i):
+        return None
+
+    def run(self, mode, r):
+        n = r.x.size // max(r.x.shape[r.axis], 1)
+        if mode is Mode.TRAIN_FORWARD and r.running_mean is not None and n == 1:
+            return n / (n - 1)  # ZeroDivisionError
+        return super().run(mode, r)
+
+
+def test_a_zero_division_is_a_refusal_where_one_is_required():
+    o = _outcome(DividesByNMinusOne(TORCH), "single-value-running")
+    assert o.agrees and o.behaviour is Behaviour.REFUSAL and o.outcome == "raises ZeroDivisionError: division by zero"
+
+
+class HalfDataFloat16Arithmetic(Careful):
+    """The careful implementation with y, dx and the statistics rounded through float16 at every step: a
+    correct float16-arithmetic backend that declares float32 arithmetic (the default)."""
+
+    def run(self, mode, r):
+        out = super().run(mode, r)
+        if r.dtype == "float16":
+            for q in ("y", "dx", "dgamma", "saved_invstd"):
+                if getattr(out, q) is not None:
+                    v = getattr(out, q)
+                    setattr(out, q, (v + 3e-4 * np.sign(v) * np.abs(v)).astype(np.float16).astype(np.float64))
+        return out
+
+
+class NormalizesWithTheUnbiasedVariance(Careful):
+    """y = (x - mean) / sqrt(var_u + eps): values no rounding explains (var_u = 4/3 var_b at n = 4)."""
+
+    def run(self, mode, r):
+        out = super().run(mode, r)
+        if mode is Mode.TRAIN_FORWARD and out.y is not None and r.x.shape[0] > 1:
+            n = r.x.shape[0]
+            out.y = (out.y - r.beta) * np.sqrt((n - 1) / n) + r.beta
+        return out
+
+
+def test_roundings_in_the_dtype_agree_with_a_precision_note():
+    """Semantics apart from precision: finite values outside the declared bound but within float16
+    arithmetic's agree, and say so; the same backend's classes and refusals are judged as ever."""
+    by = {(o.case, o.mode): o for o in run_edge_cases(HalfDataFloat16Arithmetic(TORCH), dtypes=("float16",))}
+    o = by[("gamma-zero", "train_forward")]
+    assert o.agrees and o.outcome == WITHIN_ROUNDING and "× the declared precision's bound, within float16" in o.precision
+    assert all(o.agrees for o in by.values()), [(o.case, o.mode, o.outcome) for o in by.values() if not o.agrees]
+    assert by[("single-value-running", "train_forward")].behaviour is Behaviour.REFUSAL
+    exact = {(o.case, o.mode): o for o in run_edge_cases(Careful(TORCH), dtypes=("float16",))}
+    assert not any(o.precision for o in exact.values()) and all(o.outcome != WITHIN_ROUNDING for o in exact.values())
+
+
+def test_a_value_no_rounding_explains_differs():
+    for dtype in ("float64", "float16"):
+        o = next(o for o in run_edge_cases(NormalizesWithTheUnbiasedVariance(TORCH), dtypes=(dtype,))
+                 if (o.case, o.mode) == ("gamma-zero", "train_forward"))
+        assert not o.agrees and o.outcome.startswith("y off in channel ") and not o.precision, (dtype, o)
+
+
+def test_the_rounding_precision_is_the_dtypes_loosest():
+    from bnconf.spec import precision_for
+
+    p = rounding_precision(precision_for("float16"))
+    assert (p.dtype, p.compute, p.accumulate, p.stats) == ("float16", "float16", "float32", "float16")
+    p = rounding_precision(precision_for("float16", compute="float16", accumulate="float16"))
+    assert p.accumulate == "float16"  # a declared narrower accumulator stays
+    assert rounding_precision(precision_for("float64")).compute == "float64"
 
 
 def test_a_silently_clamped_eps_is_caught():
