@@ -14,6 +14,9 @@ Devices, running the same source:
                     channel group: each shuffle is a 32-thread barrier there).
 One pure function, `launch_geometry`, chooses the configuration for both. Neither CuPy nor a compiler is
 imported or run at import time: a device says why it is unavailable instead.
+
+For synchronized batch norm across replicas (adapters/cuda_replicas.py), `BatchNormLaunches` also exports one
+shard's partial statistics and gradient sums, and `merge_statistics` / `merge_gradient_sums` merge W replicas'.
 """
 
 from __future__ import annotations
@@ -171,6 +174,11 @@ SIGNATURES = {
     "apply": "ppuuuuppp",
     "bwd_reduce": "ppuuuupppipppppppp",
     "dx": "pppuuuuipppp",
+    # synchronized batch norm across replicas (adapters/cuda_replicas.py)
+    "partial_stats": "puuuuppppppp",
+    "bwd_partial": "ppuuuupppppp",
+    "merge_stats": "pppuuffpipppppp",
+    "bwd_merge": "pppuuppppppp",
 }
 _CTYPES = {"p": ctypes.c_void_p, "u": ctypes.c_uint, "i": ctypes.c_int, "f": ctypes.c_float}
 _NUMPY_SCALARS = {"u": np.uint32, "i": np.int32, "f": np.float32}
@@ -347,6 +355,66 @@ class BatchNormLaunches:
                      self.coef_b, self.coef_k)
         self._launch("dx", g.apply_splits, self.x, self.dy, self.out, *self.dims, int(train), self.mean, self.coef_a,
                      self.coef_b, self.coef_k)
+
+    # -------------------------------------------------------------- one replica of a synchronized batch norm
+    def partial_statistics(self, count, mean, m2) -> None:
+        """This shard's per-channel (count, mean, M2) into `count` (int32), `mean` and `m2` (float32 device
+        arrays of C elements): the reduction of `batch_statistics`, nothing else written."""
+        self._launch("partial_stats", self.geometry.reduce_splits, self.x, *self.dims, self.ws_count, self.ws_a,
+                     self.ws_b, self.counters, count, mean, m2)
+
+    def gradient_sums(self, mean, sum_dy, sum_dyxmu) -> None:
+        """This shard's per-channel sum(dy) and sum(dy (x - mean)) (`mean`: the global one) into `sum_dy` and
+        `sum_dyxmu` (float32 device arrays of C elements): the reduction of `gradients`."""
+        self._launch("bwd_partial", self.geometry.reduce_splits, self.x, self.dy, *self.dims, mean, self.ws_a,
+                     self.ws_b, self.counters, sum_dy, sum_dyxmu)
+
+    def training_input_gradient(self) -> None:
+        """out = dx = coef_a (dy - coef_b) - coef_k (x - mean), the coefficients and mean as they are set."""
+        self._launch("dx", self.geometry.apply_splits, self.x, self.dy, self.out, *self.dims, 1, self.mean,
+                     self.coef_a, self.coef_b, self.coef_k)
+
+
+@dataclass
+class MergedStatistics:
+    """What `merge_statistics` leaves on the device, per channel (float32): the batch's mean, biased variance,
+    invstd = 1 / sqrtf(var + eps) and scale = invstd gamma."""
+
+    mean: object
+    var: object
+    invstd: object
+    scale: object
+
+
+def _per_channel_grid(c: int, profile: LaunchProfile) -> tuple[tuple[int, int], int]:
+    return (_ceil_div(c, profile.threads), 1), profile.threads
+
+
+def merge_statistics(device, counts, means, m2s, world_size: int, channels: int, gamma, eps: float, momentum: float,
+                     running_mean=None, running_var=None, profile: LaunchProfile | None = None) -> MergedStatistics:
+    """bnconf_merge_stats: the (W, C) partials (count int32, mean and M2 float32, row r = replica r) merged
+    count-weighted (Chan) on the device; the running statistics (float32 device arrays) updated in place when
+    given, by PyTorch's functional rule (momentum weights the new batch, running_var gets M2 / (N - 1))."""
+    f32 = np.float32
+    merged = MergedStatistics(*(device.zeros(channels, f32) for _ in range(4)))
+    tracked = running_mean is not None
+    if not tracked:
+        running_mean = running_var = device.zeros(1, f32)  # never read or written: update_running = 0
+    grid, block = _per_channel_grid(channels, profile or PROFILES[device.name])
+    device.launch("bnconf_merge_stats", grid, block, counts, means, m2s, world_size, channels, eps, momentum, gamma,
+                  int(tracked), running_mean, running_var, merged.mean, merged.var, merged.invstd, merged.scale)
+    return merged
+
+
+def merge_gradient_sums(device, sum_dy, sum_dyxmu, counts, world_size: int, channels: int, invstd, gamma,
+                        profile: LaunchProfile | None = None):
+    """bnconf_bwd_merge: the (W, C) per-replica sum(dy) and sum(dy (x - mean)) and counts summed over replicas
+    (the all-reduce), then (dgamma, dbeta, coef_a, coef_b, coef_k) of the training backward with the global
+    count N, as float32 device arrays of C elements."""
+    out = tuple(device.zeros(channels, np.float32) for _ in range(5))
+    grid, block = _per_channel_grid(channels, profile or PROFILES[device.name])
+    device.launch("bnconf_bwd_merge", grid, block, sum_dy, sum_dyxmu, counts, world_size, channels, invstd, gamma, *out)
+    return out
 
 
 def run_batch_norm(device, layout: str, mode: Mode, r: Request, profile: LaunchProfile | None = None) -> Outputs:

@@ -43,6 +43,8 @@ class ReplicaCell:
     rows: list[ReplicaRow] = field(default_factory=list)
     replay: str = ""  # the command that replays the first failing example ("" when none)
     semantics: str = ""  # synchronized / per-replica (from the backend's record)
+    # known discrepancy id -> [examples it covered, examples that needed it (the declared semantics failed there)]
+    discrepancies: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:

@@ -4,7 +4,9 @@
                                     keeps everything that finished) --failures--> why it does not conform
 
 The battery's cells, then per backend its edge cases (and, for validate, its convention inference), then the
-cross-framework table; isolated in worker processes (conformance/isolation.py) unless asked otherwise.
+distributed part (with `RunOptions.replicas`: every replica backend at every world size and split,
+conformance/replica_battery.py; its backends run in their own worker processes), then the cross-framework
+table; isolated in worker processes (conformance/isolation.py) unless asked otherwise.
 A run conforms when `failures(state)` is empty: every rule that can fail it is one function below.
 """
 
@@ -13,12 +15,14 @@ from enum import Enum
 from pathlib import Path
 
 from . import battery, crosscheck, isolation, user_records
+from .replica_cases import DEFAULT_WORLD_SIZES
 
 
 class Phase(str, Enum):
     """Where a run is: what an interrupted report says it was doing."""
 
     BATTERY = "battery"
+    REPLICAS = "distributed part"
     PAIRS = "cross-framework pairs"
     DONE = "done"
 
@@ -33,6 +37,13 @@ class RunOptions:
     infer: bool = False  # convention inference (validate)
     edge_cases: bool = True
     records: tuple[str, ...] = ()  # records files (--records): attached to every backend, workers included
+    replicas: bool = False  # the distributed part (the CLI turns it on for `bnconf report`)
+    world_sizes: tuple[int, ...] = DEFAULT_WORLD_SIZES
+    replica_examples: int | None = None  # examples per distributed cell (None: REPLICA_EXAMPLES)
+    replica_dtypes: tuple[str, ...] = ()  # the distributed part's dtypes (empty: float32 and float64 where declared)
+
+
+REPLICA_EXAMPLES = 3  # per distributed cell in the default report (benchmarks/bench_replicas.py: the time budget)
 
 
 @dataclass
@@ -44,6 +55,8 @@ class RunState:
     inferred: dict = field(default_factory=dict)  # backend name -> inference rows
     edge: dict = field(default_factory=dict)  # backend name -> edge-case rows
     pair_slots: list = field(default_factory=list)  # crosscheck.PairResult or None (not finished)
+    replica_cells: list = field(default_factory=list)  # replica_results.ReplicaCell, in arrival order
+    replica_unavailable: list = field(default_factory=list)  # registry.Unavailable: replica families not loaded
     phase: Phase = Phase.BATTERY
 
     @property
@@ -91,10 +104,24 @@ def pair_failures(pairs) -> list[str]:
     return out
 
 
+def replica_failures(cells) -> list[str]:
+    """A distributed cell that crashed, timed out or raised, and a quantity that is not accepted (a failure no
+    known discrepancy explains); an unsupported or skipped cell does not fail the run."""
+    out = []
+    for c in cells:
+        where = f"{c.backend} world size {c.world_size} {c.split} {c.dtype}"
+        if c.failed:
+            out.append(f"{where}: {c.status}: {c.reason}")
+        out += [f"{where} {r.quantity}: {r.verdict}" + (f" ({r.mistake})" if r.mistake else "")
+                for r in c.rows if not r.accepted]
+    return out
+
+
 def failures(state: RunState, backends) -> list[str]:
     """Why the run does not conform (empty: it conforms)."""
     return (cell_failures(state.results) + edge_failures(state.rows("edge", backends))
-            + inference_failures(state.rows("inferred", backends)) + pair_failures(state.pairs))
+            + inference_failures(state.rows("inferred", backends)) + replica_failures(state.replica_cells)
+            + pair_failures(state.pairs))
 
 
 # ---------------------------------------------------------------- carrying it out
@@ -107,11 +134,13 @@ def prepare(backends, options: RunOptions) -> None:
 
 
 def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path, progress=None,
-            on_change=None, on_idle=None) -> None:
-    """Run the battery, the extras and the cross-framework table on `prepare`d backends, filling `state` as
-    results arrive. `on_change()` is called after each result, `on_idle()` while an isolated run waits on a
-    slow case. A crash keeps its input under `crash_dir`; every NON-CONFORMANT row, ERROR cell and DIFFERS
-    inference row saves its case under `cases_dir`, isolated or not."""
+            on_change=None, on_idle=None, replica_backends=None) -> None:
+    """Run the battery, the extras, the distributed part (`options.replicas`: on `replica_backends`, None:
+    every built-in replica backend, `replica_registry.discover_replicas`) and the cross-framework table on
+    `prepare`d backends, filling `state` as results arrive. `on_change()` is called after each result,
+    `on_idle()` while an isolated run waits on a slow case. A crash keeps its input under `crash_dir`; every
+    NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case under `cases_dir`, isolated or not
+    (a failing distributed example under `cases_dir`/replicas)."""
     changed = on_change or (lambda: None)
     cases_dir = Path(cases_dir)
 
@@ -133,6 +162,9 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
             state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
             changed()
+    if options.replicas:
+        state.phase = Phase.REPLICAS
+        run_distributed(options, state, cases_dir, progress, changed, replica_backends)
     if options.pair_examples:
         state.phase = Phase.PAIRS
         failed = {c.backend for c in state.results if c.status.failed}
@@ -144,3 +176,26 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
                                   on_pair=lambda p: (state.pair_slots.append(p), changed()))
     state.phase = Phase.DONE
+
+
+def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progress=None, changed=None,
+                    replica_backends=None) -> None:
+    """The distributed part: every replica backend's cells into `state.replica_cells` as they finish (the
+    backends are closed at the end, also when interrupted)."""
+    from ..adapters.replica_registry import discover_replicas
+    from .replica_battery import run_replicas
+
+    changed = changed or (lambda: None)
+    if replica_backends is None:
+        replica_backends, state.replica_unavailable = discover_replicas()
+    if progress:
+        for u in state.replica_unavailable:
+            progress(f"unavailable (distributed): {u.name}: {u.reason}")
+
+    def arrived(cell) -> None:
+        state.replica_cells.append(cell)
+        changed()
+
+    examples = REPLICA_EXAMPLES if options.replica_examples is None else options.replica_examples
+    run_replicas(replica_backends, examples, options.seed, tuple(options.world_sizes), options.replica_dtypes or None,
+                 progress=progress, on_cell=arrived, cases_dir=Path(cases_dir))

@@ -70,6 +70,23 @@ def _conventions(args) -> int:
 
 
 MAX_EXAMPLES = 100_000  # per cell or pair: beyond this a run takes days; split it over --seed values instead
+MAX_WORLD_SIZE = 8  # replicas per distributed cell: each is a worker process (or a host device)
+
+
+def world_sizes(text: str) -> tuple[int, ...]:
+    """--world-sizes "1,2,4" as (1, 2, 4), sorted, each once; UsageError naming the fix for anything else."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() and 1 <= int(p) <= MAX_WORLD_SIZE for p in parts):
+        raise UsageError(f"--world-sizes must be a comma-separated list of replica counts from 1 to {MAX_WORLD_SIZE}, "
+                         f"got {text!r}; pick e.g. --world-sizes 1,2,3,4")
+    return tuple(sorted({int(p) for p in parts}))
+
+
+def _replicas_on(args, selected: list[str]) -> bool:
+    """The distributed part runs in `bnconf report` (not validate): by default when no backend was selected
+    (the full report), else when --replicas asks for it."""
+    wanted = getattr(args, "replicas", False)
+    return bool(not selected if wanted is None else wanted)
 
 
 def _check_battery_options(args) -> None:
@@ -101,7 +118,10 @@ def _report(args) -> int:
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
         raise UsageError(f"unknown dtype {', '.join(unknown)}; pick --dtype from {', '.join(FORMATS)}")
-    found, missing = selection.backends(selection.choice(args.backend, "backend"))
+    selected = selection.choice(args.backend, "backend")
+    replicas = _replicas_on(args, selected)
+    sizes = world_sizes(getattr(args, "world_sizes", "1,2,3,4"))
+    found, missing = selection.backends(selected)
     devices = selection.choice(args.device, "device")
     cells = selection.cells(found, devices, dtypes)
     if not cells:
@@ -112,7 +132,8 @@ def _report(args) -> int:
     options = run.RunOptions(args.examples, args.seed, args.pair_examples,
                              isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
                              isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases,
-                             records=tuple(args.records))
+                             records=tuple(args.records), replicas=replicas, world_sizes=sizes,
+                             replica_dtypes=tuple(dtypes))
     run.prepare(found, options)  # a records file or record that does not hold is bad input, found here
     # only now, when the run will start, is the output folder claimed: its previous report goes with the claim
     folder = ReportFolder(Path(args.out), args.name)
@@ -186,8 +207,10 @@ def _interrupted(publisher, state, out, name: str, caught) -> int:
         signal.signal(sig, lambda *_: _exit_now(f"interrupted again; the partial report is {where}"))
     report = publisher.write_all("interrupted", with_figures=False)
     print(render_terminal(report))
-    print(f"\ninterrupted during the {state.phase.value} after {len(state.results)} of {state.cells_planned} cells "
-          f"and {len(state.pairs)} pairs; partial report written to {out}/{name}.{{md,html,json}}", file=sys.stderr)
+    distributed = len(getattr(state, "replica_cells", []))
+    print(f"\ninterrupted during the {state.phase.value} after {len(state.results)} of {state.cells_planned} cells"
+          + (f", {distributed} distributed cells" if distributed else "")
+          + f" and {len(state.pairs)} pairs; partial report written to {out}/{name}.{{md,html,json}}", file=sys.stderr)
     return 130
 
 
@@ -260,6 +283,12 @@ def main(argv=None) -> int:
     report.add_argument("--backend", action="append", default=[], metavar="TARGET",
                         help="module:attribute or path.py:attribute (repeatable); default: every available backend")
     _battery_options(report, name="report", examples=5, pair_examples=2)
+    report.add_argument("--replicas", action=argparse.BooleanOptionalAction, default=None,
+                        help="the distributed part: every replica backend (synchronized and per-replica batch norm "
+                             "across worker processes) at each world size and split (default: on, unless --backend "
+                             "selects backends)")
+    report.add_argument("--world-sizes", default="1,2,3,4", metavar="1,2,3,4",
+                        help=f"replica counts of the distributed part, from 1 to {MAX_WORLD_SIZE} (default 1,2,3,4)")
     report.set_defaults(run=_report)
     validate = sub.add_parser("validate", parents=[debug],
                               help="run the whole battery on one backend (yours): exit 0 when it conforms")

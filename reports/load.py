@@ -4,7 +4,8 @@
 
 Fields a report was written without (an older bnconf) take their defaults; fields this bnconf does not know
 are dropped; "nan", "inf" and "-inf" strings in numeric fields become floats again. Figures are not in the
-JSON: a reloaded report has none.
+JSON: a reloaded report has none. The distributed part ("replicas") reads back into ReplicaCells; a report
+written before it existed has none.
 """
 
 import json
@@ -12,6 +13,7 @@ from dataclasses import fields
 
 from ..conformance.battery import CellResult, DiscrepancyUse, QuantityRow
 from ..conformance.crosscheck import PairResult, PairRow
+from ..conformance.replica_results import ReplicaCell, ReplicaRow
 from .render import FORMAT, Report
 
 _NON_FINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
@@ -38,6 +40,10 @@ def _pair(d: dict) -> PairResult:
                          "rows": None if rows is None else [PairRow(**_known(PairRow, r)) for r in rows]})
 
 
+def _replica_cell(d: dict) -> ReplicaCell:
+    return ReplicaCell(**{**_known(ReplicaCell, d), "rows": [ReplicaRow(**_known(ReplicaRow, r)) for r in d.get("rows", [])]})
+
+
 def load_report(text: str) -> Report:
     """The report a JSON document holds; ValueError when it is not a bnconf report."""
     doc = json.loads(text)
@@ -47,4 +53,6 @@ def load_report(text: str) -> Report:
                   doc.get("examples", 0), doc.get("conforms", False),
                   [DiscrepancyUse(**_known(DiscrepancyUse, d)) for d in doc.get("discrepancies", [])],
                   [_pair(p) for p in doc.get("pairs", [])], {}, doc.get("inferred", []),
-                  doc.get("status", "complete"), doc.get("cells_planned", 0), doc.get("edge", []))
+                  doc.get("status", "complete"), doc.get("cells_planned", 0), doc.get("edge", []),
+                  replica_cells=[_replica_cell(c) for c in doc.get("replicas", [])],
+                  replica_unavailable=doc.get("replicas_unavailable", []))

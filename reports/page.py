@@ -2,11 +2,12 @@
 file (inline CSS and a few lines of vanilla JS, figures as data URIs, nothing fetched).
 
 Layout at 1400 px: fixed-layout tables at 100% width whose cells wrap (no sideways scroll), images at most
-the page's width. Every table sorts by a click on a header (numbers as numbers, "inf"/"nan" largest). The
-table whose Section has `filter_columns` gets a text box, a backend select and verdict checkboxes; the URL
-hash holds the filter (`#verdict=NON-CONFORMANT,ERROR&backend=<name>&q=<text>`), so that a link opens the page
-filtered, and it is applied on load and whenever the hash changes; a click on a backend's summary line shows
-its rows.
+the page's width. Every table sorts by a click on a header (numbers as numbers, "inf"/"nan" largest). Each
+table whose Section has `filter_columns` gets a filter bar (`filters`): a text box, a backend select and verdict
+checkboxes; the URL hash holds each bar's filter under its prefix (the conformance table's has none:
+`#verdict=NON-CONFORMANT,ERROR&backend=<name>&q=<text>`; the distributed table's `replicas-`:
+`#replicas-verdict=NON-CONFORMANT`), so that a link opens the page filtered, and it is applied on load and
+whenever the hash changes; a click on a backend's summary line shows its rows in the first table that has it.
 """
 
 import base64
@@ -30,8 +31,8 @@ th[aria-sort=descending]::after{content:" \\25BC"}
 #backends td{padding:0 4px;line-height:1.2}#backends tbody tr{cursor:pointer}
 tr.bad td{background:#fdd}tr.known td{background:#fff4cc}tr.ill td{background:#eef}
 img{max-width:100%;height:auto}.verdict{font-size:15px}.note{color:#444}
-#filters{position:sticky;top:0;background:#fff;padding:4px 0;z-index:1}#filters label{margin-right:10px}
-#filters input[type=search]{width:24em}"""
+.filters{position:sticky;top:0;background:#fff;padding:4px 0;z-index:1}.filters label{margin-right:10px}
+.filters input[type=search]{width:24em}"""
 
 SCRIPT = """(function () {
   "use strict";
@@ -59,45 +60,65 @@ SCRIPT = """(function () {
   document.querySelectorAll("table.sortable th").forEach(function (th) {
     th.addEventListener("click", function () { sortBy(th); });
   });
-  var table = document.querySelector("table[data-filtered]");
-  if (!table) return;
-  var text = document.getElementById("filter-text"), backend = document.getElementById("filter-backend");
-  var boxes = document.querySelectorAll("#filters input[type=checkbox]"), shown = document.getElementById("filter-shown");
-  function apply() {
-    var want = {}, q = text.value.toLowerCase(), b = backend.value, n = 0, rows = table.tBodies[0].rows;
-    boxes.forEach(function (c) { want[c.value] = c.checked; });
+  var KEYS = ["verdict", "backend", "q"];
+  var bars = Array.prototype.map.call(document.querySelectorAll(".filters"), function (el) {
+    return {table: document.getElementById(el.dataset.table), prefix: el.dataset.prefix || "",
+            text: el.querySelector("input[type=search]"), backend: el.querySelector("select"),
+            boxes: el.querySelectorAll("input[type=checkbox]"), shown: el.querySelector(".filter-shown")};
+  }).filter(function (bar) { return bar.table; });
+  if (!bars.length) return;
+  function apply(bar) {
+    var want = {}, q = bar.text.value.toLowerCase(), b = bar.backend.value, n = 0, rows = bar.table.tBodies[0].rows;
+    bar.boxes.forEach(function (c) { want[c.value] = c.checked; });
     Array.prototype.forEach.call(rows, function (r) {
       var ok = want[r.dataset.verdict] !== false && (!b || r.dataset.backend === b) &&
                (!q || r.textContent.toLowerCase().indexOf(q) >= 0);
       r.hidden = !ok;
       n += ok ? 1 : 0;
     });
-    shown.textContent = n + " of " + rows.length + " rows shown";
+    bar.shown.textContent = n + " of " + rows.length + " rows shown";
   }
   function fromHash() {
-    var p = new URLSearchParams(location.hash.slice(1)), verdicts = p.get("verdict");
-    boxes.forEach(function (c) { c.checked = !verdicts || verdicts.split(",").indexOf(c.value) >= 0; });
-    backend.value = p.get("backend") || "";
-    text.value = p.get("q") || "";
-    apply();
+    var p = new URLSearchParams(location.hash.slice(1));
+    bars.forEach(function (bar) {
+      var verdicts = p.get(bar.prefix + "verdict");
+      bar.boxes.forEach(function (c) { c.checked = !verdicts || verdicts.split(",").indexOf(c.value) >= 0; });
+      bar.backend.value = p.get(bar.prefix + "backend") || "";
+      bar.text.value = p.get(bar.prefix + "q") || "";
+      apply(bar);
+    });
   }
-  function toHash() {
-    var p = new URLSearchParams(), on = [];
-    boxes.forEach(function (c) { if (c.checked) on.push(c.value); });
-    if (on.length < boxes.length) p.set("verdict", on.join(","));
-    if (backend.value) p.set("backend", backend.value);
-    if (text.value) p.set("q", text.value);
+  function toHash(bar) {
+    var p = new URLSearchParams(location.hash.slice(1)), on = [];
+    KEYS.forEach(function (k) { p.delete(bar.prefix + k); });
+    bar.boxes.forEach(function (c) { if (c.checked) on.push(c.value); });
+    if (on.length < bar.boxes.length) p.set(bar.prefix + "verdict", on.join(","));
+    if (bar.backend.value) p.set(bar.prefix + "backend", bar.backend.value);
+    if (bar.text.value) p.set(bar.prefix + "q", bar.text.value);
     try { history.replaceState(null, "", "#" + p.toString()); } catch (e) { /* a page opened from a file may refuse */ }
-    apply();
+    apply(bar);
   }
-  [text, backend].concat(Array.prototype.slice.call(boxes)).forEach(function (el) {
-    el.addEventListener("input", toHash);
-    el.addEventListener("change", toHash);
+  bars.forEach(function (bar) {
+    [bar.text, bar.backend].concat(Array.prototype.slice.call(bar.boxes)).forEach(function (el) {
+      el.addEventListener("input", function () { toHash(bar); });
+      el.addEventListener("change", function () { toHash(bar); });
+    });
   });
-  window.addEventListener("hashchange", function () { fromHash(); table.scrollIntoView(); });
+  window.addEventListener("hashchange", function () {
+    fromHash();
+    var p = new URLSearchParams(location.hash.slice(1));
+    var named = bars.filter(function (bar) { return KEYS.some(function (k) { return p.has(bar.prefix + k); }); });
+    (named[0] || bars[0]).table.scrollIntoView();
+  });
+  function holding(name) {
+    return bars.filter(function (bar) {
+      return Array.prototype.some.call(bar.backend.options, function (o) { return o.value === name; });
+    })[0] || bars[0];
+  }
   document.querySelectorAll("#backends tbody tr").forEach(function (r) {
+    var bar = holding(r.dataset.backend);
     r.title = "show this backend's rows in the full table";
-    r.addEventListener("click", function () { location.hash = "backend=" + encodeURIComponent(r.dataset.backend); });
+    r.addEventListener("click", function () { location.hash = bar.prefix + "backend=" + encodeURIComponent(r.dataset.backend); });
   });
   fromHash();
 })();"""
@@ -173,13 +194,17 @@ def table(header, rows, verdict_column: int | None = None, backend_column: int |
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody></table>")
 
 
-def filters(backends, verdicts) -> str:
-    """The filter bar of the full conformance table."""
+def filters(backends, verdicts, table_id: str = "conformance", prefix: str = "") -> str:
+    """The filter bar of the table `table_id`; `prefix` names its keys in the URL hash and its elements' ids
+    ("": the full conformance table's `#verdict=...`, ids filter-text, filter-backend)."""
     options = "".join(f'<option value="{esc(b)}">{esc(b)}</option>' for b in backends)
     boxes = "".join(f'<label><input type="checkbox" value="{esc(v)}" checked> {esc(v)}</label>' for v in verdicts)
-    return (f'<div id="filters"><input type="search" id="filter-text" placeholder="filter rows by any text" '
-            f'aria-label="filter rows by any text"> <select id="filter-backend" aria-label="backend">'
-            f'<option value="">every backend</option>{options}</select> {boxes} <span id="filter-shown"></span></div>')
+    p = esc(prefix)
+    return (f'<div class="filters" id="{p}filters" data-table="{esc(table_id)}" data-prefix="{p}">'
+            f'<input type="search" id="{p}filter-text" placeholder="filter rows by any text" '
+            f'aria-label="filter rows by any text"> <select id="{p}filter-backend" aria-label="backend">'
+            f'<option value="">every backend</option>{options}</select> {boxes} '
+            f'<span class="filter-shown" id="{p}filter-shown"></span></div>')
 
 
 def figures(pictures: dict) -> str:

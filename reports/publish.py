@@ -30,11 +30,14 @@ class Publisher:
         return render.Report(list(s.results), self.environment, self.seed, self.examples, not self.verdict(s),
                              battery.discrepancy_use(s.results, REGISTRY), s.pairs, dict(self.pictures),
                              s.rows("inferred", self.backends), status, s.cells_planned, s.rows("edge", self.backends),
-                             self.name)
+                             self.name, replica_cells=list(getattr(s, "replica_cells", [])),
+                             replica_unavailable=[{"family": u.name, "reason": u.reason}
+                                                  for u in getattr(s, "replica_unavailable", [])])
 
     def _progress(self) -> tuple:
         s = self.state
-        return (len(s.results), len(s.pairs), sum(map(len, s.inferred.values())), sum(map(len, s.edge.values())))
+        return (len(s.results), len(s.pairs), sum(map(len, s.inferred.values())), sum(map(len, s.edge.values())),
+                len(getattr(s, "replica_cells", [])))
 
     def write_json(self, status: str) -> render.Report:
         start = time.monotonic()

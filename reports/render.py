@@ -6,6 +6,10 @@ and replay line). Then:
   sortable, page.py);
 - Markdown (`<name>.md`, the file to read in a minute): only short per-backend tables (`markdown_sections`),
   and where the full tables are: `<name>.html` and `<name>.json`.
+The distributed part (replica backends at world sizes x split patterns, replica_table.py) in every format: its
+matrix (one row per backend) and why cells did not run; the HTML its every quantity (filterable and sortable)
+and the synchronized implementations against each other; Markdown and terminal only the quantities that do
+not conform and the pairs that differ; JSON everything, under "replicas".
 
 JSON layout (`bnconf-report/1`):
     {"format": "bnconf-report/1", "status": "complete"|"running"|"interrupted", "cells_planned": int,
@@ -35,7 +39,14 @@ JSON layout (`bnconf-report/1`):
                        "explanation", "evidence"}]   (each recorded edge behaviour that covered an outcome)
      "pairs": [{"source", "target", "mode", "status": "ran"|"not comparable"|"error", "reason",
                 "rows": [{"quantity", "verdict", "max_relative", "residuals", "worst_input", "examples"}]}],
-     "seconds_per_backend": {"<backend>": float},
+     "replicas": [{"backend", "world_size", "split", "rows_per_replica": [int per replica], "dtype", "device",
+                   "status": "ran"|"unsupported"|"skipped"|"crashed"|"timed out"|"error", "reason", "seconds",
+                   "replay", "semantics": "synchronized"|"per-replica",
+                   "rows": [{"quantity", "verdict" (a spec verdict or "known discrepancy"), "max_ratio", "observed",
+                             "expected", "bound", "worst", "mistake" (the named mistake), "detail", "known" (the
+                             record id), "judged", "examples"}]}]   (conformance/replica_results.py)
+     "replicas_unavailable": [{"family", "reason"}]   (replica backend families that did not load)
+     "seconds_per_backend": {"<backend>": float},   (replica backends included)
      "summary": {"backends": [{"backend", "cells", "unsupported", "drawn", "judged", "conforms", "known",
                                "ill_conditioned", "non_conformant", "errors", "edge": [agree, recorded, unexplained],
                                "other_findings", "worst_ratio", "verdict"}],
@@ -65,16 +76,17 @@ import numpy as np
 from . import page
 from .edge_table import EDGE_RECORD_HEADER, edge_matrix_rows, edge_record_rows, edge_section_rows, edge_summary
 from ..conformance.status import CellStatus
+from . import replica_table
 from .summary import UNEXPECTED_PAIR, BackendLine, Finding, backend_lines, findings, reason_replays, totals
-from .terminal import one_line, table
+from .terminal import NO_FIGURE, examples_text, number, one_line, table
 
 FORMAT = "bnconf-report/1"
 TITLE = "bnconf discrepancy report"
 CELL_HEADER = ["backend", "device", "dtype", "mode", "quantity", "examples judged / drawn", "max error", "error / bound",
                "ulps", "verdict", "observed / expected", "relative error", "worst input", "replay"]
-NO_FIGURE = "\u2014"  # a number with no meaningful value (e.g. a ULP distance where none is defined)
 NO_FINDINGS = "None: no quantity, cell, edge case, convention property or pair makes this run non-conformant."
 MARKDOWN_FINDINGS = 30  # findings listed in the Markdown; the rest are in the HTML and JSON
+MARKDOWN_REPLICA_ROWS = 10  # distributed rows that do not conform, tabled in the Markdown and terminal
 
 
 @dataclass
@@ -93,6 +105,9 @@ class Report:
     cells_planned: int = 0
     edge: list = field(default_factory=list)  # edge-case outcomes, conformance.edge.as_row dicts
     name: str = "report"  # the file stem: the Markdown names <name>.html and <name>.json, where the full tables are
+    replica_cells: list = field(default_factory=list)  # the distributed part: conformance.replica_results.ReplicaCell
+    # replica backend families that did not load: {"family", "reason"} (adapters/replica_registry.discover_replicas)
+    replica_unavailable: list = field(default_factory=list)
 
 
 @dataclass
@@ -104,14 +119,6 @@ class Section:
     terminal_columns: int | None = None  # the terminal shows only the first columns (the rest is too wide)
     filter_columns: tuple[int, int] | None = None  # (backend, verdict) columns: the HTML table gets a filter bar
     element_id: str = ""  # the HTML table's id
-
-
-def number(value, digits: int = 3) -> str:
-    """A figure for a table: NO_FIGURE for None (no meaningful value), "nan"/"inf" as such, else `digits`
-    significant digits."""
-    if value is None:
-        return NO_FIGURE
-    return f"{float(value):.{digits}g}"
 
 
 def _row_verdict(r) -> str:
@@ -129,10 +136,6 @@ def _observed_expected(r) -> str:
     if observed is None and expected is None:
         return ""
     return f"{number(observed, 6)} / {number(expected, 6)}"
-
-
-def examples_text(judged, drawn) -> str:
-    return f"{NO_FIGURE if judged is None else judged}/{NO_FIGURE if drawn is None else drawn}"
 
 
 def _quantity_row(c, r) -> list:
@@ -212,9 +215,9 @@ def discrepancy_rows(uses) -> list[list]:
              getattr(d, "explanation", ""), getattr(d, "evidence", "")] for d in uses]
 
 
-def seconds_per_backend(results) -> dict[str, float]:
+def seconds_per_backend(results, replica_cells=()) -> dict[str, float]:
     totals = defaultdict(float)
-    for c in results:
+    for c in [*results, *replica_cells]:
         totals[c.backend] += c.seconds
     return {k: round(v, 2) for k, v in sorted(totals.items())}
 
@@ -246,13 +249,87 @@ def _edge_matrix_section(report: Report) -> Section:
     return Section("Edge-case behaviour per backend", *edge_matrix_rows(report.edge), note=_EDGE_MATRIX_NOTE)
 
 
-def sections(report: Report) -> list[Section]:
-    """The full tables, in the order the terminal and the HTML show them after the summary."""
+# ---------------------------------------------------------------- the distributed part
+
+_MATRIX_NOTE = ("Each backend on W replicas (processes or devices), the batch split along axis 0; y, running "
+                "statistics, dx, dgamma, dbeta against the float64 oracle: batch norm of the concatenated shards "
+                "(synchronized) or of each shard (per-replica). known: a record covers it; [k]: see the marks.")
+_PAIRS_NOTE = ("Pairs of synchronized backends over the world sizes and splits both ran. Both sides are judged against "
+               "one oracle, batch norm of the concatenated shards in each one's convention (momentum and eps "
+               "translated): where both conform they agree after translation within both bounds; a difference a "
+               "record covers is as recorded; a NON-CONFORMANT side is UNEXPECTED (a finding of that backend).")
+_QUANTITIES_NOTE = ("One row per backend, world size, split, dtype and quantity: the worst example's error / bound, "
+                    "observed and expected values at its worst element (y and dx concatenated over replicas, running "
+                    "statistics stacked per replica). Cells that did not run are folded per backend and reason.")
+_RECORDS_NOTE = ("Each record (conformance/known/replicas.py) that covered an example: in use when the declared semantics "
+                 "failed there and the recorded behaviour held; STALE when none needed it (update the record).")
+_MARKDOWN_QUANTITY_COLUMNS = ("backend", "dtype", "world size", "split", "rows per replica", "quantity", "error / bound",
+                              "verdict", "named mistake / why")
+_PAIRS_TITLE = "Distributed: synchronized implementations against each other after translation"
+
+
+def _distributed_sections(report: Report, full: bool) -> list[Section]:
+    """The distributed part: its matrix, why cells did not run, the records used, then (full) every quantity
+    and every pair of synchronized backends, else the quantities that do not conform (at most
+    MARKDOWN_REPLICA_ROWS, their observed values and replay lines in the findings) and the pairs per verdict."""
+    cells = report.replica_cells
+    missing = Section("Distributed: backend families that did not load", ["family", "reason"],
+                      [[u["family"], u["reason"]] for u in report.replica_unavailable])
+    if not cells:
+        return [missing] if missing.rows else []
+    header, rows = replica_table.matrix(cells, compact=not full)
+    sizes = ", ".join(map(str, sorted({c.world_size for c in cells})))
+    note = _MATRIX_NOTE if full else _MATRIX_NOTE + f" Each entry over world sizes {sizes} (where the split exists)."
+    out = [Section("Distributed: each backend across replicas, per world size (W) and split", header, rows,
+                   note=note, terminal_columns=None)]
+    legend = replica_table.legend_rows(cells, compact=not full)
+    if legend:
+        out.append(Section("Distributed: the marks in the matrix", replica_table.LEGEND_HEADER, legend))
+    if missing.rows:
+        out.append(missing)
+    records = replica_table.discrepancy_rows(cells)
+    if records:
+        k = None if full else 5
+        out.append(Section("Distributed: known discrepancies", replica_table.DISCREPANCY_HEADER[:k],
+                           [r[:k] for r in records], terminal_columns=6,
+                           note=_RECORDS_NOTE if full else "Explanation and evidence of each: the HTML."))
+    pairs = replica_table.pair_rows(cells)
+    if full:
+        out.append(Section("Distributed: every quantity", replica_table.QUANTITY_HEADER,
+                           replica_table.quantity_rows(cells), note=_QUANTITIES_NOTE, terminal_columns=12,
+                           filter_columns=replica_table.QUANTITY_FILTER, element_id="replicas"))
+        if pairs:
+            out.append(Section(_PAIRS_TITLE, replica_table.PAIR_HEADER, pairs, note=_PAIRS_NOTE, terminal_columns=8))
+        return out
+    failing = replica_table.failing_rows(cells)
+    if failing:
+        shown = [replica_table.QUANTITY_HEADER.index(h) for h in _MARKDOWN_QUANTITY_COLUMNS]
+        more = len(failing) - MARKDOWN_REPLICA_ROWS
+        out.append(Section(f"Distributed: quantities that do not conform ({len(failing)})",
+                           list(_MARKDOWN_QUANTITY_COLUMNS),
+                           [[row[k] for k in shown] for row in failing[:MARKDOWN_REPLICA_ROWS]],
+                           note="Observed, expected, replay: in the findings"
+                                + (f"; {more} more rows in {report.name}.html." if more > 0 else ".")))
+    if pairs:
+        counts: dict[str, int] = {}
+        for row in pairs:
+            counts[row[2]] = counts.get(row[2], 0) + 1
+        out.append(Section(_PAIRS_TITLE, ["verdict", "pairs"],
+                           [[v, counts[v]] for v in replica_table.PAIR_VERDICTS if v in counts],
+                           note="Both sides judged against one oracle in their own conventions (momentum, eps "
+                                "translated). Every pair and where it differs: the HTML."))
+    return out
+
+
+def sections(report: Report, distributed: bool = True) -> list[Section]:
+    """The full tables, in the order the terminal and the HTML show them after the summary (the distributed
+    part's after the conformance table, unless `distributed` is False)."""
     out = [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
                    note="One row per backend, device, dtype, mode and quantity: its worst case. Examples: those with "
                         "a judged element / those drawn. Observed / expected and the relative error are at the worst "
                         f"element of the case shown; {NO_FIGURE}: no meaningful figure.",
                    terminal_columns=10, filter_columns=(0, 9), element_id="conformance")]
+    out += _distributed_sections(report, full=True) if distributed else []
     if report.inferred:
         out.append(_inferred_section(report))
     if report.edge:
@@ -289,7 +366,7 @@ def sections(report: Report) -> list[Section]:
                  "|mean|/std. A stable variance keeps it near the unit roundoff (6e-8); E[x^2] - E[x]^2 grows "
                  "with (|mean|/std)^2 until the variance is lost."))
     out.append(Section("Time per backend (seconds)", ["backend", "seconds"],
-                       [[k, v] for k, v in seconds_per_backend(report.results).items()]))
+                       [[k, v] for k, v in seconds_per_backend(report.results, report.replica_cells).items()]))
     return out
 
 
@@ -350,6 +427,16 @@ def finding_text(f: Finding) -> str:
     return text + (f". Replay: {f.replay}" if f.replay else "")
 
 
+def _distributed_text(report: Report) -> str:
+    """The distributed part's cells per outcome, for the totals line ("" when the run has none)."""
+    if not report.replica_cells:
+        return ""
+    n = replica_table.counts(report.replica_cells)
+    return (f" Distributed: {n['ran']} of {n['selected']} cells ran ({n['not_run']} unsupported or skipped): "
+            f"{n['conform']} conform, {n['known']} known discrepancy, {n['non_conformant']} NON-CONFORMANT, "
+            f"{n['failed']} crashed, timed out or raised.")
+
+
 def _totals_text(report: Report) -> str:
     t = totals(backend_lines(report))
     n = len(findings(report))
@@ -358,11 +445,16 @@ def _totals_text(report: Report) -> str:
             f"rows: {t.conforms} conform, {t.known} known discrepancy, {t.ill_conditioned} ill-conditioned, "
             f"{t.non_conformant} NON-CONFORMANT; {t.errors} cell error(s); edge cases {t.edge[0]} agree, "
             f"{t.edge[1]} recorded, {t.edge[2]} DIFFER; worst error/bound {number(t.worst_ratio)}; "
-            f"{n} finding(s).")
+            f"{n} finding(s).") + _distributed_text(report)
+
+
+def conforms(report: Report) -> bool:
+    """The run's verdict: the report's own (conformance/run.py's failures) and the distributed part's."""
+    return report.conforms and not replica_table.failures(report.replica_cells)
 
 
 def _headline(report: Report) -> str:
-    verdict = "everything conforms or is a recorded discrepancy" if report.conforms else "NON-CONFORMANT quantities found"
+    verdict = "everything conforms or is a recorded discrepancy" if conforms(report) else "NON-CONFORMANT quantities found"
     if report.status == "complete":
         return verdict
     return f"PARTIAL report ({report.status}: {len(report.results)} of {report.cells_planned} cells): {verdict} so far"
@@ -379,18 +471,20 @@ def _terminal_section(s: Section) -> str:
 def terminal(report: Report) -> str:
     """The summary, the findings one per line (with their replay command), then the tables: in full for a
     small run (at most TERMINAL_FULL_ROWS table rows), else the Markdown's short per-backend tables and where
-    the full ones are (the summary must not scroll away behind 1,900 rows)."""
+    the full ones are (the summary must not scroll away behind 1,900 rows); then the distributed part's
+    matrix, its marks and the quantities that do not conform (as in the Markdown)."""
     summary = summary_section(report)
     parts = [f"{TITLE}: {_headline(report)}\n{_totals_text(report)}", _terminal_section(summary)]
     found = findings(report)
     if found:
         parts.append(f"Findings ({len(found)})\n\n" + "\n".join(one_line(f"- {finding_text(f)}") for f in found))
-    full = sections(report)
+    full = sections(report, distributed=False)
     if sum(len(s.rows) for s in full) <= TERMINAL_FULL_ROWS:
         parts += [_terminal_section(s) for s in full]
     else:
-        parts += [_terminal_section(s) for s in markdown_sections(report)]
+        parts += [_terminal_section(s) for s in markdown_sections(report) if not s.title.startswith("Distributed")]
         parts.append("The full tables (every backend, dtype, mode and quantity) are in the HTML and JSON report.")
+    parts += [_terminal_section(s) for s in _distributed_sections(report, full=False)]
     return "\n\n".join(parts)
 
 
@@ -435,7 +529,7 @@ def _pair_counts_rows(pairs) -> list[list]:
 
 def markdown_sections(report: Report) -> list[Section]:
     """The Markdown's short tables, one row per backend or per record (the full ones are in the HTML and JSON)."""
-    out = []
+    out = _distributed_sections(report, full=False)
     if report.inferred:
         out.append(_inferred_section(report))
     if report.edge:
@@ -476,9 +570,11 @@ def _markdown_findings(report: Report) -> list[str]:
 def _where_the_rest_is(report: Report) -> list[str]:
     html_name, json_name = (urllib.parse.quote(f"{report.name}.{ext}") for ext in ("html", "json"))
     rows = len(_cell_rows(report.results))
+    distributed = (f", every quantity of the distributed part ({len(replica_table.quantity_rows(report.replica_cells))} "
+                   "rows) and every pair of synchronized backends" if report.replica_cells else "")
     return ["", "## Full tables", "",
             f"Every quantity of every cell ({rows} rows, with observed and expected values, the worst input and the "
-            f"replay line), every edge-case outcome, cross-framework pair, accuracy against conditioning, and each "
+            f"replay line){distributed}, every edge-case outcome, cross-framework pair, accuracy against conditioning, and each "
             f"record's explanation and evidence: [{markdown_cell(report.name)}.html]({html_name}) (filterable by "
             f"backend, verdict and text; sortable) and [{markdown_cell(report.name)}.json]({json_name}) (everything, "
             "layout in reports/render.py)."]
@@ -516,11 +612,12 @@ def _html_section(s: Section) -> str:
     if s.filter_columns:
         backend_column, verdict_column = s.filter_columns
         present = {page.verdict_class(row[verdict_column]) for row in s.rows}
+        prefix = "" if s.element_id == "conformance" else f"{s.element_id}-"
         bar = page.filters(list(dict.fromkeys(row[backend_column] for row in s.rows)),
-                           [v for v in page.VERDICT_CLASSES if v in present])
+                           [v for v in page.VERDICT_CLASSES if v in present], s.element_id, prefix)
     body = page.table(s.header, s.rows, verdict_column, backend_column, s.element_id, bool(s.filter_columns),
                       row_class=lambda row: "bad" if _bad(row) else "")
-    return f"<h2>{page.esc(s.title)}</h2>{note}\n{bar}{body}"
+    return f"<section><h2>{page.esc(s.title)}</h2>{note}\n{bar}{body}</section>"
 
 
 def _html_summary(report: Report) -> str:
@@ -561,7 +658,7 @@ def json_document(report: Report) -> str:
         "cells_planned": report.cells_planned,
         "seed": report.seed,
         "examples": report.examples,
-        "conforms": report.conforms,
+        "conforms": conforms(report),
         "environment": report.environment,
         "cells": [asdict(c) for c in report.results],
         "discrepancies": [dict(asdict(d), status=d.status) for d in report.discrepancies],
@@ -569,7 +666,9 @@ def json_document(report: Report) -> str:
         "inferred": report.inferred,
         "edge": report.edge,
         "edge_records": [dict(zip(EDGE_RECORD_HEADER, row)) for row in edge_record_rows(report.edge)],
-        "seconds_per_backend": seconds_per_backend(report.results),
+        "replicas": [asdict(c) for c in report.replica_cells],
+        "replicas_unavailable": report.replica_unavailable,
+        "seconds_per_backend": seconds_per_backend(report.results, report.replica_cells),
         "summary": _summary_document(report),
     }
     return json.dumps(_finite(doc), indent=1, sort_keys=True, default=str, allow_nan=False)

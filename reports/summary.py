@@ -5,8 +5,10 @@
                                              each with what was seen, its diagnosis and the line that replays it
     totals(lines)         -> BackendLine     the sums over every backend
 
-Pure data from a `render.Report` (the battery's CellResult rows, edge-case, inference and pair rows); the
-renderers format it. Nothing here runs a backend.
+Pure data from a `render.Report` (the battery's CellResult rows, edge-case, inference and pair rows, and the
+distributed part's ReplicaCells: a replica backend has a line of its own, after the single-device ones, counting
+its (world size, split, dtype) cells and their quantity rows; its NON-CONFORMANT rows and the cells that crashed,
+timed out or raised are findings); the renderers format it. Nothing here runs a backend.
 """
 
 import math
@@ -14,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..conformance.status import CellStatus, RowVerdict
+from . import replica_table
 
 UNEXPECTED_PAIR = "UNEXPECTED difference"  # crosscheck.UNEXPECTED (not imported: crosscheck pulls in the engine)
 
@@ -107,12 +110,36 @@ def _add_cell(line: BackendLine, cell) -> None:
             line.worst_ratio = _worse(line.worst_ratio, float(r.max_ratio))
 
 
+_REPLICA_COUNTER = {"conforms": "conforms", "known discrepancy": "known", "ill-conditioned": "ill_conditioned"}
+
+
+def _add_replica_cell(line: BackendLine, cell) -> None:
+    """A distributed cell (conformance/replica_results.ReplicaCell): unsupported or skipped cells count as
+    unsupported, a crashed, timed-out or raising one as an error; its rows by verdict (any verdict but conforms,
+    ill-conditioned and known discrepancy is NON-CONFORMANT); examples: its fullest row's."""
+    if cell.status in replica_table.NOT_RUN:
+        line.unsupported += 1
+        return
+    line.cells += 1
+    line.errors += cell.status != "ran"
+    line.seconds += cell.seconds
+    line.drawn += max((r.examples for r in cell.rows), default=0)
+    line.judged = _plus(line.judged, max((r.judged for r in cell.rows), default=0))
+    for r in cell.rows:
+        counter = _REPLICA_COUNTER.get(r.verdict, "non_conformant")
+        setattr(line, counter, getattr(line, counter) + 1)
+        if r.verdict != replica_table.KNOWN and r.max_ratio is not None:
+            line.worst_ratio = _worse(line.worst_ratio, float(r.max_ratio))
+
+
 def backend_lines(report) -> list[BackendLine]:
-    """One line per backend, in the order the backends first appear."""
+    """One line per backend, in the order the backends first appear (the distributed part's after the others)."""
     lines: dict[str, BackendLine] = {}
     line = lambda name: lines.setdefault(name, BackendLine(name))  # noqa: E731
     for cell in report.results:
         _add_cell(line(cell.backend), cell)
+    for cell in getattr(report, "replica_cells", []):
+        _add_replica_cell(line(cell.backend), cell)
     for r in report.edge:
         k = 0 if r["agrees"] else 1 if r["recorded"] else 2
         line(r["backend"]).edge[k] += 1
@@ -176,6 +203,27 @@ def _cell_findings(results) -> list[Finding]:
     return out
 
 
+def _replica_findings(cells) -> list[Finding]:
+    """Each distributed cell that crashed, timed out or raised, and each NON-CONFORMANT quantity of one, with
+    the named mistake (spec/replica_diagnosis.py) and the line that replays the cell's first failing example."""
+    out = []
+    for c in cells:
+        where = replica_table.where(c)
+        if c.status not in replica_table.NOT_RUN and c.status != "ran":
+            reason, replays = reason_replays(c.reason)
+            out.append(Finding(c.backend, where, "-", replica_table.status_text(c), reason,
+                               replay="; ".join(_unique_texts([c.replay, *replays]))))
+        out += [Finding(c.backend, where, r.quantity, replica_table.row_verdict(r), replica_table.row_why(r),
+                        r.observed, r.expected, replica_table.relative_error(r),
+                        None if r.max_ratio is None else float(r.max_ratio), r.judged, r.examples, c.replay)
+                for r in c.rows if not r.accepted]
+    return out
+
+
+def _unique_texts(texts) -> list[str]:
+    return list(dict.fromkeys(t for t in texts if t))
+
+
 def _edge_findings(edge) -> list[Finding]:
     """Per backend, device and edge case: the outcomes that disagree with the spec and that no record explains."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
@@ -212,6 +260,7 @@ def _pair_findings(pairs) -> list[Finding]:
 
 
 def findings(report) -> list[Finding]:
-    """Every finding: cells and rows first (in the order they ran), then edge cases, conventions and pairs."""
-    return (_cell_findings(report.results) + _edge_findings(report.edge) + _inference_findings(report.inferred)
-            + _pair_findings(report.pairs))
+    """Every finding: cells and rows first (in the order they ran), then the distributed cells and rows, edge
+    cases, conventions and pairs."""
+    return (_cell_findings(report.results) + _replica_findings(getattr(report, "replica_cells", []))
+            + _edge_findings(report.edge) + _inference_findings(report.inferred) + _pair_findings(report.pairs))

@@ -16,6 +16,22 @@ def one_line(value) -> str:
     return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], _LINE_BREAKS.sub(" ", str(value)))
 
 
+NO_FIGURE = "\u2014"  # a number with no meaningful value (e.g. a ULP distance where none is defined)
+
+
+def number(value, digits: int = 3) -> str:
+    """A figure for a table: NO_FIGURE for None (no meaningful value), "nan"/"inf" as such, else `digits`
+    significant digits."""
+    if value is None:
+        return NO_FIGURE
+    return f"{float(value):.{digits}g}"
+
+
+def examples_text(judged, drawn) -> str:
+    """Examples judged / drawn, NO_FIGURE for a count not recorded."""
+    return f"{NO_FIGURE if judged is None else judged}/{NO_FIGURE if drawn is None else drawn}"
+
+
 def terminal_cell(value) -> str:
     """A table cell: `one_line`, None shows as "-"."""
     return "-" if value is None else one_line(value)

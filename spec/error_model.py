@@ -42,17 +42,20 @@ from .oracle import (
 class Summation:
     """How a reduction orders its additions: runs of `block` terms added one after another, the runs
     then combined as a balanced tree. Its error factor is f(n) = (block - 1) + ceil(log2(n / block)),
-    or n - 1 for one single run (`block` None, recursive summation, valid for any order)."""
+    or n - 1 for one single run (`block` None, recursive summation, valid for any order). `combine`: partial
+    results added one after another after the reduction (W - 1 for the per-replica partials of a
+    data-parallel reduction, SPEC.md section 6.3); each adds one rounding to f."""
 
     block: int | None = None
+    combine: int = 0
 
     def factor(self, n: int) -> float:
         """f(n): a sum of n terms in format u is off by at most f(n) * u * sum|terms| (first order)."""
         if n <= 1:
-            return 0.0
+            return float(self.combine)
         if self.block is None or n <= self.block:
-            return float(n - 1)
-        return float(self.block - 1 + np.ceil(np.log2(np.ceil(n / self.block))))
+            return float(n - 1 + self.combine)
+        return float(self.block - 1 + np.ceil(np.log2(np.ceil(n / self.block))) + self.combine)
 
 
 RECURSIVE = Summation(None)

@@ -53,7 +53,8 @@ TORCH_NAIVE_SYNC = ReplicaConvention(
     semantics=Semantics.SYNCHRONIZED,
     combine=Combine.SUMS,
     running=RunningPolicy.GLOBAL,
-    notes="count-weighted: each replica contributes sum(x), sum(x**2) and its count; var = E[x**2] - E[x]**2.",
+    notes="count-weighted: each replica contributes n_r * [E[x], E[x**2], 1] (detectron2 all-reduces B * [mean, meansqr, 1]); "
+          "var = E[x**2] - E[x]**2; at world size 1 detectron2 falls back to plain BatchNorm (unbiased running variance).",
 )
 
 TORCH_SYNC_BATCHNORM = ReplicaConvention(
@@ -83,7 +84,8 @@ TF_KERAS_SYNC = replace(
     name="tf_keras.layers.BatchNormalization(synchronized=True)",
     api="tf_keras.layers.BatchNormalization(synchronized=True) under tf.distribute.MirroredStrategy",
     source="keras-team/tf-keras: tf_keras/layers/normalization/batch_normalization.py::_sync_calculate_mean_and_var",
-    notes="all-reduces sum(x), sum(x**2) and the local batch size; variance = E[x**2] - E[x]**2 (no clamp in Keras 2).",
+    notes="all-reduces sum(x), sum(x**2) and the local batch size; variance = max(E[x**2] - E[x]**2, 0) "
+          "(tf_keras 2.21 batch_normalization.py:1206); synchronized=True forces the non-fused path (:205-207).",
 )
 
 FLAX_LINEN_SYNC = ReplicaConvention(

@@ -25,6 +25,11 @@
 //   bwd_reduce  reduction over (x, dy) as stats, then dgamma, dbeta and the dx coefficients
 //   dx          dx = coef_a (dy - coef_b) - coef_k (x - mean)        (eval: coef_b = coef_k = 0, x unread)
 //   bnconf_eval_prep: invstd and scale from the running variance for the eval modes.
+// Synchronized across replicas (each replica's shard on its own device; adapters/cuda_replicas.py):
+//   partial_stats  the stats reduction, writing the shard's per-channel (count, mean, M2) only
+//   bwd_partial    the bwd_reduce reduction with the global mean, writing the shard's sum(dy), sum(dy (x - mean))
+//   bnconf_merge_stats, bnconf_bwd_merge: the merges of the W replicas' partials (see there); the shards are
+//   then normalized by apply and differentiated by dx with the merged statistics and coefficients.
 // Launch geometry (host side, adapters/cuda_kernel.py::launch_geometry): block = up to 256 threads (a
 // multiple of 32); grid = (splits, channel groups). nchw: one channel per group, the block's threads walk
 // that channel's n values. nhwc: `lanes` (a power of two <= 32) threads per row side by side on consecutive
@@ -261,18 +266,17 @@ template <typename T, int L, int V> struct Unroll {
 };
 
 // ------------------------------------------------------------------------------------------ the kernels
+// The (count, mean, M2) of the channels of this block's group over x: Welford per thread (exact local merges of
+// each nchw pack), butterfly and shared-memory Chan merges, and with several blocks per group (gridDim.x > 1)
+// the per-block partials in the workspace, merged by the last block of the group, which resets its counter.
+// Returns false in the blocks that are done (not last); in the block that holds the group's result, true, the
+// result valid in threads tid < w.lanes with w.active. Shared by `stats` and `partial_stats`.
 template <typename T, int L, int V>
-__device__ __forceinline__ void stats(const T* __restrict__ x, unsigned N, unsigned C, unsigned S, unsigned lanes,
-                                      float eps, float momentum, const float* __restrict__ gamma,
-                                      int update_running, float* __restrict__ running_mean,
-                                      float* __restrict__ running_var, int* ws_n, float* ws_mean, float* ws_m2,
-                                      unsigned* counters, float* __restrict__ save_mean,
-                                      float* __restrict__ save_invstd, float* __restrict__ scale) {
-    using Wk = Walk<L, V>;
-    constexpr int W = Wk::W;
+__device__ __forceinline__ bool reduce_moments(const T* __restrict__ x, const Walk<L, V>& w, int* ws_n,
+                                               float* ws_mean, float* ws_m2, unsigned* counters,
+                                               Moments<Walk<L, V>::W>& acc) {
+    constexpr int W = Walk<L, V>::W;
     constexpr int U = Unroll<T, L, V>::one;
-    const Wk w(N, C, S, lanes, false);
-    Moments<W> acc;
     acc.reset();
     if (w.active) {
         for (unsigned base = w.start; base < w.count; base += U * w.stride) {
@@ -303,7 +307,7 @@ __device__ __forceinline__ void stats(const T* __restrict__ x, unsigned N, unsig
                 ws_m2[i] = acc.m2[k];
             }
         }
-        if (!last_block_of_group(counters, w.group)) return;
+        if (!last_block_of_group(counters, w.group)) return false;
 
         // The last block: merge the group's partials, thread (lane, r) taking splits r, r + rows, ...
         const volatile int* vn = ws_n;
@@ -325,21 +329,68 @@ __device__ __forceinline__ void stats(const T* __restrict__ x, unsigned N, unsig
         block_reduce(acc, w.lanes);
         if (tid == 0) counters[w.group] = 0u;
     }
-    if (tid < w.lanes && w.active) {
+    return true;
+}
+
+// Channel c's saved statistics from its (count n, mean, M2): invstd = 1 / sqrtf(M2 / n + eps) (the biased
+// variance), scale = invstd gamma, and the running update (momentum weights the new batch; the running variance
+// averages the Bessel-corrected M2 / (n - 1)). Shared by `stats` and `bnconf_merge_stats`.
+__device__ __forceinline__ void finish_stats(unsigned c, float n, float mean, float m2, float eps, float momentum,
+                                             const float* __restrict__ gamma, int update_running,
+                                             float* __restrict__ running_mean, float* __restrict__ running_var,
+                                             float* __restrict__ save_mean, float* __restrict__ save_invstd,
+                                             float* __restrict__ scale) {
+    const float invstd = 1.0f / sqrtf(m2 / n + eps);
+    save_mean[c] = mean;
+    save_invstd[c] = invstd;
+    scale[c] = invstd * gamma[c];
+    if (update_running) {
+        const float keep = 1.0f - momentum;
+        running_mean[c] = fmaf(momentum, mean, keep * running_mean[c]);
+        running_var[c] = fmaf(momentum, m2 / (n - 1.0f), keep * running_var[c]);
+    }
+}
+
+template <typename T, int L, int V>
+__device__ __forceinline__ void stats(const T* __restrict__ x, unsigned N, unsigned C, unsigned S, unsigned lanes,
+                                      float eps, float momentum, const float* __restrict__ gamma,
+                                      int update_running, float* __restrict__ running_mean,
+                                      float* __restrict__ running_var, int* ws_n, float* ws_mean, float* ws_m2,
+                                      unsigned* counters, float* __restrict__ save_mean,
+                                      float* __restrict__ save_invstd, float* __restrict__ scale) {
+    using Wk = Walk<L, V>;
+    constexpr int W = Wk::W;
+    const Wk w(N, C, S, lanes, false);
+    Moments<W> acc;
+    if (!reduce_moments<T, L, V>(x, w, ws_n, ws_mean, ws_m2, counters, acc)) return;
+    if (threadIdx.x < w.lanes && w.active) {
         const float n = static_cast<float>(acc.n);
+#pragma unroll
+        for (int k = 0; k < W; ++k)
+            finish_stats(w.channel(k), n, acc.mean[k], acc.m2[k], eps, momentum, gamma, update_running,
+                         running_mean, running_var, save_mean, save_invstd, scale);
+    }
+}
+
+// One replica's partial statistics (synchronized batch norm across replicas): the group's (count, mean, M2) by
+// the same reduction as `stats`, written per channel to part_n, part_mean, part_m2 (nothing else is written).
+template <typename T, int L, int V>
+__device__ __forceinline__ void partial_stats(const T* __restrict__ x, unsigned N, unsigned C, unsigned S,
+                                              unsigned lanes, int* ws_n, float* ws_mean, float* ws_m2,
+                                              unsigned* counters, int* __restrict__ part_n,
+                                              float* __restrict__ part_mean, float* __restrict__ part_m2) {
+    using Wk = Walk<L, V>;
+    constexpr int W = Wk::W;
+    const Wk w(N, C, S, lanes, false);
+    Moments<W> acc;
+    if (!reduce_moments<T, L, V>(x, w, ws_n, ws_mean, ws_m2, counters, acc)) return;
+    if (threadIdx.x < w.lanes && w.active) {
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             const unsigned c = w.channel(k);
-            const float mean = acc.mean[k];
-            const float invstd = 1.0f / sqrtf(acc.m2[k] / n + eps);
-            save_mean[c] = mean;
-            save_invstd[c] = invstd;
-            scale[c] = invstd * gamma[c];
-            if (update_running) {
-                const float keep = 1.0f - momentum;
-                running_mean[c] = fmaf(momentum, mean, keep * running_mean[c]);
-                running_var[c] = fmaf(momentum, acc.m2[k] / (n - 1.0f), keep * running_var[c]);
-            }
+            part_n[c] = acc.n;
+            part_mean[c] = acc.mean[k];
+            part_m2[c] = acc.m2[k];
         }
     }
 }
@@ -382,19 +433,16 @@ __device__ __forceinline__ void apply(const T* __restrict__ x, T* __restrict__ y
     }
 }
 
+// The float32 sums of dy and dy (x - mean) of the channels of this block's group, reduced as in
+// `reduce_moments` (workspace and last-block merge when gridDim.x > 1). Returns false in the blocks that are
+// done; true in the block holding the result (valid in threads tid < w.lanes with w.active). Shared by
+// `bwd_reduce` and `bwd_partial`.
 template <typename T, int L, int V>
-__device__ __forceinline__ void bwd_reduce(const T* __restrict__ x, const T* __restrict__ dy, unsigned N, unsigned C,
-                                           unsigned S, unsigned lanes, const float* __restrict__ mean,
-                                           const float* __restrict__ invstd, const float* __restrict__ gamma,
-                                           int train, float* ws_dy, float* ws_dyxmu, unsigned* counters,
-                                           float* __restrict__ dgamma, float* __restrict__ dbeta,
-                                           float* __restrict__ coef_a, float* __restrict__ coef_b,
-                                           float* __restrict__ coef_k) {
-    using Wk = Walk<L, V>;
-    constexpr int W = Wk::W;
+__device__ __forceinline__ bool reduce_grad_sums(const T* __restrict__ x, const T* __restrict__ dy,
+                                                 const Walk<L, V>& w, const float* __restrict__ mean, float* ws_dy,
+                                                 float* ws_dyxmu, unsigned* counters, Sums<Walk<L, V>::W>& acc) {
+    constexpr int W = Walk<L, V>::W;
     constexpr int U = Unroll<T, L, V>::two;
-    const Wk w(N, C, S, lanes, false);
-    Sums<W> acc;
     acc.reset();
     if (w.active) {
         float m[W];
@@ -434,7 +482,7 @@ __device__ __forceinline__ void bwd_reduce(const T* __restrict__ x, const T* __r
                 ws_dyxmu[i] = acc.dyxmu[k];
             }
         }
-        if (!last_block_of_group(counters, w.group)) return;
+        if (!last_block_of_group(counters, w.group)) return false;
 
         const volatile float* vdy = ws_dy;
         const volatile float* vdyxmu = ws_dyxmu;
@@ -454,18 +502,66 @@ __device__ __forceinline__ void bwd_reduce(const T* __restrict__ x, const T* __r
         block_reduce(acc, w.lanes);
         if (tid == 0) counters[w.group] = 0u;
     }
-    if (tid < w.lanes && w.active) {
+    return true;
+}
+
+// Channel c's parameter gradients and dx coefficients from sum_dy = sum(dy), sum_dyxmu = sum(dy (x - mean)) over
+// the n values the statistics came from: dbeta = sum_dy, dgamma = sum_dyxmu invstd, coef_a = gamma invstd,
+// training: coef_b = sum_dy / n, coef_k = gamma invstd^3 sum_dyxmu / n (eval: 0). Shared by `bwd_reduce` and
+// `bnconf_bwd_merge`.
+__device__ __forceinline__ void finish_grads(unsigned c, float sum_dy, float sum_dyxmu, float n, int train,
+                                             const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                             float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                             float* __restrict__ coef_a, float* __restrict__ coef_b,
+                                             float* __restrict__ coef_k) {
+    const float s = invstd[c];
+    const float gs = gamma[c] * s;
+    dbeta[c] = sum_dy;
+    dgamma[c] = sum_dyxmu * s;
+    coef_a[c] = gs;
+    coef_b[c] = train ? sum_dy / n : 0.0f;
+    coef_k[c] = train ? gs * s * (sum_dyxmu * s / n) : 0.0f;
+}
+
+template <typename T, int L, int V>
+__device__ __forceinline__ void bwd_reduce(const T* __restrict__ x, const T* __restrict__ dy, unsigned N, unsigned C,
+                                           unsigned S, unsigned lanes, const float* __restrict__ mean,
+                                           const float* __restrict__ invstd, const float* __restrict__ gamma,
+                                           int train, float* ws_dy, float* ws_dyxmu, unsigned* counters,
+                                           float* __restrict__ dgamma, float* __restrict__ dbeta,
+                                           float* __restrict__ coef_a, float* __restrict__ coef_b,
+                                           float* __restrict__ coef_k) {
+    using Wk = Walk<L, V>;
+    constexpr int W = Wk::W;
+    const Wk w(N, C, S, lanes, false);
+    Sums<W> acc;
+    if (!reduce_grad_sums<T, L, V>(x, dy, w, mean, ws_dy, ws_dyxmu, counters, acc)) return;
+    if (threadIdx.x < w.lanes && w.active) {
         const float n = static_cast<float>(N) * static_cast<float>(S);
 #pragma unroll
+        for (int k = 0; k < W; ++k)
+            finish_grads(w.channel(k), acc.dy[k], acc.dyxmu[k], n, train, invstd, gamma, dgamma, dbeta, coef_a,
+                         coef_b, coef_k);
+    }
+}
+
+// One replica's partial gradient sums (synchronized batch norm across replicas): sum(dy) and
+// sum(dy (x - mean)) per channel over its shard, `mean` the global one, to part_dy and part_dyxmu.
+template <typename T, int L, int V>
+__device__ __forceinline__ void bwd_partial(const T* __restrict__ x, const T* __restrict__ dy, unsigned N,
+                                            unsigned C, unsigned S, unsigned lanes, const float* __restrict__ mean,
+                                            float* ws_dy, float* ws_dyxmu, unsigned* counters,
+                                            float* __restrict__ part_dy, float* __restrict__ part_dyxmu) {
+    using Wk = Walk<L, V>;
+    constexpr int W = Wk::W;
+    const Wk w(N, C, S, lanes, false);
+    Sums<W> acc;
+    if (!reduce_grad_sums<T, L, V>(x, dy, w, mean, ws_dy, ws_dyxmu, counters, acc)) return;
+    if (threadIdx.x < w.lanes && w.active) {
+#pragma unroll
         for (int k = 0; k < W; ++k) {
-            const unsigned c = w.channel(k);
-            const float s = invstd[c];
-            const float gs = gamma[c] * s;
-            dbeta[c] = acc.dy[k];
-            dgamma[c] = acc.dyxmu[k] * s;
-            coef_a[c] = gs;
-            coef_b[c] = train ? acc.dy[k] / n : 0.0f;
-            coef_k[c] = train ? gs * s * (acc.dyxmu[k] * s / n) : 0.0f;
+            part_dy[w.channel(k)] = acc.dy[k];
+            part_dyxmu[w.channel(k)] = acc.dyxmu[k];
         }
     }
 }
@@ -529,6 +625,57 @@ bnconf_eval_prep(const float* __restrict__ running_var, const float* __restrict_
     }
 }
 
+// Synchronized batch norm across W replicas (adapters/cuda_replicas.py): each replica exports its partial
+// statistics (bnconf_partial_stats_*), an all-gather brings the W partials, stacked (W, C), to every device,
+// and these kernels merge them there (one thread per channel; W small).
+//   bnconf_merge_stats  Chan's count-weighted merge of (n_r, mean_r, M2_r) in replica order r = 0..W-1 (an empty
+//                       replica, n_r = 0, is the identity), then the saved statistics and running update of the
+//                       whole batch by finish_stats (N = sum n_r: biased variance M2 / N for invstd, M2 / (N - 1)
+//                       in the running variance); save_var = M2 / N.
+//   bnconf_bwd_merge    the all-reduce of the replicas' sum(dy) and sum(dy (x - mean)) (float32, replica order)
+//                       and of their counts, then dgamma, dbeta and the training dx coefficients with the global
+//                       count N (count-weighted) by finish_grads; each replica's dx is then bnconf_dx_* on its shard.
+extern "C" __global__ void __launch_bounds__(bnk::MAX_THREADS)
+bnconf_merge_stats(const int* __restrict__ part_n, const float* __restrict__ part_mean,
+                   const float* __restrict__ part_m2, unsigned W, unsigned C, float eps, float momentum,
+                   const float* __restrict__ gamma, int update_running, float* __restrict__ running_mean,
+                   float* __restrict__ running_var, float* __restrict__ save_mean, float* __restrict__ save_var,
+                   float* __restrict__ save_invstd, float* __restrict__ scale) {
+    for (unsigned c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
+        bnk::Moments<1> acc;
+        acc.reset();
+        for (unsigned r = 0; r < W; ++r) {
+            const unsigned i = r * C + c;
+            const float mean_r[1] = {part_mean[i]};
+            const float m2_r[1] = {part_m2[i]};
+            acc.merge(part_n[i], mean_r, m2_r);
+        }
+        const float n = static_cast<float>(acc.n);
+        save_var[c] = acc.m2[0] / n;
+        bnk::finish_stats(c, n, acc.mean[0], acc.m2[0], eps, momentum, gamma, update_running, running_mean,
+                          running_var, save_mean, save_invstd, scale);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(bnk::MAX_THREADS)
+bnconf_bwd_merge(const float* __restrict__ part_dy, const float* __restrict__ part_dyxmu,
+                 const int* __restrict__ part_n, unsigned W, unsigned C, const float* __restrict__ invstd,
+                 const float* __restrict__ gamma, float* __restrict__ dgamma, float* __restrict__ dbeta,
+                 float* __restrict__ coef_a, float* __restrict__ coef_b, float* __restrict__ coef_k) {
+    for (unsigned c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
+        float sum_dy = 0.0f, sum_dyxmu = 0.0f;
+        int n = 0;
+        for (unsigned r = 0; r < W; ++r) {
+            const unsigned i = r * C + c;
+            sum_dy += part_dy[i];
+            sum_dyxmu += part_dyxmu[i];
+            n += part_n[i];
+        }
+        bnk::finish_grads(c, sum_dy, sum_dyxmu, static_cast<float>(n), 1, invstd, gamma, dgamma, dbeta, coef_a,
+                          coef_b, coef_k);
+    }
+}
+
 #define BNCONF_KERNELS(T, TN, L, LN, V, VN)                                                                      \
     extern "C" __global__ void __launch_bounds__(bnk::MAX_THREADS) bnconf_stats_##LN##_##VN##_##TN(              \
         const T* __restrict__ x, unsigned N, unsigned C, unsigned S, unsigned lanes, float eps, float momentum,   \
@@ -557,6 +704,19 @@ bnconf_eval_prep(const float* __restrict__ running_var, const float* __restrict_
         unsigned S, unsigned lanes, int train, const float* __restrict__ mean, const float* __restrict__ coef_a,  \
         const float* __restrict__ coef_b, const float* __restrict__ coef_k) {                                    \
         bnk::dx_kernel<T, L, V>(x, dy, dx, N, C, S, lanes, train, mean, coef_a, coef_b, coef_k);                 \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(bnk::MAX_THREADS) bnconf_partial_stats_##LN##_##VN##_##TN(      \
+        const T* __restrict__ x, unsigned N, unsigned C, unsigned S, unsigned lanes, int* ws_n, float* ws_mean,   \
+        float* ws_m2, unsigned* counters, int* __restrict__ part_n, float* __restrict__ part_mean,                \
+        float* __restrict__ part_m2) {                                                                           \
+        bnk::partial_stats<T, L, V>(x, N, C, S, lanes, ws_n, ws_mean, ws_m2, counters, part_n, part_mean,        \
+                                    part_m2);                                                                    \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(bnk::MAX_THREADS) bnconf_bwd_partial_##LN##_##VN##_##TN(        \
+        const T* __restrict__ x, const T* __restrict__ dy, unsigned N, unsigned C, unsigned S, unsigned lanes,    \
+        const float* __restrict__ mean, float* ws_dy, float* ws_dyxmu, unsigned* counters,                       \
+        float* __restrict__ part_dy, float* __restrict__ part_dyxmu) {                                           \
+        bnk::bwd_partial<T, L, V>(x, dy, N, C, S, lanes, mean, ws_dy, ws_dyxmu, counters, part_dy, part_dyxmu);  \
     }
 
 #define BNCONF_LAYOUTS(T, TN)                                                 \
