@@ -89,6 +89,19 @@ def _replicas_on(args, selected: list[str]) -> bool:
     return bool(not selected if wanted is None else wanted)
 
 
+def _replica_backends(targets: list[str]) -> list | None:
+    """The replica backends --replica-backend names (TargetError, bad input, for one that does not load or does not
+    implement adapters/replica_protocol.py); None when none is named (every built-in one runs)."""
+    if not targets:
+        return None
+    from ..adapters.registry import check_unique_names
+    from ..adapters.replica_registry import load_replicas
+
+    backends = [b for t in targets for b in load_replicas(t)]
+    check_unique_names(backends, "--replica-backend")
+    return backends
+
+
 def _check_battery_options(args) -> None:
     """Raise UsageError for an option value the battery cannot run with, naming the fix."""
     if not 1 <= args.examples <= MAX_EXAMPLES:
@@ -121,10 +134,14 @@ def _report(args) -> int:
     selected = selection.choice(args.backend, "backend")
     replicas = _replicas_on(args, selected)
     sizes = world_sizes(getattr(args, "world_sizes", "1,2,3,4"))
-    found, missing = selection.backends(selected)
+    replica_backends = _replica_backends(getattr(args, "replica_backend", []))
+    if replica_backends is not None:
+        replicas = True
+    only_replicas = replica_backends is not None and not selected  # a replica backend alone: the distributed part only
+    found, missing = ([], []) if only_replicas else selection.backends(selected)
     devices = selection.choice(args.device, "device")
     cells = selection.cells(found, devices, dtypes)
-    if not cells:
+    if not cells and not only_replicas:
         offered = lambda attr: ", ".join(sorted({v for b in found for v in getattr(b, attr)})) or "none"  # noqa: E731
         raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
                          f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
@@ -152,7 +169,7 @@ def _report(args) -> int:
             try:
                 publisher.write_json("running")  # from the start, the folder holds this run's report, partial
                 run.execute(found, cells, options, state, folder.crash_dir, folder.cases_dir, say, publisher.arrived,
-                            publisher.idle)
+                            publisher.idle, replica_backends=replica_backends)
                 report = publisher.write_all("complete")
             except KeyboardInterrupt:
                 return _interrupted(publisher, state, folder.out, args.name, caught)
@@ -287,6 +304,10 @@ def main(argv=None) -> int:
                         help="the distributed part: every replica backend (synchronized and per-replica batch norm "
                              "across worker processes) at each world size and split (default: on, unless --backend "
                              "selects backends)")
+    report.add_argument("--replica-backend", action="append", default=[], metavar="TARGET",
+                        help="a replica backend (adapters/replica_protocol.py: yours, as module:attribute or "
+                             "path.py:attribute; repeatable): the distributed part runs it instead of the built-in ones "
+                             "(and, without --backend, alone)")
     report.add_argument("--world-sizes", default="1,2,3,4", metavar="1,2,3,4",
                         help=f"replica counts of the distributed part, from 1 to {MAX_WORLD_SIZE} (default 1,2,3,4)")
     report.set_defaults(run=_report)

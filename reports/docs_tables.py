@@ -39,6 +39,7 @@ class Block:
 
 CONVENTION_TABLE = Block("spec/SPEC.md", f"<!-- generated: convention table ({REGENERATE}) -->")
 ADAPTERS_TABLE = Block("README.md", f"<!-- generated: adapters table ({REGENERATE}) -->")
+REPLICA_TABLE = Block("README.md", f"<!-- generated: replica table ({REGENERATE}) -->")
 
 
 def repository_root() -> Path:
@@ -204,7 +205,30 @@ def adapters_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATORS = {CONVENTION_TABLE: convention_table, ADAPTERS_TABLE: adapters_table}
+def _shards(r) -> str:
+    """Which splits the API can express: unequal and empty shards, or the reason it cannot (its record's)."""
+    if r.unequal_shards is None and r.empty_shard is None:
+        return "unequal and empty"
+    return "equal only (no mask)" if r.unequal_shards == r.empty_shard else (
+        f"unequal: {'yes' if r.unequal_shards is None else 'no'}; empty: {'yes' if r.empty_shard is None else 'no'}")
+
+
+def replica_table() -> str:
+    """README's generated span: one row per replica convention record (spec/replica_conventions.py)."""
+    from ..spec.replica_conventions import REPLICA_CONVENTIONS
+
+    lines = [
+        "| record | API | statistics | combine | running statistics after a step | shards |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in REPLICA_CONVENTIONS.values():
+        combine = r.combine.value if r.combine else "none (each replica its own)"
+        lines.append(f"| `{_cell(r.name)}` | {_cell(r.api)} | {r.semantics.value} | {_cell(combine)} | "
+                     f"{r.running.value} | {_shards(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+GENERATORS = {CONVENTION_TABLE: convention_table, ADAPTERS_TABLE: adapters_table, REPLICA_TABLE: replica_table}
 
 
 # ---------------------------------------------------------------------------------------- documents

@@ -39,6 +39,11 @@ running statistics while its counter is 0 (see the single-device record
 jax-equinox-batch-mode-debiases-from-initial-state)."""
 
 
+BEHAVIOURS = (DECLARED, NAN_EVERYWHERE, EMPTY_REPLICA_KEEPS_RUNNING, FIRST_STEP_FROM_HIDDEN_STATE)
+"""The recorded behaviours besides spec.replica_diagnosis's hypotheses (conformance/replica_battery.py
+`recorded_values` computes each)."""
+
+
 @dataclass(frozen=True)
 class ReplicaDiscrepancy:
     """A recorded, explained difference between a replica backend and its declared replica semantics."""
@@ -189,4 +194,4 @@ def replica_discrepancies_for(backend) -> tuple[ReplicaDiscrepancy, ...]:
     return own + tuple(r for r in ENTRIES if matches(backend.name, r.backends) and r not in own)
 
 
-__all__ = ["DECLARED", "EMPTY_REPLICA_KEEPS_RUNNING", "FIRST_STEP_FROM_HIDDEN_STATE", "ENTRIES", "NAN_EVERYWHERE", "float32_decay", "ReplicaDiscrepancy", "replica_discrepancies_for"]
+__all__ = ["BEHAVIOURS", "DECLARED", "EMPTY_REPLICA_KEEPS_RUNNING", "FIRST_STEP_FROM_HIDDEN_STATE", "ENTRIES", "NAN_EVERYWHERE", "float32_decay", "ReplicaDiscrepancy", "replica_discrepancies_for"]

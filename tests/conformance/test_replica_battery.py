@@ -326,10 +326,10 @@ def test_recorded_behaviours_beyond_the_hypotheses_hold_where_the_backend_does_t
 
 
 def test_every_built_in_record_names_a_behaviour_the_spec_models():
-    from bnconf.conformance.known.replicas import DECLARED, EMPTY_REPLICA_KEEPS_RUNNING, ENTRIES, NAN_EVERYWHERE
+    from bnconf.conformance.known.replicas import BEHAVIOURS, ENTRIES
     from bnconf.spec.replica_diagnosis import REPLICA_HYPOTHESES, SINGLE_DEVICE
 
-    names = {h.name for h in (*REPLICA_HYPOTHESES, *SINGLE_DEVICE)} | {NAN_EVERYWHERE, EMPTY_REPLICA_KEEPS_RUNNING, DECLARED}
+    names = {h.name for h in (*REPLICA_HYPOTHESES, *SINGLE_DEVICE)} | set(BEHAVIOURS)
     assert ENTRIES and all(r.hypothesis in names for r in ENTRIES)
     assert all(set(r.splits) <= {s.value for s in Split} and r.source.startswith("https://") for r in ENTRIES)
     assert len({r.id for r in ENTRIES}) == len(ENTRIES)
@@ -375,6 +375,8 @@ TF_KERAS = "tf_keras.layers.BatchNormalization[synchronized, MirroredStrategy]"
      "tf-keras-float64-float32-decay"),
     ("bnconf.adapters.torch_replicas:BACKENDS", "naive SyncBN", 1, (Split.EQUAL,), "torch", "float32",
      "naive-syncbn-world-size-1-is-plain-batchnorm"),
+    ("bnconf.adapters.jax_replicas:BACKENDS", "equinox.nn.BatchNorm(axis_name)", 2, (Split.EQUAL, Split.LARGE_MEAN),
+     "equinox", "float64", "equinox-first-step-from-hidden-state"),
 ])
 def test_the_built_in_records_hold_on_the_installed_frameworks(target, name, world_size, splits, module, dtype,
                                                                 record_id):
