@@ -1,5 +1,6 @@
 """Which backends, devices and dtypes a run covers: shared by the pytest options and the command line."""
 
+import hashlib
 import os
 
 from ..adapters.protocol import param_dtypes
@@ -40,3 +41,19 @@ def cells(backends_, devices: list[str], dtypes: list[str]):
         for layout in layouts(b, dtype)
         for mode in sorted(b.modes, key=lambda m: m.value)
     ]
+
+
+def shard_of(cell, n: int) -> int:
+    """The shard (1..n) of a (backend, device, dtype, mode) cell: a stable hash (SHA-256, not Python's salted
+    hash) of the backend's name, the device, the dtype and the mode, so a cell lands in the same shard on every
+    machine, whichever other backends are installed there."""
+    backend, device, dtype, mode = cell
+    key = "\x1f".join((str(backend.name), str(device), str(dtype), str(getattr(mode, "value", mode))))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n + 1
+
+
+def shard(cells_, k: int, n: int) -> list:
+    """The cells of shard `k` of `n` (1 <= k <= n), in their order: shards 1..n partition `cells_` exactly."""
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {k} of {n}: k must be from 1 to n")
+    return [c for c in cells_ if shard_of(c, n) == k]

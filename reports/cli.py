@@ -5,6 +5,7 @@
     bnconf replay DIR     rerun a failing case the test suite saved as a folder
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
+    bnconf diff OLD NEW   what changed between two report JSONs (exit 1: NEW has a regression)
 
 Exit status: 0 success, 1 a check failed or a backend does not conform, 2 bad input (one line; --debug
 shows the traceback).
@@ -21,6 +22,7 @@ from ..adapters.protocol import BackendError
 from ..adapters.registry import TargetError
 from ..spec import InputError
 from ..spec.formats import FORMATS
+from . import diff_command
 from .terminal import table
 
 
@@ -40,8 +42,9 @@ def _bad_input() -> tuple:
     from ..conformance.repro import CaseError  # imported here: `bnconf conventions` needs none of it
     from ..conformance.user_records import RecordsError
     from .output import OutputError
+    from .report_file import ReportFileError
 
-    return UsageError, TargetError, BackendError, InputError, CaseError, OutputError, RecordsError
+    return UsageError, TargetError, BackendError, InputError, CaseError, OutputError, RecordsError, ReportFileError
 
 
 def _one_line(text: str) -> str:
@@ -80,6 +83,15 @@ def world_sizes(text: str) -> tuple[int, ...]:
         raise UsageError(f"--world-sizes must be a comma-separated list of replica counts from 1 to {MAX_WORLD_SIZE}, "
                          f"got {text!r}; pick e.g. --world-sizes 1,2,3,4")
     return tuple(sorted({int(p) for p in parts}))
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """--shard "K/N" as (K, N) with 1 <= K <= N; UsageError naming the fix for anything else."""
+    k, slash, n = str(text).strip().partition("/")
+    if not (slash and k.strip().isdigit() and n.strip().isdigit() and 1 <= int(k) <= int(n)):
+        raise UsageError(f"--shard must be K/N, shard K of N with 1 <= K <= N, got {text!r}; "
+                         "pick e.g. --shard 1/2 on one machine and --shard 2/2 on another")
+    return int(k), int(n)
 
 
 def _replicas_on(args, selected: list[str]) -> bool:
@@ -127,6 +139,7 @@ def _report(args) -> int:
     from .publish import Publisher
 
     _check_battery_options(args)
+    shard = None if getattr(args, "shard", None) is None else shard_spec(args.shard)
     dtypes = selection.choice(args.dtype, "dtype")
     unknown = [d for d in dtypes if d not in FORMATS]
     if unknown:
@@ -146,6 +159,12 @@ def _report(args) -> int:
         raise UsageError(f"nothing to run: no selected backend runs on device {', '.join(devices) or 'any'} with dtype "
                          f"{', '.join(dtypes) or 'any'} (backends: {', '.join(b.name for b in found) or 'none available'}; "
                          f"they offer devices {offered('devices')} and dtypes {offered('dtypes')}); pick from those")
+    if shard:  # a slice of the cells; the distributed part and the pairs only in shard 1 (once over the N shards)
+        everything = len(cells)
+        cells = selection.shard(cells, *shard)
+        replicas, args.pair_examples = (replicas, args.pair_examples) if shard[0] == 1 else (False, 0)
+        print(f"shard {shard[0]}/{shard[1]}: {len(cells)} of {everything} cells"
+              + ("" if shard[0] == 1 else "; the distributed part and the pairs run in shard 1"), file=sys.stderr)
     options = run.RunOptions(args.examples, args.seed, args.pair_examples,
                              isolation.Limits(args.time_limit, int(args.memory_limit * 2**30)),
                              isolated=args.isolation, infer=args.command == "validate", edge_cases=args.edge_cases,
@@ -310,6 +329,12 @@ def main(argv=None) -> int:
                              "(and, without --backend, alone)")
     report.add_argument("--world-sizes", default="1,2,3,4", metavar="1,2,3,4",
                         help=f"replica counts of the distributed part, from 1 to {MAX_WORLD_SIZE} (default 1,2,3,4)")
+    report.add_argument("--shard", default=None, metavar="K/N",
+                        help="run only shard K of N (K from 1 to N): a deterministic slice of the cells, chosen by a "
+                             "stable hash of backend, device, dtype and mode, so that --shard 1/N ... N/N on N machines "
+                             "run every cell exactly once whatever else each has installed; the distributed part and "
+                             "the cross-framework pairs run only in shard 1; edge cases run in each shard for the "
+                             "backends, devices and dtypes it holds")
     report.set_defaults(run=_report)
     validate = sub.add_parser("validate", parents=[debug],
                               help="run the whole battery on one backend (yours): exit 0 when it conforms")
@@ -332,6 +357,7 @@ def main(argv=None) -> int:
     sub.add_parser("selfcheck", parents=[debug],
                    help="check the oracle against independent computations").set_defaults(run=_selfcheck)
     sub.add_parser("conventions", parents=[debug], help="list the convention records").set_defaults(run=_conventions)
+    diff_command.add_parser(sub, [debug])
     args = parser.parse_args(argv)
     try:
         return args.run(args)

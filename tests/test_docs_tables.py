@@ -13,7 +13,7 @@ from bnconf.adapters.registry import TargetError, load
 from bnconf.conformance import known
 from bnconf.conformance.known import DISCREPANCIES, EDGE_RECORDS
 from bnconf.reports import docs_tables
-from bnconf.reports.docs_tables import ADAPTERS_TABLE, CONVENTION_TABLE, END, REGENERATE, MarkerError
+from bnconf.reports.docs_tables import ADAPTERS_TABLE, CONVENTION_TABLE, END, REGENERATE, REPLICA_TABLE, MarkerError
 from bnconf.spec.conventions import CONVENTIONS
 
 
@@ -103,7 +103,7 @@ def _documents(tmp_path, spec_body="old\n", readme_body="old\n"):
     spec = tmp_path / "spec" / "SPEC.md"
     readme = tmp_path / "README.md"
     spec.write_text(f"# spec\n\n### 2.1\n\n{CONVENTION_TABLE.begin}\n{spec_body}{END}\n\nafter\n")
-    readme.write_text(f"# readme\n{ADAPTERS_TABLE.begin}\n{readme_body}{END}\ntail\n")
+    readme.write_text(f"# readme\n{ADAPTERS_TABLE.begin}\n{readme_body}{END}\n{REPLICA_TABLE.begin}\n{END}\ntail\n")
     return spec, readme
 
 
@@ -116,7 +116,8 @@ def test_write_rewrites_only_the_generated_spans(tmp_path):
     text = spec.read_text()
     assert text.startswith("# spec\n\n### 2.1\n\n") and text.endswith(f"{END}\n\nafter\n")
     assert docs_tables.convention_table() in text
-    assert readme.read_text() == f"# readme\n{ADAPTERS_TABLE.begin}\n{docs_tables.adapters_table()}{END}\ntail\n"
+    assert readme.read_text() == (f"# readme\n{ADAPTERS_TABLE.begin}\n{docs_tables.adapters_table()}{END}\n"
+                                  f"{REPLICA_TABLE.begin}\n{docs_tables.replica_table()}{END}\ntail\n")
 
 
 def test_a_missing_or_doubled_marker_is_an_error(tmp_path):
