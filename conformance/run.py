@@ -57,6 +57,7 @@ class RunState:
     pair_slots: list = field(default_factory=list)  # crosscheck.PairResult or None (not finished)
     replica_cells: list = field(default_factory=list)  # replica_results.ReplicaCell, in arrival order
     replica_unavailable: list = field(default_factory=list)  # registry.Unavailable: replica families not loaded
+    replica_pairs: list = field(default_factory=list)  # replica_pairs.ReplicaPairResult: synchronized backends paired
     phase: Phase = Phase.BATTERY
 
     @property
@@ -117,11 +118,19 @@ def replica_failures(cells) -> list[str]:
     return out
 
 
+def replica_pair_failures(results) -> list[str]:
+    """A pair of synchronized backends whose setting raised, or that differs in a way neither the spec nor a
+    record predicts (replica_pairs.failures)."""
+    from .replica_pairs import failures as unexpected
+
+    return unexpected(results)
+
+
 def failures(state: RunState, backends) -> list[str]:
     """Why the run does not conform (empty: it conforms)."""
     return (cell_failures(state.results) + edge_failures(state.rows("edge", backends))
             + inference_failures(state.rows("inferred", backends)) + replica_failures(state.replica_cells)
-            + pair_failures(state.pairs))
+            + replica_pair_failures(state.replica_pairs) + pair_failures(state.pairs))
 
 
 # ---------------------------------------------------------------- carrying it out
@@ -180,10 +189,15 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
 
 def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progress=None, changed=None,
                     replica_backends=None) -> None:
-    """The distributed part: every replica backend's cells into `state.replica_cells` as they finish (the
-    backends are closed at the end, also when interrupted)."""
+    """The distributed part: every replica backend's cells into `state.replica_cells` as they finish, then
+    (`options.pair_examples` > 0) the synchronized backends against each other into `state.replica_pairs`,
+    on the backends none of whose cells crashed, timed out or raised. The pairs run when the last cell has
+    arrived, before `run_replicas` closes the backends, so they reuse the warm worker processes and compiled
+    steps (a restart costs each framework family seconds); the backends are closed at the end, also when
+    interrupted."""
     from ..adapters.replica_registry import discover_replicas
-    from .replica_battery import run_replicas
+    from .replica_battery import planned_cells, run_replicas
+    from .replica_pairs import pair_world_sizes, run_replica_pairs
 
     changed = changed or (lambda: None)
     if replica_backends is None:
@@ -192,10 +206,23 @@ def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progr
         for u in state.replica_unavailable:
             progress(f"unavailable (distributed): {u.name}: {u.reason}")
 
+    world_sizes, dtypes = tuple(options.world_sizes), options.replica_dtypes or None
+    planned = len(planned_cells(replica_backends, world_sizes, dtypes))
+
+    def pairs() -> None:
+        failed = {c.backend for c in state.replica_cells if c.failed}
+        usable = [b for b in replica_backends if b.name not in failed]
+        state.replica_pairs.extend(run_replica_pairs(usable, options.pair_examples, options.seed,
+                                                     pair_world_sizes(world_sizes),
+                                                     progress=progress))
+        changed()
+
     def arrived(cell) -> None:
         state.replica_cells.append(cell)
         changed()
+        if len(state.replica_cells) == planned and options.pair_examples > 0:
+            pairs()
 
     examples = REPLICA_EXAMPLES if options.replica_examples is None else options.replica_examples
-    run_replicas(replica_backends, examples, options.seed, tuple(options.world_sizes), options.replica_dtypes or None,
-                 progress=progress, on_cell=arrived, cases_dir=Path(cases_dir))
+    run_replicas(replica_backends, examples, options.seed, world_sizes, dtypes, progress=progress, on_cell=arrived,
+                 cases_dir=Path(cases_dir))

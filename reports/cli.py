@@ -182,7 +182,7 @@ def _report(args) -> int:
             environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
         state = run.RunState(len(cells))
         publisher = Publisher(folder, args.name, state, found, environment, args.seed, args.examples,
-                              lambda s: run.failures(s, found))
+                              lambda s: run.failures(s, found), shard=f"{shard[0]}/{shard[1]}" if shard else "")
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731  (progress, kept off stdout)
         with _signals_interrupt() as caught:
             try:

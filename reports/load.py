@@ -4,8 +4,8 @@
 
 Fields a report was written without (an older bnconf) take their defaults; fields this bnconf does not know
 are dropped; "nan", "inf" and "-inf" strings in numeric fields become floats again. Figures are not in the
-JSON: a reloaded report has none. The distributed part ("replicas") reads back into ReplicaCells; a report
-written before it existed has none.
+JSON: a reloaded report has none. The distributed part ("replicas", "replica_pairs") reads back into ReplicaCells
+and ReplicaPairResults; a report written before they existed has none.
 """
 
 import json
@@ -13,6 +13,7 @@ from dataclasses import fields
 
 from ..conformance.battery import CellResult, DiscrepancyUse, QuantityRow
 from ..conformance.crosscheck import PairResult, PairRow
+from ..conformance.replica_pairs import ReplicaPairResult
 from ..conformance.replica_results import ReplicaCell, ReplicaRow
 from .render import FORMAT, Report
 
@@ -34,10 +35,10 @@ def _cell(d: dict) -> CellResult:
     return CellResult(**{**_known(CellResult, d), "rows": [_row(r) for r in d.get("rows", [])]})
 
 
-def _pair(d: dict) -> PairResult:
+def _pair(d: dict, cls=PairResult):
+    """A cross-framework pair (crosscheck.PairResult), or with `cls` ReplicaPairResult a pair of replica backends."""
     rows = d.get("rows")
-    return PairResult(**{**_known(PairResult, d),
-                         "rows": None if rows is None else [PairRow(**_known(PairRow, r)) for r in rows]})
+    return cls(**{**_known(cls, d), "rows": None if rows is None else [PairRow(**_known(PairRow, r)) for r in rows]})
 
 
 def _replica_cell(d: dict) -> ReplicaCell:
@@ -55,4 +56,6 @@ def load_report(text: str) -> Report:
                   [_pair(p) for p in doc.get("pairs", [])], {}, doc.get("inferred", []),
                   doc.get("status", "complete"), doc.get("cells_planned", 0), doc.get("edge", []),
                   replica_cells=[_replica_cell(c) for c in doc.get("replicas", [])],
-                  replica_unavailable=doc.get("replicas_unavailable", []))
+                  replica_unavailable=doc.get("replicas_unavailable", []),
+                  replica_pairs=[_pair(p, ReplicaPairResult) for p in doc.get("replica_pairs", [])],
+                  shard=doc.get("shard", ""))

@@ -15,8 +15,10 @@ PARTIAL_WRITE_SHARE = 10  # after a result, rewrite at once unless that would ta
 class Publisher:
     """Renders `state` (conformance.run.RunState) into `folder` (reports.output.ReportFolder)."""
 
-    def __init__(self, folder, name: str, state, backends, environment: dict, seed: int, examples: int, verdict):
+    def __init__(self, folder, name: str, state, backends, environment: dict, seed: int, examples: int, verdict,
+                 shard: str = ""):
         self.folder, self.name, self.state, self.backends = folder, name, state, backends
+        self.shard = shard  # "K/N" for bnconf report --shard, else ""
         self.environment, self.seed, self.examples = environment, seed, examples
         self.verdict = verdict  # state -> list of reasons the run does not conform
         self.pictures: dict = {}
@@ -32,12 +34,13 @@ class Publisher:
                              s.rows("inferred", self.backends), status, s.cells_planned, s.rows("edge", self.backends),
                              self.name, replica_cells=list(getattr(s, "replica_cells", [])),
                              replica_unavailable=[{"family": u.name, "reason": u.reason}
-                                                  for u in getattr(s, "replica_unavailable", [])])
+                                                  for u in getattr(s, "replica_unavailable", [])],
+                             replica_pairs=list(getattr(s, "replica_pairs", [])), shard=self.shard)
 
     def _progress(self) -> tuple:
         s = self.state
         return (len(s.results), len(s.pairs), sum(map(len, s.inferred.values())), sum(map(len, s.edge.values())),
-                len(getattr(s, "replica_cells", [])))
+                len(getattr(s, "replica_cells", [])), len(getattr(s, "replica_pairs", [])))
 
     def write_json(self, status: str) -> render.Report:
         start = time.monotonic()

@@ -9,11 +9,12 @@ and replay line). Then:
 The distributed part (replica backends at world sizes x split patterns, replica_table.py) in every format: its
 matrix (one row per backend) and why cells did not run; the HTML its every quantity (filterable and sortable)
 and the synchronized implementations against each other; Markdown and terminal only the quantities that do
-not conform and the pairs that differ; JSON everything, under "replicas".
+not conform and one line per pair of synchronized backends; JSON everything, under "replicas" and
+"replica_pairs".
 
 JSON layout (`bnconf-report/1`):
     {"format": "bnconf-report/1", "status": "complete"|"running"|"interrupted", "cells_planned": int,
-     "seed": int, "examples": int, "conforms": bool,
+     "seed": int, "examples": int, "shard": "K/N" or "", "conforms": bool,
      "environment": {"python": str, "numpy": str, "<framework>": str, "machine": str},
      "cells": [{"backend", "convention", "device", "dtype", "mode",
                 "status": "ran"|"unsupported"|"error"|"crashed"|"timed out"|"out of memory"|"not run",
@@ -46,6 +47,9 @@ JSON layout (`bnconf-report/1`):
                              "expected", "bound", "worst", "mistake" (the named mistake), "detail", "known" (the
                              record id), "judged", "examples"}]}]   (conformance/replica_results.py)
      "replicas_unavailable": [{"family", "reason"}]   (replica backend families that did not load)
+     "replica_pairs": [{"source", "target", "world_size", "split", "dtype", "device", "status": "ran"|"not comparable"|
+                        "error", "reason", "seconds", "rows": [as in "pairs", "mode": "training step"]}]
+                      (synchronized replica backends against each other: conformance/replica_pairs.py)
      "seconds_per_backend": {"<backend>": float},   (replica backends included)
      "summary": {"backends": [{"backend", "cells", "unsupported", "drawn", "judged", "conforms", "known",
                                "ill_conditioned", "non_conformant", "errors", "edge": [agree, recorded, unexplained],
@@ -77,7 +81,8 @@ from . import page
 from .edge_table import EDGE_RECORD_HEADER, edge_matrix_rows, edge_record_rows, edge_section_rows, edge_summary
 from ..conformance.status import CellStatus
 from . import replica_table
-from .summary import UNEXPECTED_PAIR, BackendLine, Finding, backend_lines, findings, reason_replays, totals
+from .summary import (UNEXPECTED_PAIR, BackendLine, Finding, backend_lines, findings, reason_replays,
+                      replica_pair_findings, totals)
 from .terminal import NO_FIGURE, examples_text, number, one_line, table
 
 FORMAT = "bnconf-report/1"
@@ -108,6 +113,9 @@ class Report:
     replica_cells: list = field(default_factory=list)  # the distributed part: conformance.replica_results.ReplicaCell
     # replica backend families that did not load: {"family", "reason"} (adapters/replica_registry.discover_replicas)
     replica_unavailable: list = field(default_factory=list)
+    # synchronized replica backends against each other: conformance.replica_pairs.ReplicaPairResult
+    replica_pairs: list = field(default_factory=list)
+    shard: str = ""  # "K/N": the run was shard K of N (bnconf report --shard); "": every cell
 
 
 @dataclass
@@ -254,10 +262,12 @@ def _edge_matrix_section(report: Report) -> Section:
 _MATRIX_NOTE = ("Each backend on W replicas (processes or devices), the batch split along axis 0; y, running "
                 "statistics, dx, dgamma, dbeta against the float64 oracle: batch norm of the concatenated shards "
                 "(synchronized) or of each shard (per-replica). known: a record covers it; [k]: see the marks.")
-_PAIRS_NOTE = ("Pairs of synchronized backends over the world sizes and splits both ran. Both sides are judged against "
-               "one oracle, batch norm of the concatenated shards in each one's convention (momentum and eps "
-               "translated): where both conform they agree after translation within both bounds; a difference a "
-               "record covers is as recorded; a NON-CONFORMANT side is UNEXPECTED (a finding of that backend).")
+_PAIRS_NOTE = ("Each pair of synchronized backends on the same shards (drawn in A's convention; channel axis, momentum "
+               "and eps translated to B's with bnconf.spec.translate), one step each, every quantity compared: matches "
+               "when |a - b| is within both sides' bounds; differs as the spec predicts when a - b is the difference "
+               "of the two conventions' oracles (the translation's residual named, with its predicted relative size); "
+               "differs as recorded when a known replica record stands in for a side; else UNEXPECTED. Counts are "
+               "quantity rows (y, running_mean, running_var, dx, dgamma, dbeta) per setting.")
 _QUANTITIES_NOTE = ("One row per backend, world size, split, dtype and quantity: the worst example's error / bound, "
                     "observed and expected values at its worst element (y and dx concatenated over replicas, running "
                     "statistics stacked per replica). Cells that did not run are folded per backend and reason.")
@@ -293,13 +303,14 @@ def _distributed_sections(report: Report, full: bool) -> list[Section]:
         out.append(Section("Distributed: known discrepancies", replica_table.DISCREPANCY_HEADER[:k],
                            [r[:k] for r in records], terminal_columns=6,
                            note=_RECORDS_NOTE if full else "Explanation and evidence of each: the HTML."))
-    pairs = replica_table.pair_rows(cells)
+    pairs = report.replica_pairs
     if full:
         out.append(Section("Distributed: every quantity", replica_table.QUANTITY_HEADER,
                            replica_table.quantity_rows(cells), note=_QUANTITIES_NOTE, terminal_columns=12,
                            filter_columns=replica_table.QUANTITY_FILTER, element_id="replicas"))
         if pairs:
-            out.append(Section(_PAIRS_TITLE, replica_table.PAIR_HEADER, pairs, note=_PAIRS_NOTE, terminal_columns=8))
+            out.append(Section(_PAIRS_TITLE, replica_table.PAIR_HEADER, replica_table.pair_setting_rows(pairs),
+                               note=_PAIRS_NOTE, terminal_columns=10))
         return out
     failing = replica_table.failing_rows(cells)
     if failing:
@@ -310,14 +321,14 @@ def _distributed_sections(report: Report, full: bool) -> list[Section]:
                            [[row[k] for k in shown] for row in failing[:MARKDOWN_REPLICA_ROWS]],
                            note="Observed, expected, replay: in the findings"
                                 + (f"; {more} more rows in {report.name}.html." if more > 0 else ".")))
-    if pairs:
-        counts: dict[str, int] = {}
-        for row in pairs:
-            counts[row[2]] = counts.get(row[2], 0) + 1
-        out.append(Section(_PAIRS_TITLE, ["verdict", "pairs"],
-                           [[v, counts[v]] for v in replica_table.PAIR_VERDICTS if v in counts],
-                           note="Both sides judged against one oracle in their own conventions (momentum, eps "
-                                "translated). Every pair and where it differs: the HTML."))
+    rows = replica_table.pair_rows(pairs, compact=True)
+    ran = [r for r in rows if r[2] != "not comparable"]
+    if rows:
+        apart = len(rows) - len(ran)
+        out.append(Section(_PAIRS_TITLE, replica_table.PAIR_COMPACT_HEADER, ran,
+                           note="One line per pair over its world sizes and splits; counts are quantity rows. "
+                                + (f"{apart} more pairs not comparable (no setting both could run). " if apart else "")
+                                + f"Every setting, what differs and why: {report.name}.html."))
     return out
 
 
@@ -450,7 +461,8 @@ def _totals_text(report: Report) -> str:
 
 def conforms(report: Report) -> bool:
     """The run's verdict: the report's own (conformance/run.py's failures) and the distributed part's."""
-    return report.conforms and not replica_table.failures(report.replica_cells)
+    return (report.conforms and not replica_table.failures(report.replica_cells)
+            and not replica_pair_findings(report.replica_pairs))
 
 
 def _headline(report: Report) -> str:
@@ -585,7 +597,9 @@ def markdown(report: Report) -> str:
     summary = summary_section(report)
     lines = [f"# {TITLE}", "",
              f"Verdict: **{_headline(report)}**. Seed {report.seed}, {report.examples} Hypothesis examples per cell "
-             "(shrinking off, targeting the largest error/bound).", "", markdown_cell(_totals_text(report)), "",
+             "(shrinking off, targeting the largest error/bound)."
+             + (f" Shard {report.shard} of the cells (bnconf report --shard)." if report.shard else ""), "",
+             markdown_cell(_totals_text(report)), "",
              f"Environment: {markdown_cell(_environment(report))}"]
     lines += _markdown_table(summary) + _markdown_findings(report)
     if report.figures:
@@ -658,6 +672,7 @@ def json_document(report: Report) -> str:
         "cells_planned": report.cells_planned,
         "seed": report.seed,
         "examples": report.examples,
+        "shard": report.shard,
         "conforms": conforms(report),
         "environment": report.environment,
         "cells": [asdict(c) for c in report.results],
@@ -668,6 +683,7 @@ def json_document(report: Report) -> str:
         "edge_records": [dict(zip(EDGE_RECORD_HEADER, row)) for row in edge_record_rows(report.edge)],
         "replicas": [asdict(c) for c in report.replica_cells],
         "replicas_unavailable": report.replica_unavailable,
+        "replica_pairs": [asdict(p) for p in report.replica_pairs],
         "seconds_per_backend": seconds_per_backend(report.results, report.replica_cells),
         "summary": _summary_document(report),
     }

@@ -13,14 +13,16 @@ per quantity: y, running_mean, running_var, dx, dgamma, dbeta).
     quantity_rows(cells)  -> QUANTITY_HEADER rows: one per (cell, quantity); cells that did not run folded per
                              (backend, device, reason); a cell that crashed, timed out or raised is one row
     failing_rows(cells)   -> the quantity_rows that are NON-CONFORMANT, CRASHED, TIMED OUT or ERROR
-    pair_rows(cells)      -> PAIR_HEADER rows: the synchronized backends against each other (see `pair_rows`)
+    pair_setting_rows(pairs) -> PAIR_HEADER rows: the synchronized backends against each other, one per pair,
+                             world size, split and dtype (conformance/replica_pairs.ReplicaPairResult)
+    pair_rows(pairs)      -> PAIR_SUMMARY_HEADER rows: one per pair, its settings and quantity rows counted
     discrepancy_rows(cells) -> DISCREPANCY_HEADER rows: each known-discrepancy record the cells used
                              (ReplicaCell.discrepancies), with its explanation and evidence
     failures(cells)       -> why the distributed part does not conform (empty: it conforms)
 
 A row's verdict is the spec's (spec.Verdict) or "known discrepancy"; conforms, ill-conditioned and known
 discrepancy are accepted (ReplicaRow.accepted), any other is shown as "NON-CONFORMANT (<the spec's verdict>)".
-Pure functions of the cells; nothing here runs a backend.
+Pure functions of the cells and pair results; nothing here runs a backend.
 """
 
 from .terminal import examples_text, number
@@ -36,10 +38,6 @@ QUANTITY_HEADER = ["backend", "semantics", "device", "dtype", "world size", "spl
                    "bound", "worst element", "replay"]
 QUANTITY_FILTER = (0, QUANTITY_HEADER.index("verdict"))  # (backend, verdict) columns: the HTML filter bar
 LEGEND_HEADER = ["mark", "entries", "why", "backends (cells)"]
-PAIR_HEADER = ["backend A", "backend B", "verdict", "settings both ran", "matching after translation",
-               "differing as recorded", "UNEXPECTED differences", "settings not comparable", "where they differ"]
-PAIR_DIFFERENCES_SHOWN = 3  # per pair; the rest counted
-PAIR_VERDICTS = ("UNEXPECTED difference", "differs as recorded", "matches after translation", "not comparable")
 DISCREPANCY_HEADER = ["id", "backends", "examples covered", "examples that needed it", "status",
                       "what the backend computes instead", "explanation", "evidence"]
 
@@ -285,78 +283,65 @@ def counts(cells) -> dict[str, int]:
 
 # ---------------------------------------------------------------- synchronized implementations against each other
 
-
-def _by_setting(cells) -> dict[str, dict[tuple, list]]:
-    """Synchronized backends -> (world size, split) -> its cells there (every dtype and device)."""
-    out: dict[str, dict[tuple, list]] = {}
-    for c in cells:
-        if c.semantics == "synchronized":
-            out.setdefault(c.backend, {}).setdefault((c.world_size, c.split), []).append(c)
-    return out
-
-
-def _side(cells) -> tuple[str, str]:
-    """One backend at one setting, over its dtypes: ("ran" | "recorded" | "unexpected" | "not comparable", why)."""
-    ran = [c for c in cells if c.status == "ran"]
-    if not ran:
-        c = cells[0]
-        return "not comparable", f"{c.backend} {status_text(c)}" + (f": {c.reason}" if c.reason else "")
-    wrong = [c for c in ran if any(not r.accepted for r in c.rows)]
-    if wrong:
-        return "unexpected", "; ".join(f"{c.backend} {c.dtype} {NON_CONFORMANT} ({named_mistakes(c.rows)})"
-                                       for c in wrong)
-    known = [c for c in ran if any(r.verdict == KNOWN for r in c.rows)]
-    if known:
-        return "recorded", "; ".join(f"{c.backend} {c.dtype} known ({', '.join(_unique(r.known for r in c.rows))})"
-                                     for c in known)
-    return "ran", ""
+# conformance/crosscheck.py's verdicts and the mark replica_pairs.py puts on a record's name (not imported: the
+# conformance engine is not needed to render a report)
+MATCHES, PREDICTED, UNEXPECTED = "matches after translation", "differs as the spec predicts", "UNEXPECTED difference"
+RECORDED_MARK = " as recorded in "
+RECORDED = "differs as recorded"
+PAIR_KINDS = (MATCHES, PREDICTED, RECORDED, UNEXPECTED)  # a quantity row's kind, in the tables' column order
+PAIR_HEADER = ["backend A", "backend B", "W", "split", "dtype", "status", *PAIR_KINDS,
+               "where they differ (largest relative difference; residual or record)"]
+PAIR_SUMMARY_HEADER = ["backend A", "backend B", "verdict", "settings run", "not comparable", "errors", *PAIR_KINDS]
+PAIR_COMPACT_HEADER = ["backend A", "backend B", "verdict", "settings run / not comparable / error",
+                       "rows matching / predicted / recorded / UNEXPECTED"]
+PAIR_VERDICTS = (UNEXPECTED, "error", RECORDED, PREDICTED, MATCHES, "not comparable")  # worst first
 
 
-_ORDER = ("not comparable", "unexpected", "recorded", "ran")
+def pair_kind(row) -> str:
+    """A quantity row's kind: matches, differs as the spec predicts (a residual of the translation), differs as
+    recorded (a known replica record stands in for a side's declared behaviour), UNEXPECTED."""
+    if row.verdict == PREDICTED and RECORDED_MARK in (row.residuals or ""):
+        return RECORDED
+    return row.verdict
 
 
-def _compare(a: list, b: list) -> tuple[str, str]:
-    """("match" | "recorded" | "unexpected" | "not comparable", what differs) for two backends at one setting:
-    the worse side decides (a side that did not run leaves it not comparable)."""
-    sides = sorted((_side(a), _side(b)), key=lambda s: _ORDER.index(s[0]))
-    kind = sides[0][0]
-    if kind == "ran":
-        return "match", ""
-    return kind, "; ".join(text for k, text in sides if k == kind)
+def _kind_counts(rows) -> list[int]:
+    kinds = [pair_kind(r) for r in rows]
+    return [kinds.count(k) for k in PAIR_KINDS]
 
 
-def pair_rows(cells) -> list[list]:
-    """Every pair of synchronized backends over the settings (world size, split) both were selected for, in
-    whatever dtypes each ran.
-    Each side was judged against the same oracle, single-device batch norm of the concatenated shards in its
-    own convention (momentum and eps translated): where both conform, their outputs agree after translation
-    within both error bounds ("matching after translation"); a record covering either side is a difference
-    "as recorded"; a NON-CONFORMANT side is an UNEXPECTED difference; a side that did not run (unsupported,
-    crashed, ...) leaves the setting not comparable."""
-    by = _by_setting(cells)
-    names = list(by)
+def _differences(p) -> str:
+    """The quantities of one setting that do not simply match: "running_var: differs as the spec predicts
+    (0.032; running variance estimator (predicted 0.0323 relative at n=32))"."""
+    return "; ".join(f"{r.quantity}: {pair_kind(r)} ({number(r.max_relative)}" + (f"; {r.residuals})" if r.residuals else ")")
+                     for r in p.rows or [] if r.verdict != MATCHES)
+
+
+def pair_setting_rows(pairs) -> list[list]:
+    """PAIR_HEADER rows: one per pair and setting (conformance/replica_pairs.ReplicaPairResult), quantity rows
+    counted per kind, what differs named; a setting that did not run shows its reason."""
+    return [[p.source, p.target, p.world_size or "-", p.split, p.dtype, p.status, *_kind_counts(p.rows or []),
+             _differences(p) if p.status == "ran" else p.reason] for p in pairs]
+
+
+def pair_rows(pairs, compact: bool = False) -> list[list]:
+    """PAIR_SUMMARY_HEADER rows: one per pair of synchronized backends over its settings: the worst verdict
+    (UNEXPECTED or error first, then recorded, predicted, matches; not comparable when no setting ran),
+    settings run / not comparable / errors, and the quantity rows per kind; `compact` (Markdown, terminal):
+    PAIR_COMPACT_HEADER rows, the counts joined ("4/0/0", "12/2/10/0")."""
+    by: dict[tuple[str, str], list] = {}
+    for p in pairs:
+        by.setdefault((p.source, p.target), []).append(p)
     out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            shared = [s for s in by[a] if s in by[b]]
-            if not shared:
-                continue
-            tally = {"match": 0, "recorded": 0, "unexpected": 0, "not comparable": 0}
-            differences = []
-            for s in shared:
-                kind, text = _compare(by[a][s], by[b][s])
-                tally[kind] += 1
-                if kind in ("recorded", "unexpected"):
-                    differences.append(f"W={s[0]} {s[1]}: {text}")
-            unexpected, recorded, matches, not_comparable = PAIR_VERDICTS
-            verdict = (unexpected if tally["unexpected"] else recorded if tally["recorded"] else matches if tally["match"]
-                       else not_comparable)
-            shown = "; ".join(differences[:PAIR_DIFFERENCES_SHOWN])
-            if len(differences) > PAIR_DIFFERENCES_SHOWN:
-                shown += f" (+{len(differences) - PAIR_DIFFERENCES_SHOWN} more)"
-            ran = len(shared) - tally["not comparable"]
-            out.append([a, b, verdict, ran, tally["match"], tally["recorded"], tally["unexpected"],
-                        tally["not comparable"], shown])
+    for (a, b), settings in by.items():
+        rows = [r for p in settings for r in p.rows or []]
+        status = [p.status for p in settings]
+        counts = _kind_counts(rows)
+        present = set(pair_kind(r) for r in rows) | ({"error"} if "error" in status else set())
+        verdict = next((v for v in PAIR_VERDICTS if v in present), "not comparable")
+        settings_counts = [status.count("ran"), status.count("not comparable"), status.count("error")]
+        out.append([a, b, verdict, "/".join(map(str, settings_counts)), "/".join(map(str, counts))] if compact
+                   else [a, b, verdict, *settings_counts, *counts])
     return out
 
 

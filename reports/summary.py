@@ -145,7 +145,7 @@ def backend_lines(report) -> list[BackendLine]:
         line(r["backend"]).edge[k] += 1
     for f in _edge_findings(report.edge) + _inference_findings(report.inferred):
         line(f.backend).other_findings += 1
-    for f in _pair_findings(report.pairs):
+    for f in _pair_findings(report.pairs) + replica_pair_findings(getattr(report, "replica_pairs", [])):
         for name in f.backend.split(" vs "):
             if name in lines:
                 lines[name].other_findings += 1
@@ -246,21 +246,29 @@ def _inference_findings(inferred) -> list[Finding]:
             for r in inferred if not accepted(r.get("verdict", "agrees" if r.get("agrees") else "DIFFERS"))]
 
 
-def _pair_findings(pairs) -> list[Finding]:
-    """A cross-framework pair that could not run, or that differs in a way the spec does not predict."""
+def _pair_findings(pairs, where=lambda p: p.mode) -> list[Finding]:
+    """A cross-framework pair that could not run, or that differs in a way the spec does not predict; `where`
+    says where (the mode; for a pair of replica backends its world size, split and dtype)."""
     out = []
     for p in pairs:
         who = f"{p.source} vs {p.target}"
         if p.status == "error":
-            out.append(Finding(who, p.mode, "-", "ERROR", p.reason))
-        out += [Finding(who, p.mode, r.quantity, r.verdict, r.residuals or r.worst_input,
+            out.append(Finding(who, where(p), "-", "ERROR", p.reason))
+        out += [Finding(who, where(p), r.quantity, r.verdict, r.residuals or r.worst_input,
                         relative_error=r.max_relative, drawn=r.examples)
                 for r in p.rows or [] if r.verdict == UNEXPECTED_PAIR]
     return out
 
 
+def replica_pair_findings(pairs) -> list[Finding]:
+    """Two synchronized replica backends (conformance/replica_pairs.ReplicaPairResult) that raised, or that
+    differ in a way neither the spec nor a record predicts."""
+    return _pair_findings(pairs, where=lambda p: f"distributed W={p.world_size} {p.split} {p.dtype}")
+
+
 def findings(report) -> list[Finding]:
-    """Every finding: cells and rows first (in the order they ran), then the distributed cells and rows, edge
-    cases, conventions and pairs."""
+    """Every finding: cells and rows first (in the order they ran), then the distributed cells and rows and the
+    pairs of synchronized replica backends, edge cases, conventions and pairs."""
     return (_cell_findings(report.results) + _replica_findings(getattr(report, "replica_cells", []))
+            + replica_pair_findings(getattr(report, "replica_pairs", []))
             + _edge_findings(report.edge) + _inference_findings(report.inferred) + _pair_findings(report.pairs))

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bnconf.conformance import crosscheck
+from bnconf.conformance.crosscheck import PairRow
+from bnconf.conformance.replica_pairs import ReplicaPairResult
 from bnconf.conformance.replica_results import ReplicaCell, ReplicaRow
 from bnconf.reports import render, replica_table, summary
 from bnconf.reports.load import load_report
@@ -75,11 +78,40 @@ def replica_cells() -> list[ReplicaCell]:
 
 
 UNLOADED = [{"family": "keras", "reason": "tensorflow is not installed (pip install 'bnconf[keras,tensorflow]')"}]
+NUMPY, FLAX, HAIKU = "example synchronized (NumPy)", "flax.linen.BatchNorm(axis_name)", "haiku.BatchNorm(cross_replica_axis)"
+ESTIMATOR = "running variance estimator (predicted 0.0667 relative at n=16)"
+FLAX_RECORD = f"{FLAX} as recorded in flax-equal-weight"
 
 
-def report(name: str = "r", conforms: bool = False) -> render.Report:
+def setting(a: str, b: str, w: int, split: str, **differ) -> ReplicaPairResult:
+    """A pair's setting that ran: every quantity matches but for `differ` (quantity -> (verdict, residuals))."""
+    rows = []
+    for q in QUANTITIES:
+        verdict, residuals = differ.get(q, (crosscheck.MATCHES, ""))
+        rows.append(PairRow(a, b, "training step", q, verdict, 0.0 if verdict == crosscheck.MATCHES else 0.07,
+                            residuals, examples=2))
+    return ReplicaPairResult(a, b, w, split, "float32", rows=rows)
+
+
+def replica_pairs(unexpected: bool = False) -> list[ReplicaPairResult]:
+    """NumPy vs Flax: the running variance estimator predicted, Flax's equal-weight record on unequal shards;
+    NumPy vs Haiku: unequal not comparable (no mask), equal matches; NumPy vs SyncBatchNorm: no common device;
+    with `unexpected`, NumPy vs the local-Bessel mutant: running_var UNEXPECTED at W=3 unequal."""
+    out = [setting(NUMPY, FLAX, 2, "equal", running_var=(crosscheck.PREDICTED, ESTIMATOR)),
+           setting(NUMPY, FLAX, 3, "unequal", running_var=(crosscheck.PREDICTED, ESTIMATOR),
+                   y=(crosscheck.PREDICTED, FLAX_RECORD), dx=(crosscheck.PREDICTED, FLAX_RECORD)),
+           ReplicaPairResult(NUMPY, HAIKU, 3, "unequal", "float32", status="not comparable", reason=NO_MASK),
+           setting(NUMPY, HAIKU, 3, "equal"),
+           ReplicaPairResult(NUMPY, "torch.nn.SyncBatchNorm", 0, "-", "-", "-", "not comparable",
+                             "no device both run on now (cpu vs cuda)")]
+    if unexpected:
+        out.append(setting(NUMPY, "mutant: local Bessel", 3, "unequal", running_var=(crosscheck.UNEXPECTED, "")))
+    return out
+
+
+def report(name: str = "r", conforms: bool = False, unexpected: bool = False) -> render.Report:
     return render.Report([], {"python": "3.11"}, 0, 2, conforms, name=name, replica_cells=replica_cells(),
-                         replica_unavailable=UNLOADED)
+                         replica_unavailable=UNLOADED, replica_pairs=replica_pairs(unexpected))
 
 
 # ---------------------------------------------------------------- the tables' data
@@ -145,17 +177,47 @@ def test_every_quantity_is_a_row_and_cells_that_did_not_run_are_folded_per_reaso
 
 
 def test_synchronized_backends_are_compared_after_translation():
-    pairs = {(r[0], r[1]): r for r in replica_table.pair_rows(replica_cells())}
     header = replica_table.PAIR_HEADER
-    verdict = header.index("verdict")
-    assert all("torch DDP(BatchNorm)" not in pair for pair in pairs)  # per-replica: not in the table
-    numpy_flax = pairs["example synchronized (NumPy)", "flax.linen.BatchNorm(axis_name)"]
-    assert numpy_flax[verdict] == "differs as recorded" and numpy_flax[3:8] == [3, 2, 1, 0, 0]
-    assert "known (flax-equal-weight)" in numpy_flax[-1]
-    mutant = pairs["example synchronized (NumPy)", "mutant: local Bessel"]
-    assert mutant[verdict] == "UNEXPECTED difference" and MISTAKE in mutant[-1]
-    assert pairs["example synchronized (NumPy)", "haiku.BatchNorm(cross_replica_axis)"][verdict] == "matches after translation"
-    assert pairs["example synchronized (NumPy)", "torch.nn.SyncBatchNorm"][verdict] == "not comparable"
+    settings = replica_table.pair_setting_rows(replica_pairs(unexpected=True))
+    assert [row[:6] for row in settings][:3] == [[NUMPY, FLAX, 2, "equal", "float32", "ran"],
+                                                 [NUMPY, FLAX, 3, "unequal", "float32", "ran"],
+                                                 [NUMPY, HAIKU, 3, "unequal", "float32", "not comparable"]]
+    kinds = slice(header.index(replica_table.MATCHES), header.index(replica_table.UNEXPECTED) + 1)
+    assert settings[1][kinds] == [3, 1, 2, 0]  # matches, predicted, recorded, UNEXPECTED
+    assert f"running_var: differs as the spec predicts (0.07; {ESTIMATOR})" in settings[1][-1]
+    assert f"y: differs as recorded (0.07; {FLAX_RECORD})" in settings[1][-1]
+    assert settings[2][-1] == NO_MASK and settings[4][2] == "-"
+    pairs = {(r[0], r[1]): r[2:] for r in replica_table.pair_rows(replica_pairs(unexpected=True))}
+    assert pairs[NUMPY, FLAX] == [replica_table.RECORDED, 2, 0, 0, 8, 2, 2, 0]
+    assert pairs[NUMPY, HAIKU] == [replica_table.MATCHES, 1, 1, 0, 6, 0, 0, 0]
+    assert pairs[NUMPY, "torch.nn.SyncBatchNorm"][:4] == ["not comparable", 0, 1, 0]
+    assert pairs[NUMPY, "mutant: local Bessel"][0] == replica_table.UNEXPECTED
+    errored = replica_pairs() + [ReplicaPairResult(NUMPY, FLAX, 2, "unequal", "float32", status="error",
+                                                   reason="ReplicaCrash: replica 1 died")]
+    assert {(r[0], r[1]): r[2] for r in replica_table.pair_rows(errored)}[NUMPY, FLAX] == "error"
+
+
+def test_the_report_tables_use_crosschecks_verdicts():
+    assert (replica_table.MATCHES, replica_table.PREDICTED, replica_table.UNEXPECTED) == (
+        crosscheck.MATCHES, crosscheck.PREDICTED, crosscheck.UNEXPECTED)
+    from bnconf.conformance import replica_pairs as module
+
+    assert replica_table.RECORDED_MARK == module.RECORDED_MARK
+
+
+def test_an_unexpected_pair_difference_is_a_finding_and_fails_the_run():
+    r = report(conforms=True, unexpected=True)
+    (found,) = [f for f in summary.findings(r) if " vs " in f.backend]
+    assert (found.backend, found.where, found.subject, found.verdict) == (
+        f"{NUMPY} vs mutant: local Bessel", "distributed W=3 unequal float32", "running_var", crosscheck.UNEXPECTED)
+    assert not render.conforms(render.Report([], {}, 0, 2, True, replica_pairs=replica_pairs(unexpected=True)))
+    assert render.conforms(render.Report([], {}, 0, 2, True, replica_pairs=replica_pairs()))
+    from bnconf.conformance import run
+
+    state = run.RunState(0)
+    state.replica_pairs.extend(replica_pairs(unexpected=True))
+    assert run.failures(state, []) == [f"{NUMPY} vs mutant: local Bessel W=3 unequal float32 running_var: "
+                                       f"{crosscheck.UNEXPECTED}"]
 
 
 def test_the_records_used_are_listed_with_their_counts():
@@ -224,8 +286,9 @@ def test_the_markdown_has_the_matrix_and_the_rows_that_do_not_conform_only():
     assert "| mutant: local Bessel | synchronized | cpu | float32 | conforms | NON-CONFORMANT [2] |" in md
     assert f"| [2] | NON-CONFORMANT | {MISTAKE} | mutant: local Bessel (1) |" in md
     assert f"| [4] | unsupported | {GPU_ONLY} | torch.nn.SyncBatchNorm (3) |" in md
-    assert ("| UNEXPECTED difference | 2 |\n| differs as recorded | 1 |\n| matches after translation | 7 |\n"
-            "| not comparable | 5 |") in md
+    assert f"| {NUMPY} | {FLAX} | differs as recorded | 2/0/0 | 8/2/2/0 |" in md
+    assert f"| {NUMPY} | {HAIKU} | matches after translation | 1/1/0 | 6/0/0/0 |" in md
+    assert "SyncBatchNorm | not comparable" not in md and "1 more pairs not comparable" in md
     assert md.count("| running_var |") == 1  # only the failing quantity; every quantity is in the HTML
     assert "every quantity of the distributed part (94 rows)" in md
 
@@ -254,14 +317,15 @@ def test_the_json_holds_every_cell_and_reads_back_to_the_same_report():
     again = load_report(text)
     again.name = r.name
     assert again.replica_cells == r.replica_cells and again.replica_unavailable == UNLOADED
+    assert again.replica_pairs == r.replica_pairs and len(doc["replica_pairs"]) == len(replica_pairs())
     assert render.markdown(again) == render.markdown(r) and render.json_document(again) == text
 
 
 def test_a_report_written_before_the_distributed_part_still_loads():
     doc = json.loads(render.json_document(reports.small_report()))
-    del doc["replicas"]
+    del doc["replicas"], doc["replica_pairs"]
     again = load_report(json.dumps(doc))
-    assert again.replica_cells == []
+    assert again.replica_cells == [] and again.replica_pairs == []
     assert "Distributed" not in render.markdown(again)
     doc = json.loads(render.json_document(report()))
     doc["replicas"][0]["a field from a newer bnconf"] = 1

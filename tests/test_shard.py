@@ -94,3 +94,18 @@ def test_a_shard_runs_its_slice_and_only_shard_1_the_distributed_part_and_the_pa
     assert ran["cells"] == _ids(selection.shard(everything, k, 2))
     assert (ran["options"].replicas, ran["options"].pair_examples) == ((True, 2) if k == 1 else (False, 0))
     assert f"shard {k}/2: {len(ran['cells'])} of {len(everything)} cells" in capsys.readouterr().err
+
+
+def test_a_shard_is_recorded_in_the_report(tmp_path, capsys):
+    import json
+
+    from bnconf.reports.cli import main
+
+    code = main(["report", "--backend", "bnconf.adapters.example_numpy:BACKEND", "--shard", "2/3", "--examples", "1",
+                 "--pair-examples", "0", "--no-edge-cases", "--no-isolation", "--out", str(tmp_path), "--name", "s"])
+    assert code in (0, 1)
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["shard"] == "2/3" and "Shard 2/3 of the cells" in (tmp_path / "s.md").read_text()
+    from bnconf.reports.load import load_report
+
+    assert load_report((tmp_path / "s.json").read_text()).shard == "2/3"
