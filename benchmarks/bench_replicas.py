@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +42,14 @@ def timed(backend, calls: list) -> None:
 def main(argv=None) -> int:
     from bnconf.adapters.replica_registry import discover_replicas
     from bnconf.conformance import run
-    from bnconf.conformance.replica_battery import run_replicas
+    from bnconf.conformance import isolation
     from bnconf.conformance.replica_cases import DEFAULT_WORLD_SIZES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=run.REPLICA_EXAMPLES)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=list(DEFAULT_WORLD_SIZES))
     parser.add_argument("--dtypes", nargs="+", default=None, help="default: the report's (float32, float64)")
+    parser.add_argument("--pair-examples", type=int, default=2, help="synchronized pairs (the report's default 2)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -57,7 +59,13 @@ def main(argv=None) -> int:
     calls = {b.name: [] for b in backends}
     for b in backends:
         timed(b, calls[b.name])
-    cells = run_replicas(backends, args.examples, 0, tuple(args.world_sizes), args.dtypes)
+    options = run.RunOptions(examples=1, seed=0, pair_examples=args.pair_examples, limits=isolation.Limits(),
+                             replicas=True, world_sizes=tuple(args.world_sizes), replica_examples=args.examples,
+                             replica_dtypes=tuple(args.dtypes or ()))
+    state = run.RunState(0)
+    with tempfile.TemporaryDirectory() as cases:
+        run.run_distributed(options, state, Path(cases), replica_backends=backends)
+    cells = state.replica_cells
     total = time.perf_counter() - start
     load_after = os.getloadavg()
 
@@ -82,7 +90,8 @@ def main(argv=None) -> int:
               f"{r['cells_wall_s']:8.2f} s")
     for u in unavailable:
         print(f"unavailable: {u.name}: {u.reason}")
-    print(f"\ntotal {total:.1f} s for {len(cells)} cells, {args.examples} example(s) each "
+    print(f"pairs: {len(state.replica_pairs)} settings of synchronized backends against each other")
+    print(f"\ntotal {total:.1f} s for {len(cells)} cells, {args.examples} example(s) each, and the pairs "
           f"(target <= 90 s); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
           f"{os.cpu_count()} CPUs")
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +99,7 @@ def main(argv=None) -> int:
         "examples": args.examples, "world_sizes": args.world_sizes,
         "dtypes": args.dtypes or "default (float32, float64 where declared)",
         "total_s": round(total, 2),
-        "cells": len(cells), "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+        "cells": len(cells), "pair_settings": len(state.replica_pairs), "pair_examples": args.pair_examples, "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "load_average_before": round(load_before[0], 2), "load_average_after": round(load_after[0], 2),
         "backends": rows, "unavailable": {u.name: u.reason for u in unavailable},
     }, indent=1) + "\n")
