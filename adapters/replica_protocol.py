@@ -110,6 +110,6 @@ def check_replica_request(backend, r: ShardedRequest) -> None:
         raise InputError(f"{where}: {r.world_size} replicas are not supported (world sizes {backend.world_sizes})")
     rows = r.rows
     if len(set(rows)) > 1 and backend.replica.unequal_shards:
-        raise InputError(f"{where}: shards of unequal sizes {rows}: {backend.replica.unequal_shards}")
+        raise InputError(f"{where}: shards of unequal sizes: {backend.replica.unequal_shards}")
     if 0 in rows and backend.replica.empty_shard:
-        raise InputError(f"{where}: an empty shard {rows}: {backend.replica.empty_shard}")
+        raise InputError(f"{where}: an empty shard: {backend.replica.empty_shard}")

@@ -198,7 +198,7 @@ class DDPBatchNorm(TorchReplicaBackend):
                              "parameter that requires a gradient'); give gamma and beta")
         single = [k for k, x in enumerate(r.shards) if np.size(x) == np.shape(x)[1]]  # one value per channel
         if single:
-            raise InputError(f"{self.name}: replica(s) {single} hold one value per channel, which plain batch norm "
+            raise InputError(f"{self.name}: a replica holds one value per channel, which plain batch norm "
                              "refuses in training (torch/nn/functional.py, batch_norm -> _verify_batch_size, line "
                              "2853: 'Expected more than 1 value per channel when training'); under DDP the other "
                              "replicas would then wait for it in the gradient all-reduce")

@@ -327,7 +327,9 @@ def run_replica_cell(backend, world_size: int, split: Split, dtype: str, example
             except Exception as e:  # noqa: BLE001 - a backend's failure ends its cell, not the run
                 refused = isinstance(e, InputError) or (split.may_refuse and is_refusal(e))
                 cell.status = "unsupported" if refused else "error"
-                cell.reason = (f"refused: {_one_line(e)}" if refused else _one_line(e)) + f" [{describe(inputs)}]"
+                # a refusal is the API's, the same for every input of the cell (its shard sizes are the cell's);
+                # an error names the input it raised on
+                cell.reason = f"refused: {_one_line(e)}" if refused else f"{_one_line(e)} [{describe(inputs)}]"
             else:
                 _record_example(rows, ex)
                 if ex.record is not None:

@@ -261,7 +261,8 @@ def _edge_matrix_section(report: Report) -> Section:
 
 _MATRIX_NOTE = ("Each backend on W replicas (processes or devices), the batch split along axis 0; y, running "
                 "statistics, dx, dgamma, dbeta against the float64 oracle: batch norm of the concatenated shards "
-                "(synchronized) or of each shard (per-replica). known: a record covers it; [k]: see the marks.")
+                "(synchronized) or of each shard (per-replica). known: a record covers it (its explanation, evidence and "
+                "use counts: the HTML); [k]: see the marks.")
 _PAIRS_NOTE = ("Each pair of synchronized backends on the same shards (drawn in A's convention; channel axis, momentum "
                "and eps translated to B's with bnconf.spec.translate), one step each, every quantity compared: matches "
                "when |a - b| is within both sides' bounds; differs as the spec predicts when a - b is the difference "
@@ -297,7 +298,7 @@ def _distributed_sections(report: Report, full: bool) -> list[Section]:
         out.append(Section("Distributed: the marks in the matrix", replica_table.LEGEND_HEADER, legend))
     if missing.rows:
         out.append(missing)
-    records = replica_table.discrepancy_rows(cells)
+    records = replica_table.discrepancy_rows(cells) if full else []  # Markdown: the ids in the marks
     if records:
         k = None if full else 5
         out.append(Section("Distributed: known discrepancies", replica_table.DISCREPANCY_HEADER[:k],
@@ -322,13 +323,14 @@ def _distributed_sections(report: Report, full: bool) -> list[Section]:
                            note="Observed, expected, replay: in the findings"
                                 + (f"; {more} more rows in {report.name}.html." if more > 0 else ".")))
     rows = replica_table.pair_rows(pairs, compact=True)
-    ran = [r for r in rows if r[2] != "not comparable"]
     if rows:
-        apart = len(rows) - len(ran)
-        out.append(Section(_PAIRS_TITLE, replica_table.PAIR_COMPACT_HEADER, ran,
-                           note="One line per pair over its world sizes and splits; counts are quantity rows. "
-                                + (f"{apart} more pairs not comparable (no setting both could run). " if apart else "")
-                                + f"Every setting, what differs and why: {report.name}.html."))
+        tally = {v: sum(r[2] == v for r in rows) for v in replica_table.PAIR_VERDICTS}
+        wrong = [r for r in rows if r[2] in replica_table.PAIR_VERDICTS[:2]]  # UNEXPECTED or error
+        out.append(Section(_PAIRS_TITLE, replica_table.PAIR_COMPACT_HEADER, wrong,
+                           note=f"{len(rows)} pairs: " + ", ".join(f"{n} {v}" for v, n in tally.items())
+                                + f" (quantity rows counted per pair over its world sizes and splits; the pairs that "
+                                  f"are not UNEXPECTED or in error, every setting and what differs and why: "
+                                  f"{report.name}.html)."))
     return out
 
 
@@ -551,8 +553,12 @@ def markdown_sections(report: Report) -> list[Section]:
             out.append(Section("Recorded edge behaviours", EDGE_RECORD_HEADER[:5], [r[:5] for r in recorded],
                                note=_EDGE_RECORDS_NOTE))
     if report.discrepancies:
-        out.append(Section("Known discrepancies", DISCREPANCY_HEADER[:6],
-                           [r[:6] for r in discrepancy_rows(report.discrepancies)], note=_DISCREPANCIES_NOTE))
+        rows = [r[:6] for r in discrepancy_rows(report.discrepancies)]
+        reached = [r for r in rows if r[1:5] and not str(r[4]).startswith("not reached")]
+        apart = len(rows) - len(reached)
+        out.append(Section("Known discrepancies", DISCREPANCY_HEADER[:6], reached,
+                           note=_DISCREPANCIES_NOTE + (f" {apart} more record(s) no case of this run reached: "
+                                                       f"{report.name}.html." if apart else "")))
     if report.pairs:
         out.append(Section("Frameworks against each other after translating parameters",
                            ["backend", "pairs compared", "quantities matching after translation",
@@ -563,7 +569,10 @@ def markdown_sections(report: Report) -> list[Section]:
 
 
 def _markdown_table(s: Section) -> list[str]:
+    """The section's title, note and table (no table when it has no rows and the note says why)."""
     lines = ["", f"## {markdown_cell(s.title)}", ""] + ([markdown_cell(s.note), ""] if s.note else [])
+    if not s.rows and s.note:
+        return lines
     return lines + [_markdown_row(s.header), "|" + "---|" * len(s.header)] + [_markdown_row(row) for row in s.rows]
 
 

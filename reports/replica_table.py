@@ -185,7 +185,21 @@ def matrix(cells, compact: bool = False) -> tuple[list[str], list[list[str]]]:
         cols = columns(cells)
         header = ["backend", "semantics", "device", "dtype", *(f"W={w} {s}" for w, s in cols)]
         entries = {key: [text(found[ws]) if ws in found else "-" for ws in cols] for key, found in by.items()}
-    return header, [[key[0], semantics[key] or "-", key[1], key[2], *entries[key]] for key in by]
+    rows = [[key[0], semantics[key] or "-", key[1], key[2], *entries[key]] for key in by]
+    return header, (_dtypes_merged(rows) if compact else rows)
+
+
+def _dtypes_merged(rows: list[list]) -> list[list]:
+    """Consecutive rows of one backend and device whose entries agree in every column, as one row naming their
+    dtypes ("float32, float64")."""
+    out: list[list] = []
+    for row in rows:
+        last = out[-1] if out else None
+        if last is not None and last[:3] == row[:3] and last[4:] == row[4:]:
+            last[3] = f"{last[3]}, {row[3]}"
+        else:
+            out.append(list(row))
+    return out
 
 
 def legend_rows(cells, compact: bool = False) -> list[list[str]]:

@@ -280,15 +280,14 @@ def test_the_markdown_has_the_matrix_and_the_rows_that_do_not_conform_only():
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     assert headings == ["## Summary", "## Findings (3)", "## Distributed: each backend across replicas, per world size (W) and split",
                         "## Distributed: the marks in the matrix", "## Distributed: backend families that did not load",
-                        "## Distributed: known discrepancies",
                         "## Distributed: quantities that do not conform (3)",
                         "## Distributed: synchronized implementations against each other after translation", "## Full tables"]
     assert "| mutant: local Bessel | synchronized | cpu | float32 | conforms | NON-CONFORMANT [2] |" in md
     assert f"| [2] | NON-CONFORMANT | {MISTAKE} | mutant: local Bessel (1) |" in md
     assert f"| [4] | unsupported | {GPU_ONLY} | torch.nn.SyncBatchNorm (3) |" in md
-    assert f"| {NUMPY} | {FLAX} | differs as recorded | 2/0/0 | 8/2/2/0 |" in md
-    assert f"| {NUMPY} | {HAIKU} | matches after translation | 1/1/0 | 6/0/0/0 |" in md
-    assert "SyncBatchNorm | not comparable" not in md and "1 more pairs not comparable" in md
+    # the pairs: counts per verdict in the note, a table row only for an UNEXPECTED or error pair
+    assert f"| {NUMPY} | {FLAX} | differs as recorded" not in md and f"| {NUMPY} | {HAIKU} |" not in md
+    assert "1 differs as recorded" in md and "1 matches after translation" in md and "1 not comparable" in md
     assert md.count("| running_var |") == 1  # only the failing quantity; every quantity is in the HTML
     assert "every quantity of the distributed part (94 rows)" in md
 
@@ -490,3 +489,11 @@ def test_the_published_report_takes_the_run_state_replica_cells(tmp_path):
     assert doc["replicas_unavailable"] == UNLOADED
     assert "## Distributed: each backend across replicas" in (tmp_path / "p.md").read_text()
     assert re.search(r'<table class="sortable" id="replicas"', html.unescape((tmp_path / "p.html").read_text()))
+
+
+def test_the_markdown_lists_an_unexpected_pair_in_its_table():
+    md = render.markdown(report(unexpected=True))
+    section = md[md.index("## Distributed: synchronized implementations"):]
+    assert "1 UNEXPECTED difference" in section
+    assert f"| {NUMPY} | mutant: local Bessel | UNEXPECTED difference |" in section
+    assert f"| {NUMPY} | {FLAX} |" not in section
