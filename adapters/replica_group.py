@@ -22,6 +22,7 @@ exit, so none survives a run. Framework-free: the standard library only.
 import atexit
 import os
 import pickle
+import re
 import selectors
 import signal
 import socket
@@ -35,6 +36,7 @@ from .replica_protocol import ReplicaCrash, ReplicaTimeout
 from .subprocess_backend import _raised, _rebuilt
 
 _HEADER = struct.Struct("!Q")
+_PORT_TAKEN = re.compile(r"address already in use|EADDRINUSE", re.IGNORECASE)
 _STDERR_TAIL = 1500
 _GROUPS: list["ReplicaGroup"] = []
 
@@ -84,7 +86,18 @@ class ReplicaGroup:
         self._fresh = True
 
     def call(self, payloads: list) -> list:
-        """Send payloads[k] to process k; their answers, in order. ReplicaTimeout / ReplicaCrash stop the group."""
+        """Send payloads[k] to process k; their answers, in order. ReplicaTimeout / ReplicaCrash stop the group.
+        A group that dies while starting because its port was taken meanwhile (free_port() releases the port it
+        found, and another process may bind it before the replicas do) is started once more on another port."""
+        starting = not self.running
+        try:
+            return self._call(payloads)
+        except ReplicaCrash as e:
+            if not (starting and _PORT_TAKEN.search(str(e))):
+                raise
+        return self._call(payloads)
+
+    def _call(self, payloads: list) -> list:
         if len(payloads) != self.processes:
             raise ValueError(f"{self.label}: {len(payloads)} payloads for {self.processes} processes")
         if not self.running:

@@ -54,9 +54,10 @@ def test_a_backend_that_exhausts_memory_is_stopped_at_the_limit(tmp_path):
     assert all(c["status"] == "ran" for key, c in cells.items() if key[1] != "train_forward")
 
 
-def test_a_backend_built_in_this_process_runs_here_and_limits_are_data():
+def test_a_backend_built_in_this_process_runs_here_and_limits_are_data(tmp_path):
     ideal = IdealBackend(CONVENTIONS["torch.nn.BatchNorm2d"])  # no target to load it from in a worker
-    results, _ = run_isolated([(ideal, "cpu", "float64", Mode.EVAL_FORWARD)], 2, 0, Limits(seconds=5))
+    results, _ = run_isolated([(ideal, "cpu", "float64", Mode.EVAL_FORWARD)], 2, 0, Limits(seconds=5),
+                              crash_dir=tmp_path / "crashes")  # never the working folder: workers share it
     assert [r.status for r in results] == ["ran"]
 
 
