@@ -9,17 +9,25 @@ one JSON line per event from a pipe:
     {"event": "cell", "cell": i, "result": {CellResult}}                                    after each cell
     {"event": "inferred", "rows": [...]}                                                    (validate only)
     {"event": "edge", "rows": [...]}                                                        edge-case outcomes
-    {"event": "pair", "cell": k, "result": {PairResult}}        the cross-framework table (one worker)
+    {"event": "outputs", "rows": [...]}                        outputs on the canonical pair inputs (merge)
+    {"event": "pair", "cell": k, "result": {PairResult}}        a batch of the cross-framework table
+
+A unit of work is one backend's cells on one device (with its edge cases there); `--jobs N` runs N units
+at once, each from its own driver thread (`run_concurrently`), and how many run at once never changes a result.
+Each attempt at a unit goes through a `supervise` function: `_supervise` (a local worker, below) or a Ray
+task (conformance/ray_cluster.py) that runs `_supervise` on a cluster node.
 
 The parent kills the worker when a case runs longer than `Limits.seconds` or the worker's process tree
 holds more than `Limits.memory_bytes` resident, and reports the cell as "timed out", "out of memory" or
 "crashed" (signal or exit code, with the last line of the worker's stderr) together with the input it was
 running, copied as a replayable case folder (`bnconf replay`). The backend's remaining cells run in a fresh
-worker; an edge case that crashes is that case's outcome. The cross-framework table runs in one more worker
-(every pair needs two frameworks): a pair that crashes is reported as such and the next pairs go on.
+worker; an edge case that crashes is that case's outcome. The cross-framework table runs in more workers
+(batches of pairs, each worker loading the frameworks its pairs need): a pair that crashes is reported as
+such and the next pairs go on.
 Workers start in their own session, so Ctrl-C reaches only the parent, which stops them.
 """
 
+import functools
 import json
 import os
 import selectors
@@ -40,7 +48,7 @@ from .crosscheck import MODES, PairResult, PairRow, representatives, run_pair
 from .status import CellStatus
 from .user_records import attach_targets, job_records
 POLL_SECONDS = 0.05
-EDGE, PROBE = -1, -2  # the "cell" of a case event sent by an edge case or a convention probe
+EDGE, PROBE, OUTPUTS = -1, -2, -3  # the "cell" of a case event sent by an edge case, a convention probe, the outputs
 EDGE_KEY = ("device", "dtype", "case", "mode")  # identifies an edge-case outcome
 
 
@@ -205,123 +213,286 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None)
             worker.close()
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: one backend's cells on one device, with its edge cases on that device (and, in the
+    backend's first unit, its convention inference and its outputs on the canonical pair inputs)."""
+
+    backend: object
+    device: str
+    indices: tuple[int, ...]  # into the run's cells
+    first: bool  # the backend's first unit
+
+
+def units_of(cells) -> list[Unit]:
+    """The run's units, in the cells' order: per backend, one per device it runs on. The split depends on
+    the cells alone (never on --jobs), so that the same seed gives the same report however many run at once."""
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, (backend, device, *_rest) in enumerate(cells):
+        groups.setdefault((id(backend), device), []).append(i)
+    seen, out = set(), []
+    for (key, device), indices in groups.items():
+        out.append(Unit(cells[indices[0]][0], device, tuple(indices), key not in seen))
+        seen.add(key)
+    return out
+
+
+class Stopped(Exception):
+    """Raised in a unit's thread when the run is being stopped (Ctrl-C): its worker is killed on the way out."""
+
+
+def run_concurrently(tasks, jobs: int) -> None:
+    """Call each of `tasks` (a function of one argument: the stop event to honour) on up to `jobs` threads at once.
+    An exception from one (or Ctrl-C in the caller) stops the others, which kill their workers, and is raised."""
+    import threading
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    stop = threading.Event()
+    if jobs <= 1:
+        for task in tasks:
+            task(stop)
+        return
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="bnconf-unit")
+    futures = [pool.submit(task, stop) for task in tasks]
+    try:
+        while True:  # short waits: Ctrl-C reaches this (main) thread between them
+            done, pending = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                raise failed[0].exception()
+            if not pending:
+                return
+    except BaseException:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
-                 extras: dict | None = None, on_idle=None, cases_dir=None) -> tuple[list[CellResult], dict]:
-    """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per backend, and per
-    backend the convention inference (`infer`) and the edge cases (`edge`) on the cells' devices and dtypes.
+                 extras: dict | None = None, on_idle=None, cases_dir=None, jobs: int = 1, supervise=None,
+                 pair_examples: int = 0) -> tuple[list[CellResult], dict]:
+    """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per unit (`units_of`: a
+    backend's cells on one device), `jobs` workers at once, and per backend the convention inference (`infer`),
+    the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples` its outputs on the
+    canonical pair inputs (conformance/pair_outputs.py, for `bnconf merge`).
 
     Backends loaded from a target (every built-in, every `--backend`) run isolated; an object built in
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
-    arrives. Returns (results in the cells' order, {"inferred": {backend: rows}, "edge": {backend: rows}}),
-    the latter filled in place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them);
-    `on_idle()` is called while a worker is busy with a case and nothing arrives. With `cases_dir`, every
-    NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case there (battery.run_cell,
-    inference.report_rows), written by the worker itself."""
+    arrives (callbacks are never called from two threads at once). Returns (results in the cells' order,
+    {"inferred": {backend: rows}, "edge": {backend: rows}, "outputs": {backend: rows}}), the latter filled in
+    place as rows arrive when the caller passes it as `extras` (an interrupted run keeps them) and put in the
+    backends' and devices' order at the end; `on_idle()` is called while a worker is busy with a case and
+    nothing arrives. With `cases_dir`, every NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves
+    its case there (battery.run_cell, inference.report_rows), written by the worker itself. `supervise` runs one
+    attempt at a unit (default `_supervise`: a local worker process; conformance/ray_cluster.py: a Ray task)."""
+    import threading
+
     from ..adapters.registry import origin
 
     crash_dir = Path(crash_dir)
+    supervise = supervise or _supervise
     results: list[CellResult | None] = [None] * len(cells)
-    extras = {"inferred": {}, "edge": {}} if extras is None else extras
-    groups: dict[int, list[int]] = {}
-    for i, (backend, *_rest) in enumerate(cells):
-        groups.setdefault(id(backend), []).append(i)
+    extras = {"inferred": {}, "edge": {}, "outputs": {}} if extras is None else extras
+    for kind in ("inferred", "edge", "outputs"):
+        extras.setdefault(kind, {})
+    lock = threading.RLock()  # one callback at a time: results, extras, progress, the report's writer
 
     def arrived(i: int, cell: CellResult) -> None:
-        results[i] = cell
-        if progress:
-            backend, device, dtype, mode = cells[i]
-            progress(f"[{sum(r is not None for r in results)}/{len(cells)}] {backend.name} {device} {dtype} {mode.value}: "
-                     f"{cell.status}")
-        if on_cell:
-            on_cell(cell)
+        with lock:
+            results[i] = cell
+            if progress:
+                backend, device, dtype, mode = cells[i]
+                progress(f"{_worker_tag()}[{sum(r is not None for r in results)}/{len(cells)}] {backend.name} {device} "
+                         f"{dtype} {mode.value}: {cell.status}")
+            if on_cell:
+                on_cell(cell)
 
-    for indices in groups.values():
-        backend = cells[indices[0]][0]
+    def run_unit(unit: Unit, stop) -> None:
+        backend = unit.backend
         target = origin(backend)
+        unit_cells = [cells[i][1:] for i in unit.indices]
         if target is None:  # nothing to load it from in a child: run it here
-            for i in indices:
+            for i in unit.indices:
                 arrived(i, run_cell(*cells[i], examples, seed, cases_dir=cases_dir))
-            for kind, rows in extras_for(backend, [cells[i][1:] for i in indices], infer, edge, cases_dir=cases_dir).items():
-                extras[kind][backend.name] = rows
-            continue
+            found = extras_for(backend, unit_cells, infer and unit.first, edge, cases_dir=cases_dir)
+            if unit.first and pair_examples:
+                found["outputs"] = output_rows(backend, pair_examples, seed, unit.device)
+            with lock:
+                for kind, rows in found.items():
+                    extras[kind].setdefault(backend.name, []).extend(rows)
+            return
 
         def handle(e: dict) -> None:
-            if e["event"] == "cell":
-                arrived(e["cell"], cell_from_dict(e["result"]))
-            elif e["event"] in extras:
-                extras[e["event"]].setdefault(backend.name, []).extend(e["rows"])
+            if stop.is_set():
+                raise Stopped
+            with lock:
+                if e["event"] == "cell":
+                    arrived(e["cell"], cell_from_dict(e["result"]))
+                elif e["event"] in extras:
+                    extras[e["event"]].setdefault(backend.name, []).extend(e["rows"])
 
-        todo, extra_kinds = list(indices), {"infer": infer, "edge": edge}
-        while todo or any(extra_kinds.values()):
-            job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **extra_kinds,
+        def idle() -> None:
+            if stop.is_set():
+                raise Stopped
+            if on_idle:
+                with lock:
+                    on_idle()
+
+        infer_cells = [cells[i][1:] for i in range(len(cells)) if cells[i][0] is backend]
+        todo = list(unit.indices)
+        wanted = {"infer": infer and unit.first, "edge": edge, "outputs": bool(pair_examples) and unit.first}
+        if progress:
+            with lock:
+                progress(f"{_worker_tag()}{backend.name} on {unit.device}: {len(todo)} cells"
+                         + (", edge cases" if edge else "") + (", convention inference" if wanted["infer"] else ""))
+        while todo or any(wanted.values()):
+            with lock:
+                edge_done = [[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])
+                             if r["device"] == unit.device]
+            job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **wanted,
+                       pair_examples=pair_examples, device=unit.device,
                        records=job_records([backend]),  # the records files attached to it, attached there too
                        cases_dir=None if cases_dir is None else str(cases_dir),
                        cells=[[i, *cells[i][1:3], cells[i][3].value] for i in todo],
-                       extra_cells=[[*cells[i][1:3], cells[i][3].value] for i in indices],
-                       edge_done=[[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])])
-            failure = _supervise(job, limits, crash_dir, handle, on_idle)
-            todo = [i for i in todo if results[i] is None]
-            if failure is None:
-                break
-            kind, reason, case = failure
-            if case is None or case["cell"] == PROBE:  # start-up (it would repeat) or a convention probe
-                for i in todo:
-                    _, device, dtype, mode = cells[i]
-                    arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
-                todo = []
-                if extra_kinds["infer"]:
-                    extras["inferred"][backend.name] = [dict(backend=backend.name, property="-", value=None, agrees=False,
-                                                             verdict=kind.value.upper(), candidates={}, evidence=reason)]
-                extra_kinds = {"infer": False, "edge": extra_kinds["edge"] and case is not None}
-            elif case["cell"] == EDGE:  # that edge case's outcome; the others go on in a fresh worker
-                extras["edge"].setdefault(backend.name, []).append(
-                    dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind.value}: {reason}", recorded=None))
-                extra_kinds = {"infer": False, "edge": True}
-            else:
-                _, device, dtype, mode = cells[case["cell"]]
-                arrived(case["cell"], CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
+                       extra_cells=[[d, t, m.value] for d, t, m in unit_cells],
+                       infer_cells=[[d, t, m.value] for d, t, m in infer_cells], edge_done=edge_done)
+            try:
+                failure = supervise(job, limits, crash_dir, handle, idle)
+            except Stopped:
+                return
+            with lock:
                 todo = [i for i in todo if results[i] is None]
+                if failure is None:
+                    break
+                kind, reason, case = failure
+                if case is None or case["cell"] in (PROBE, OUTPUTS):  # start-up (it would repeat), a probe, the outputs
+                    for i in todo:
+                        _, device, dtype, mode = cells[i]
+                        arrived(i, CellResult(backend.name, backend.convention.name, device, dtype, mode.value, kind, reason))
+                    todo = []
+                    if wanted["infer"] and not extras["inferred"].get(backend.name):
+                        extras["inferred"][backend.name] = [dict(
+                            backend=backend.name, property="-", value=None, agrees=False, verdict=kind.value.upper(),
+                            candidates={}, evidence=reason)]
+                    wanted = {"infer": False, "edge": wanted["edge"] and case is not None, "outputs": False}
+                elif case["cell"] == EDGE:  # that edge case's outcome; the others go on in a fresh worker
+                    extras["edge"].setdefault(backend.name, []).append(
+                        dict(case["edge"], backend=backend.name, agrees=False, outcome=f"{kind.value}: {reason}",
+                             recorded=None))
+                    wanted = {"infer": False, "edge": True, "outputs": False}
+                else:
+                    _, device, dtype, mode = cells[case["cell"]]
+                    arrived(case["cell"], CellResult(backend.name, backend.convention.name, device, dtype, mode.value,
+                                                     kind, reason))
+                    todo = [i for i in todo if results[i] is None]
+
+    units = units_of(cells)
+    local = [u for u in units if origin(u.backend) is None]  # in this process: one at a time, after the others
+    run_concurrently([functools.partial(run_unit, u) for u in units if origin(u.backend) is not None], jobs)
+    for u in local:
+        run_unit(u, threading.Event())
+    _in_order(extras, units)
     return list(results), extras
 
 
+def _worker_tag() -> str:
+    """"[worker K] " on a unit's thread (--jobs above 1: which of the concurrent workers says it), else ""."""
+    import threading
+
+    name = threading.current_thread().name
+    return f"[worker {int(name.rsplit('_', 1)[1]) + 1}] " if name.startswith("bnconf-unit_") else ""
+
+
+def _in_order(extras: dict, units) -> None:
+    """Each kind of extra rows in the backends' order, a backend's edge rows in its devices' order (rows
+    arrive in whatever order the concurrent units finish)."""
+    names = list(dict.fromkeys(u.backend.name for u in units))
+    devices = {name: [u.device for u in units if u.backend.name == name] for name in names}
+    for kind, table in extras.items():
+        ordered = {n: table[n] for n in names if n in table} | {n: r for n, r in table.items() if n not in names}
+        if kind == "edge":
+            ordered = {n: sorted(r, key=lambda row, n=n: devices.get(n, []).index(row["device"])
+                                 if row.get("device") in devices.get(n, []) else len(devices.get(n, [])))
+                       for n, r in ordered.items()}
+        table.clear()
+        table.update(ordered)
+
+
 def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Limits(), device: str = "cpu",
-                        progress=None, slots: list | None = None, on_pair=None, on_idle=None) -> list[PairResult]:
-    """The cross-framework table (crosscheck.run_matrix) in one worker; a pair that crashes, hangs or runs out
-    of memory is that pair's result, and the pairs after it run in a fresh worker.
+                        progress=None, slots: list | None = None, on_pair=None, on_idle=None, jobs: int = 1,
+                        supervise=None) -> list[PairResult]:
+    """The cross-framework table (crosscheck.run_matrix) in worker processes: the pairs split into `jobs`
+    batches of consecutive pairs, one worker each, `jobs` at once (a pair's result depends on the seed alone,
+    never on its batch); a pair that crashes, hangs or runs out of memory is that pair's result, and the pairs
+    after it run in a fresh worker.
 
     `slots` (a list the caller keeps) is filled in place, one entry per (pair, mode), None until it finishes,
     so that an interrupted run keeps the finished pairs; `on_pair()` is called after each."""
+    import threading
+
     from ..adapters.registry import origin
 
+    supervise = supervise or _supervise
     reps = [b for b in representatives(backends, device) if origin(b) is not None]
     pairs = [(a, b, mode) for k, a in enumerate(reps) for b in reps[k + 1:] for mode in MODES]
     results = [] if slots is None else slots
     results[:] = [None] * len(pairs)
     done = on_pair or (lambda: None)
+    lock = threading.RLock()
+    size = -(-len(pairs) // max(1, min(jobs, len(pairs) or 1)))
+    batches = [list(range(start, min(start + size, len(pairs)))) for start in range(0, len(pairs), size or 1)]
 
-    def handle(e: dict) -> None:
-        if e["event"] == "case" and progress:
-            progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
-        elif e["event"] == "pair":
-            results[e["cell"]] = pair_from_dict(e["result"])
-            done()
+    def run_batch(batch: list[int], stop) -> None:
+        def handle(e: dict) -> None:
+            if stop.is_set():
+                raise Stopped
+            with lock:
+                if e["event"] == "case" and progress:
+                    progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
+                elif e["event"] == "pair":
+                    results[e["cell"]] = pair_from_dict(e["result"])
+                    done()
 
-    todo = list(range(len(pairs)))
-    while todo:
-        job = dict(kind="matrix", examples=examples, seed=seed, device=device, records=job_records(reps),
-                   backends=[[origin(b), b.name] for b in reps],
-                   pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
-        failure = _supervise(job, limits, Path(tempfile.gettempdir()), handle, on_idle)
-        if failure is not None:
-            kind, reason, case = failure
-            failed = [case["cell"]] if case is not None else [k for k in todo if results[k] is None]
-            for k in failed:
-                a, b, mode = pairs[k]
-                results[k] = PairResult(a.name, b.name, mode.value, "error", f"{kind.value}: {reason}")
-                done()
-        todo = [k for k in todo if results[k] is None]
+        def idle() -> None:
+            if stop.is_set():
+                raise Stopped
+            if on_idle:
+                with lock:
+                    on_idle()
+
+        todo = list(batch)
+        while todo:
+            used = [b for b in reps if any(b in pairs[k][:2] for k in todo)]
+            job = dict(kind="matrix", examples=examples, seed=seed, device=device, records=job_records(used),
+                       backends=[[origin(b), b.name] for b in used],
+                       pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
+            try:
+                failure = supervise(job, limits, Path(tempfile.gettempdir()), handle, idle)
+            except Stopped:
+                return
+            with lock:
+                if failure is not None:
+                    kind, reason, case = failure
+                    failed = [case["cell"]] if case is not None else [k for k in todo if results[k] is None]
+                    for k in failed:
+                        a, b, mode = pairs[k]
+                        results[k] = PairResult(a.name, b.name, mode.value, "error", f"{kind.value}: {reason}")
+                        done()
+                todo = [k for k in todo if results[k] is None]
+
+    run_concurrently([functools.partial(run_batch, batch) for batch in batches], jobs)
     return [r for r in results if r is not None]
+
+
+def output_rows(backend, examples: int, seed: int, device: str) -> list[dict]:
+    """The backend's outputs on the canonical pair inputs (conformance/pair_outputs.py), for `bnconf merge`."""
+    from .pair_outputs import rows_for
+
+    return rows_for(backend, examples, seed, device)
 
 
 def extras_for(backend, cells, infer: bool, edge: bool, before_edge=None, on_edge=None, edge_done=(),
@@ -385,8 +556,12 @@ def _battery_job(job: dict, send) -> None:
 
     cells = [(device, dtype, Mode(mode)) for device, dtype, mode in job["extra_cells"]]
     if job["infer"]:
-        send(event="inferred", rows=extras_for(backend, cells, True, False, before_probe=before_probe,
+        infer_cells = [(device, dtype, Mode(mode)) for device, dtype, mode in job.get("infer_cells", job["extra_cells"])]
+        send(event="inferred", rows=extras_for(backend, infer_cells, True, False, before_probe=before_probe,
                                                cases_dir=job.get("cases_dir"))["inferred"])
+    if job.get("outputs"):
+        send(event="case", cell=OUTPUTS, input=f"the outputs on the canonical pair inputs ({job['device']})")
+        send(event="outputs", rows=output_rows(backend, job["pair_examples"], job["seed"], job["device"]))
     if job["edge"]:
         extras_for(backend, cells, False, True, before_edge=before_edge, on_edge=lambda row: send(event="edge", rows=[row]),
                    edge_done=[tuple(k) for k in job["edge_done"]])

@@ -41,6 +41,8 @@ class RunOptions:
     world_sizes: tuple[int, ...] = DEFAULT_WORLD_SIZES
     replica_examples: int | None = None  # examples per distributed cell (None: REPLICA_EXAMPLES)
     replica_dtypes: tuple[str, ...] = ()  # the distributed part's dtypes (empty: float32 and float64 where declared)
+    jobs: int = 1  # isolated workers at once (--jobs; a Ray cluster: the units in flight)
+    supervise: object = None  # runs one attempt at a unit of work (None: a local worker; ray_cluster: a Ray task)
 
 
 REPLICA_EXAMPLES = 3  # per distributed cell in the default report (benchmarks/bench_replicas.py: the time budget)
@@ -54,6 +56,7 @@ class RunState:
     results: list = field(default_factory=list)  # battery.CellResult, in arrival order
     inferred: dict = field(default_factory=dict)  # backend name -> inference rows
     edge: dict = field(default_factory=dict)  # backend name -> edge-case rows
+    outputs: dict = field(default_factory=dict)  # backend name -> its outputs on the canonical pair inputs (merge)
     pair_slots: list = field(default_factory=list)  # crosscheck.PairResult or None (not finished)
     replica_cells: list = field(default_factory=list)  # replica_results.ReplicaCell, in arrival order
     replica_unavailable: list = field(default_factory=list)  # registry.Unavailable: replica families not loaded
@@ -158,10 +161,11 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         changed()
 
     if options.isolated:
-        isolation.run_isolated(cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived,
-                               infer=options.infer, edge=options.edge_cases,
-                               extras={"inferred": state.inferred, "edge": state.edge}, on_idle=on_idle,
-                               cases_dir=cases_dir)
+        results, _ = isolation.run_isolated(
+            cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived, infer=options.infer,
+            edge=options.edge_cases, extras={"inferred": state.inferred, "edge": state.edge, "outputs": state.outputs},
+            on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise)
+        state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
     else:
         battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
                             cases_dir=cases_dir)
@@ -180,7 +184,8 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
         if options.isolated:
             isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
-                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle)
+                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle,
+                                          jobs=options.jobs, supervise=options.supervise)
         else:
             crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
                                   on_pair=lambda p: (state.pair_slots.append(p), changed()))

@@ -12,6 +12,7 @@ shows the traceback).
 """
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -114,6 +115,14 @@ def _replica_backends(targets: list[str]) -> list | None:
     return backends
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _check_battery_options(args) -> None:
     """Raise UsageError for an option value the battery cannot run with, naming the fix."""
     if not 1 <= args.examples <= MAX_EXAMPLES:
@@ -122,6 +131,9 @@ def _check_battery_options(args) -> None:
     if not 0 <= args.pair_examples <= MAX_EXAMPLES:
         raise UsageError(f"--pair-examples must be between 0 (no cross-framework table) and {MAX_EXAMPLES}, "
                          f"got {args.pair_examples}; pick e.g. --pair-examples 2")
+    if args.jobs is not None and not 1 <= args.jobs <= 1024:
+        raise UsageError(f"--jobs must be a number of workers from 1 to 1024, got {args.jobs}; pick e.g. "
+                         f"--jobs {available_cores()} (the cores available here)")
     for option, value, unit in (("--time-limit", args.time_limit, "seconds per case, e.g. --time-limit 120"),
                                 ("--memory-limit", args.memory_limit, "GiB, e.g. --memory-limit 8")):
         if not 0 < value < float("inf"):
@@ -171,6 +183,10 @@ def _report(args) -> int:
                              records=tuple(args.records), replicas=replicas, world_sizes=sizes,
                              replica_dtypes=tuple(dtypes))
     run.prepare(found, options)  # a records file or record that does not hold is bad input, found here
+    cluster = _connect(args.ray) if args.ray and args.isolation else None  # unreachable: bad input, before the run
+    jobs = args.jobs or (cluster.slots if cluster else available_cores())
+    options = dataclasses.replace(options, jobs=jobs if args.isolation else 1,
+                                  supervise=cluster.supervise if cluster else None)
     # only now, when the run will start, is the output folder claimed: its previous report goes with the claim
     folder = ReportFolder(Path(args.out), args.name)
     folder.claim()  # an unwritable folder or a concurrent run is found before the battery runs
@@ -194,6 +210,8 @@ def _report(args) -> int:
                 return _interrupted(publisher, state, folder.out, args.name, caught)
     finally:
         folder.release()
+        if cluster:
+            cluster.close()
     print(render_terminal(report))
     reasons = run.failures(state, found)
     written = (f"report written to {folder.out}/{args.name}.{{md,html,json}} (the summary: {args.name}.md; every row, "
@@ -204,6 +222,16 @@ def _report(args) -> int:
         return 1
     print(f"\nconforms; {written}")
     return 0
+
+
+def _connect(address: str):
+    """The Ray cluster at `address` (conformance/ray_cluster.py); one line, exit 2, when it cannot be reached."""
+    from ..conformance import ray_cluster
+
+    try:
+        return ray_cluster.connect(address)
+    except ray_cluster.ClusterError as e:
+        raise UsageError(str(e)) from e
 
 
 def render_terminal(report) -> str:
@@ -290,6 +318,14 @@ def _battery_options(parser, name: str, examples: int, pair_examples: int) -> No
     parser.add_argument("--records", action="append", default=[], metavar="FILE.py:ATTR",
                         help="your own known discrepancies and edge behaviours: path/to/records.py:ATTR or module:attr "
                              "naming KnownDiscrepancy / EdgeRecord entries (bnconf.conformance.records); repeatable")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="isolated backend workers at once (default: the cores available here, "
+                             f"{available_cores()}; with --ray: the cluster's CPUs); each worker keeps its own "
+                             "--memory-limit; the same seed gives the same report whatever N")
+    parser.add_argument("--ray", default=None, metavar="auto|ADDRESS",
+                        help="run each unit of work (a backend's cells on one device with its edge cases, a batch of "
+                             "cross-framework pairs) as a task on a Ray cluster: 'auto' (the cluster this machine "
+                             "belongs to) or HOST:PORT; needs the bnconf[ray] extra")
 
 
 def _validate(args) -> int:

@@ -28,8 +28,11 @@ def report(tmp_path, *targets, limits=()):
     return code, {(c["backend"], c["mode"]): c for c in cells}
 
 
-def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_result_is_kept(tmp_path):
-    code, cells = report(tmp_path, "SEGFAULT", "HANG", "GOOD", limits=("--time-limit", "3", "--no-edge-cases"))
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_result_is_kept(tmp_path, jobs):
+    """One worker at a time, or all three backends' workers at once (--jobs 3): the same outcome."""
+    code, cells = report(tmp_path, "SEGFAULT", "HANG", "GOOD",
+                         limits=("--time-limit", "3", "--no-edge-cases", "--jobs", jobs))
     assert code == 1
     crashed = cells["segfaults in training", "train_forward"]
     assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["reason"]
@@ -65,31 +68,34 @@ def _children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path, stop):
+@pytest.mark.parametrize("stop,hanging", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c-two-workers-at-once"])
+def test_ctrl_c_leaves_a_valid_partial_report_and_no_worker_behind(tmp_path, stop, hanging):
     """The hanging backend's training forward blocks; its other cells are on disk; Ctrl-C (or a cancelled
-    job's SIGTERM) ends the run."""
-    cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", "--backend", f"{FIXTURE}:HANG", "--examples", "2",
-           "--pair-examples", "0", "--time-limit", "600", "--out", str(tmp_path)]
+    job's SIGTERM) ends the run. With two hanging backends in two workers at once (--jobs 2), both stop."""
+    backends = [a for t in ("HANG", "HANG_TOO")[:hanging] for a in ("--backend", f"{FIXTURE}:{t}")]
+    cmd = [sys.executable, "-m", "bnconf.reports.cli", "report", *backends, "--examples", "2", "--jobs", str(hanging),
+           "--pair-examples", "0", "--time-limit", "600", "--out", str(tmp_path), "--no-edge-cases"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed at a terminal
     partial = tmp_path / "report.json"
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        if partial.exists() and len(json.loads(partial.read_text())["cells"]) == 3:
+        if partial.exists() and len(json.loads(partial.read_text())["cells"]) == 3 * hanging:
             break
         time.sleep(0.2)
     doc = json.loads(partial.read_text())
-    assert doc["status"] == "running" and doc["cells_planned"] == 4
+    assert doc["status"] == "running" and doc["cells_planned"] == 4 * hanging
     workers = _children(proc.pid)
-    assert workers, "the hanging worker should be running"
+    assert len(workers) == hanging, "the hanging workers should be running"
     time.sleep(0.5)
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=WAIT)  # generous: a loaded machine is slow, the run must end all the same
     assert proc.returncode == 130, err.decode()[-2000:]
     doc = json.loads(partial.read_text())
-    assert doc["status"] == "interrupted" and len(doc["cells"]) == 3 and all(c["status"] == "ran" for c in doc["cells"])
-    assert "PARTIAL report (interrupted: 3 of 4 cells)" in (tmp_path / "report.md").read_text()
+    assert doc["status"] == "interrupted" and len(doc["cells"]) == 3 * hanging
+    assert all(c["status"] == "ran" for c in doc["cells"])
+    assert f"PARTIAL report (interrupted: {3 * hanging} of {4 * hanging} cells)" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "report.html").exists()
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
 

@@ -28,15 +28,18 @@ def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
 
 
 def test_the_same_seed_gives_the_same_report_but_for_timings(tmp_path):
-    """Run twice (isolated in workers, then in this process), battery and cross-framework table: identical JSON
-    but for timings; another seed gives another report."""
+    """Run isolated in one worker at a time, in two workers at once (the backends and the pair batches
+    concurrently), and in this process, battery and cross-framework table: identical JSON but for timings;
+    another seed gives another report."""
     keras = f"{Path(__file__).parent / 'fixtures' / 'misbehaving.py'}:KERAS_IDEAL"
-    runs = {"a": ["--seed", "3"], "b": ["--seed", "3", "--no-isolation"], "c": ["--seed", "4"]}
+    runs = {"a": ["--seed", "3", "--jobs", "1"], "b": ["--seed", "3", "--no-isolation"], "c": ["--seed", "4"],
+            "d": ["--seed", "3", "--jobs", "2"]}
     for name, extra in runs.items():
         main(["report", "--backend", EXAMPLE, "--backend", keras, "--examples", "3", "--pair-examples", "1",
               "--out", str(tmp_path), "--name", name, *extra])
-    a, b, c = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in runs)
+    a, b, c, d = (_strip_timings(json.loads((tmp_path / f"{n}.json").read_text())) for n in runs)
     assert a["pairs"] and a == b
+    assert a == d
     assert a["cells"] != c["cells"]
 
 
