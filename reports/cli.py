@@ -400,6 +400,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # before a run starts (a run in progress handles its own, keeping its report)
         print(f"bnconf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bnconf diff ... | head`: the reader has gone; no error line, the exit status of SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
+        return 128 + signal.SIGPIPE
     except Exception as e:  # a backend's own failure never gets here: the battery reports it as a cell error
         if args.debug:  # the traceback instead of the one line; the exit status stays the same
             traceback.print_exc()

@@ -45,3 +45,15 @@ def test_the_spec_and_the_selfcheck_import_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`bnconf conventions | head -1`: no error line, the exit status of a process stopped by SIGPIPE."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bnconf.reports.cli", "conventions"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes a line: the reader has gone
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "error" not in err, err
