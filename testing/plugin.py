@@ -124,8 +124,27 @@ def pytest_collect_file(file_path, parent):
     return SuiteModule.from_parent(parent, path=file_path)
 
 
+def pytest_sessionfinish(session):
+    """An xdist worker hands its record counts to the controller (`pytest_testnodedown`)."""
+    support = sys.modules.get("bnconf.testing.support")
+    output = getattr(session.config, "workeroutput", None)
+    if support is not None and output is not None:
+        output["bnconf"] = support.worker_output()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller (pytest -n N): a worker's counts join the summary."""
+    output = getattr(node, "workeroutput", {}).get("bnconf")
+    if output:
+        from bnconf.testing import support
+
+        support.absorb(output)
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Known discrepancies no case needed, for the backends whose conformance cells ran (only when they ran)."""
+    """Known discrepancies no case needed, for the backends whose conformance cells ran (only when they ran),
+    in every xdist worker included."""
     support = sys.modules.get("bnconf.testing.support")
     if support is not None:
         for line in support.summary_lines():

@@ -42,6 +42,7 @@ class Selection:
 _SELECTION = pytest.StashKey[Selection]()
 _SEEN: set[str] = set()  # ids of known discrepancies a conformance case needed
 _RAN: dict[str, object] = {}  # name -> backend, those whose conformance cells ran
+_APPLIES: dict[str, dict] = {}  # from xdist workers: backend name -> the ids of its known discrepancies (keys)
 
 
 def _option(config, name: str) -> list[str]:
@@ -135,10 +136,25 @@ def stale_discrepancies() -> list[str]:
     return list(stale)
 
 
+def worker_output() -> dict:
+    """What a pytest-xdist worker tells the controller: per backend whose cells ran, the ids of its known
+    discrepancies, and the ids a case needed."""
+    return {"applies": {name: [d.id for d in discrepancies_for(b)] for name, b in _RAN.items()}, "needed": sorted(_SEEN)}
+
+
+def absorb(output: dict) -> None:
+    """The controller's side: a worker's `worker_output`, counted as if its cases had run here."""
+    for name, ids in output.get("applies", {}).items():
+        _APPLIES.setdefault(name, {}).update(dict.fromkeys(ids))
+    _SEEN.update(output.get("needed", ()))
+
+
 def summary_lines() -> list[str]:
-    if not _RAN:
+    """The stale-record line, over this process's cases and every xdist worker's (`absorb`)."""
+    if not _RAN and not _APPLIES:
         return []
-    stale = stale_discrepancies()
+    stale = dict.fromkeys(stale_discrepancies())
+    stale.update(dict.fromkeys(i for ids in _APPLIES.values() for i in ids if i not in _SEEN))
     return [f"bnconf: known discrepancies no case needed in this run (stale?): {', '.join(stale)}"] if stale else []
 
 

@@ -167,6 +167,18 @@ def test_the_project_s_records_explain_its_documented_deviation(project):
     assert run(project, *COMMAND).returncode == 1  # without the record
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_record_no_case_needed_is_named_stale_also_from_xdist_workers(project, workers):
+    """A record of a deviation the backend does not have (a default eps it never uses: the battery passes eps
+    explicitly): named in the summary, also when
+    the cases ran in pytest-xdist workers and the summary is the controller's."""
+    (project / "my_bn" / "unneeded.py").write_text(RECORDS.replace("eps_placement=EpsPlacement.OUTSIDE_SQRT", "default_eps=1e-3"))
+    r = run(project, *COMMAND, "--bnconf-records", "my_bn/unneeded.py:RECORDS", *workers)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "bnconf: known discrepancies no case needed in this run (stale?): my-bn-eps-outside-sqrt" in out, out[-4000:]
+
+
 def test_a_bad_target_is_one_usage_error(project):
     r = run(project, *COMMAND[:-2], "--bnconf-backend", "my_bn.nowhere:BACKEND")
     assert r.returncode == 4, r.stdout + r.stderr
