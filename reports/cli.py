@@ -131,6 +131,9 @@ def _check_battery_options(args) -> None:
     if not 0 <= args.pair_examples <= MAX_EXAMPLES:
         raise UsageError(f"--pair-examples must be between 0 (no cross-framework table) and {MAX_EXAMPLES}, "
                          f"got {args.pair_examples}; pick e.g. --pair-examples 2")
+    if args.ray and not args.isolation:
+        raise UsageError("--ray runs every backend in a worker on the cluster, --no-isolation in this process; "
+                         "drop one of the two")
     if args.jobs is not None and not 1 <= args.jobs <= 1024:
         raise UsageError(f"--jobs must be a number of workers from 1 to 1024, got {args.jobs}; pick e.g. "
                          f"--jobs {available_cores()} (the cores available here)")
@@ -183,7 +186,7 @@ def _report(args) -> int:
                              records=tuple(args.records), replicas=replicas, world_sizes=sizes,
                              replica_dtypes=tuple(dtypes))
     run.prepare(found, options)  # a records file or record that does not hold is bad input, found here
-    cluster = _connect(args.ray) if args.ray and args.isolation else None  # unreachable: bad input, before the run
+    cluster = _connect(args.ray) if args.ray else None  # unreachable: bad input, before the run
     jobs = args.jobs or (cluster.slots if cluster else available_cores())
     options = dataclasses.replace(options, jobs=jobs if args.isolation else 1,
                                   supervise=cluster.supervise if cluster else None)
