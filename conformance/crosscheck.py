@@ -13,6 +13,11 @@ channel axis is moved where B wants another, both run, and every quantity both r
 
 Each row keeps the largest relative difference seen and the residual's predicted size for that case's
 batch, so that someone porting a model sees what to change and how much it matters at their batch size.
+
+`judge_case` is the comparison of one case, shared by `run_pair` (both backends in one process) and
+`bnconf merge` (conformance/pair_outputs.py: each side's outputs and oracle values saved by its own run, in
+another environment): a `Side` is what one backend returned and what its convention predicts, in the case's
+channel layout.
 """
 
 import zlib
@@ -57,6 +62,18 @@ class PairResult:
     status: str  # "ran", "not comparable", "error"
     reason: str = ""
     rows: list[PairRow] | None = None
+
+
+@dataclass(frozen=True)
+class Side:
+    """One backend's side of a case, every array in the case's channel layout: per quantity what it returned
+    (`observed`) and what its convention predicts (`expected`: anything with `value`, `bound` and `ill` arrays,
+    e.g. spec.Expected); `record` names the known discrepancy that stood in for the declared convention."""
+
+    name: str
+    observed: dict
+    expected: dict
+    record: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,22 @@ def _compare(quantity, oa, ob, ea, eb):
     return (PREDICTED if np.all(predicted) else UNEXPECTED), rel
 
 
+def judge_case(rows: dict, mode: str, a: Side, b: Side, t, n: int, steps: int, worst_input: str) -> None:
+    """Compare every quantity both sides returned and both conventions predict, counting the case in `rows`
+    (quantity -> PairRow, filled in place): a row keeps its worst verdict, the largest relative difference
+    under it, that case's input and the translation `t`'s residuals that name the quantity (their predicted
+    size at n values per channel after `steps` steps; no residuals where `t` is None)."""
+    for q in sorted(set(a.observed) & set(b.observed) & set(a.expected) & set(b.expected)):
+        verdict, rel = _compare(q, a.observed[q], b.observed[q], a.expected[q], b.expected[q])
+        row = rows.setdefault(q, PairRow(a.name, b.name, mode, q, MATCHES))
+        row.examples += 1
+        if (_RANK[verdict], rel) >= (_RANK[row.verdict], row.max_relative):
+            row.verdict, row.max_relative, row.worst_input = verdict, rel, worst_input
+            recorded = [f"{side.name} as recorded in {side.record}" for side in (a, b) if side.record]
+            residuals = "" if t is None else _residual_text(t, q, n, steps)
+            row.residuals = "; ".join(filter(None, [residuals] + recorded))
+
+
 def _expected(backend, mode: Mode, i: Inputs, dtype: str, device: str, precision):
     """The oracle's values for `backend` on `i`: its declared semantics, or, where a known discrepancy
     covers the case, the recorded behaviour (its id is returned with them)."""
@@ -136,6 +169,24 @@ def _expected(backend, mode: Mode, i: Inputs, dtype: str, device: str, precision
         return expected(mode, i, backend.convention, precision), None
     # the record applied as in the battery: channels it claims nothing about make no claim here either
     return entry.apply(i, {}, backend.convention, precision).expected(mode), entry.id
+
+
+def moved(v, source: int, destination: int, rank: int):
+    """A quantity of one side in the other side's channel layout: an array of x's `rank` has its channel axis
+    moved from `source` to `destination`; per-channel ones are unchanged."""
+    return np.moveaxis(v, source, destination) if np.ndim(v) == rank else v
+
+
+def moved_expected(e, source: int, destination: int, rank: int):
+    """`e` (spec.Expected) with value, bound and ill (broadcast to the value's shape) in the other layout."""
+    ill = np.broadcast_to(e.ill, np.shape(e.value))
+    return replace(e, value=moved(e.value, source, destination, rank), bound=moved(e.bound, source, destination, rank),
+                   ill=moved(ill, source, destination, rank))
+
+
+def case_size(i: Inputs) -> tuple[int, int]:
+    """(values per channel, training steps the running statistics have seen after this one)."""
+    return i.x.size // i.x.shape[i.axis], 1 + (i.running.count if i.running is not None else 0)
 
 
 def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu") -> PairResult:
@@ -173,18 +224,11 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
         except Exception as e:  # reported with the input; the pair goes on
             errors.append(f"{type(e).__name__}: {e} [{describe(i)}]")
             return
-        back = lambda v: np.moveaxis(v, axis_b, channel_axis(i.x.ndim, i.axis)) if np.ndim(v) == i.x.ndim else v  # noqa: E731
-        n = i.x.size // i.x.shape[i.axis]
-        steps = 1 + (i.running.count if i.running is not None else 0)
-        for q in sorted(set(oa) & set(ob) & set(ea) & set(eb)):
-            ebq = replace(eb[q], value=back(eb[q].value), bound=back(eb[q].bound), ill=back(np.broadcast_to(eb[q].ill, eb[q].value.shape)))
-            verdict, rel = _compare(q, oa[q], back(ob[q]), ea[q], ebq)
-            row = rows.setdefault(q, PairRow(a.name, b.name, mode.value, q, MATCHES))
-            row.examples += 1
-            if (_RANK[verdict], rel) >= (_RANK[row.verdict], row.max_relative):
-                row.verdict, row.max_relative, row.worst_input = verdict, rel, describe(i)
-                recorded = [f"{name} as recorded in {rid}" for name, rid in ((a.name, ra), (b.name, rb)) if rid]
-                row.residuals = "; ".join(filter(None, [_residual_text(t, q, n, steps)] + recorded))
+        axis_a = channel_axis(i.x.ndim, i.axis)
+        rank = i.x.ndim
+        side_b = Side(b.name, {q: moved(v, axis_b, axis_a, rank) for q, v in ob.items()},
+                      {q: moved_expected(e, axis_b, axis_a, rank) for q, e in eb.items()}, rb)
+        judge_case(rows, mode.value, Side(a.name, oa, ea, ra), side_b, t, *case_size(i), describe(i))
 
     with import_independent_draws():
         explore()

@@ -274,11 +274,12 @@ def run_concurrently(tasks, jobs: int) -> None:
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
                  extras: dict | None = None, on_idle=None, cases_dir=None, jobs: int = 1, supervise=None,
-                 pair_examples: int = 0) -> tuple[list[CellResult], dict]:
+                 pair_examples: int = 0, outputs_for=()) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per unit (`units_of`: a
     backend's cells on one device), `jobs` workers at once, and per backend the convention inference (`infer`),
-    the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples` its outputs on the
-    canonical pair inputs (conformance/pair_outputs.py, for `bnconf merge`).
+    the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples`, for the backends named
+    in `outputs_for` (the cross-framework table's representatives), their outputs on the canonical pair inputs
+    (conformance/pair_outputs.py, for `bnconf merge`).
 
     Backends loaded from a target (every built-in, every `--backend`) run isolated; an object built in
     this process (no target to load it from again) runs here. `on_cell(result)` sees each result as it
@@ -319,7 +320,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
             for i in unit.indices:
                 arrived(i, run_cell(*cells[i], examples, seed, cases_dir=cases_dir))
             found = extras_for(backend, unit_cells, infer and unit.first, edge, cases_dir=cases_dir)
-            if unit.first and pair_examples:
+            if unit.first and pair_examples and backend.name in outputs_for:
                 found["outputs"] = output_rows(backend, pair_examples, seed, unit.device)
             with lock:
                 for kind, rows in found.items():
@@ -344,7 +345,8 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
 
         infer_cells = [cells[i][1:] for i in range(len(cells)) if cells[i][0] is backend]
         todo = list(unit.indices)
-        wanted = {"infer": infer and unit.first, "edge": edge, "outputs": bool(pair_examples) and unit.first}
+        wanted = {"infer": infer and unit.first, "edge": edge,
+                  "outputs": bool(pair_examples) and unit.first and backend.name in outputs_for}
         if progress:
             with lock:
                 progress(f"{_worker_tag()}{backend.name} on {unit.device}: {len(todo)} cells"

@@ -164,7 +164,8 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         results, _ = isolation.run_isolated(
             cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived, infer=options.infer,
             edge=options.edge_cases, extras={"inferred": state.inferred, "edge": state.edge, "outputs": state.outputs},
-            on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise)
+            on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise,
+            pair_examples=options.pair_examples, outputs_for=saved_outputs(backends, options))
         state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
     else:
         battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
@@ -174,6 +175,9 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             extras = isolation.extras_for(b, ran, options.infer, options.edge_cases, cases_dir=cases_dir)
             state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
             state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
+            if b.name in saved_outputs(backends, options):
+                device = next(c[1] for c in cells if c[0] is b)
+                state.outputs[b.name] = isolation.output_rows(b, options.pair_examples, options.seed, device)
             changed()
     if options.replicas:
         state.phase = Phase.REPLICAS
@@ -190,6 +194,13 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
                                   on_pair=lambda p: (state.pair_slots.append(p), changed()))
     state.phase = Phase.DONE
+
+
+def saved_outputs(backends, options: RunOptions) -> set[str]:
+    """The backends whose outputs on the canonical pair inputs the report keeps, for `bnconf merge` to pair
+    them with other environments' backends: the cross-framework table's representatives (one per convention),
+    when the run has a cross-framework table."""
+    return {b.name for b in crosscheck.representatives(backends)} if options.pair_examples else set()
 
 
 def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progress=None, changed=None,

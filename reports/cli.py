@@ -6,6 +6,7 @@
     bnconf selfcheck      check the float64 oracle against independent computations (exit 0 / 1)
     bnconf conventions    list every framework convention record
     bnconf diff OLD NEW   what changed between two report JSONs (exit 1: NEW has a regression)
+    bnconf merge A B ...  reports made in several environments as one report (exit 1: something fails)
 
 Exit status: 0 success, 1 a check failed or a backend does not conform, 2 bad input (one line; --debug
 shows the traceback).
@@ -23,7 +24,7 @@ from ..adapters.protocol import BackendError
 from ..adapters.registry import TargetError
 from ..spec import InputError
 from ..spec.formats import FORMATS
-from . import diff_command
+from . import diff_command, merge_command
 from .terminal import table
 
 
@@ -196,7 +197,8 @@ def _report(args) -> int:
     try:
         for u in missing:
             print(f"unavailable: {u.name}: {u.reason}", file=sys.stderr)
-        environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+        environment = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
+                       "host": platform.node()}
         for b in found:
             environment.update(b.versions() if callable(getattr(b, "versions", None)) else {})
         state = run.RunState(len(cells))
@@ -397,6 +399,7 @@ def main(argv=None) -> int:
                    help="check the oracle against independent computations").set_defaults(run=_selfcheck)
     sub.add_parser("conventions", parents=[debug], help="list the convention records").set_defaults(run=_conventions)
     diff_command.add_parser(sub, [debug])
+    merge_command.add_parser(sub, [debug])
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -257,7 +257,7 @@ def _records(old: dict, new: dict, changes: list) -> None:
 
 def _versions(old: dict, new: dict, changes: list) -> None:
     before, now = old.get("environment") or {}, new.get("environment") or {}
-    for key in sorted(set(before) | set(now)):
+    for key in sorted((set(before) | set(now)) - {"host"}):  # the machine is a note, not a version
         if before.get(key) != now.get(key):
             changes.append(Change(VERSION_CHANGES, key, str(before.get(key, ABSENT)), str(now.get(key, ABSENT))))
 
@@ -269,6 +269,9 @@ def _notes(old: dict, new: dict, names: tuple[str, str]) -> list[str]:
         if old.get(key) != new.get(key):
             notes.append(f"different {what} ({old.get(key)} in OLD, {new.get(key)} in NEW): other examples were drawn, "
                          "so a change can be chance as well as the backend; compared all the same")
+    hosts = [(doc.get("environment") or {}).get("host") for doc in (old, new)]
+    if all(hosts) and hosts[0] != hosts[1]:
+        notes.append(f"made on different machines ({hosts[0]} for OLD, {hosts[1]} for NEW)")
     if (old.get("shard") or "") != (new.get("shard") or ""):
         notes.append(f"different shards ({old.get('shard') or 'all cells'} in OLD, {new.get('shard') or 'all cells'} "
                      "in NEW): cells only in one of them are listed as missing or new")

@@ -5,7 +5,8 @@
 Fields a report was written without (an older bnconf) take their defaults; fields this bnconf does not know
 are dropped; "nan", "inf" and "-inf" strings in numeric fields become floats again. Figures are not in the
 JSON: a reloaded report has none. The distributed part ("replicas", "replica_pairs") reads back into ReplicaCells
-and ReplicaPairResults; a report written before they existed has none.
+and ReplicaPairResults; a report written before they existed has none. `pair_outputs` (conformance/pair_outputs.py)
+and a merged report's `environments` (reports/merge.py) are kept as the JSON has them.
 """
 
 import json
@@ -47,7 +48,12 @@ def _replica_cell(d: dict) -> ReplicaCell:
 
 def load_report(text: str) -> Report:
     """The report a JSON document holds; ValueError when it is not a bnconf report."""
-    doc = json.loads(text)
+    return report_from_document(json.loads(text))
+
+
+def report_from_document(doc) -> Report:
+    """The report a parsed JSON document holds (a dict); ValueError when it is not a bnconf report, and
+    TypeError, KeyError or ValueError when its fields are not the layout's."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} document")
     return Report([_cell(c) for c in doc.get("cells", [])], doc.get("environment", {}), doc.get("seed", 0),
@@ -58,4 +64,5 @@ def load_report(text: str) -> Report:
                   replica_cells=[_replica_cell(c) for c in doc.get("replicas", [])],
                   replica_unavailable=doc.get("replicas_unavailable", []),
                   replica_pairs=[_pair(p, ReplicaPairResult) for p in doc.get("replica_pairs", [])],
-                  shard=doc.get("shard", ""))
+                  shard=doc.get("shard", ""), pair_outputs=doc.get("pair_outputs", {}),
+                  environments=doc.get("environments", []))

@@ -35,7 +35,8 @@ class Publisher:
                              self.name, replica_cells=list(getattr(s, "replica_cells", [])),
                              replica_unavailable=[{"family": u.name, "reason": u.reason}
                                                   for u in getattr(s, "replica_unavailable", [])],
-                             replica_pairs=list(getattr(s, "replica_pairs", [])), shard=self.shard)
+                             replica_pairs=list(getattr(s, "replica_pairs", [])), shard=self.shard,
+                             pair_outputs=dict(getattr(s, "outputs", {})))
 
     def _progress(self) -> tuple:
         s = self.state

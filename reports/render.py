@@ -1,5 +1,9 @@
 """Rendering a run: terminal tables, Markdown, HTML and JSON, all from the same `Report`.
 
+A merged report (`bnconf merge`, reports/merge.py) is a Report too: every backend "<backend> @ <environment>",
+and its environments, backend x environment matrix and pairs per pair of environments first among the tables of
+every format (reports/merge_table.py).
+
 Every format opens with the summary (summary.py: one line per backend, then the findings with their diagnosis
 and replay line). Then:
 - terminal and HTML: the full tables, built once by `sections` (the HTML's conformance table filterable and
@@ -51,6 +55,11 @@ JSON layout (`bnconf-report/1`):
                         "error", "reason", "seconds", "rows": [as in "pairs", "mode": "training step"]}]
                       (synchronized replica backends against each other: conformance/replica_pairs.py)
      "seconds_per_backend": {"<backend>": float},   (replica backends included)
+     "spec": {"bnconf": "<version>", "digest": "<sha256 of the spec's sources>"}   (reports/spec_identity.py: which
+             rules judged the run; `bnconf merge` merges only reports of one spec)
+     "pair_outputs": {"<backend>": [rows]}   (each backend's outputs on the canonical pair inputs, for `bnconf
+             merge`; the row layout is in conformance/pair_outputs.py; empty with --pair-examples 0)
+     "environments": [...]   (a merged report only: one entry per report merged, reports/merge.py)
      "summary": {"backends": [{"backend", "cells", "unsupported", "drawn", "judged", "conforms", "known",
                                "ill_conditioned", "non_conformant", "errors", "edge": [agree, recorded, unexplained],
                                "other_findings", "worst_ratio", "verdict"}],
@@ -83,6 +92,7 @@ from ..conformance.status import CellStatus
 from . import replica_table
 from .summary import (UNEXPECTED_PAIR, BackendLine, Finding, backend_lines, findings, reason_replays,
                       replica_pair_findings, totals)
+from .spec_identity import spec_identity
 from .terminal import NO_FIGURE, examples_text, number, one_line, table
 
 FORMAT = "bnconf-report/1"
@@ -116,6 +126,10 @@ class Report:
     # synchronized replica backends against each other: conformance.replica_pairs.ReplicaPairResult
     replica_pairs: list = field(default_factory=list)
     shard: str = ""  # "K/N": the run was shard K of N (bnconf report --shard); "": every cell
+    # each backend's outputs on the canonical pair inputs (conformance/pair_outputs.py): backend name -> rows
+    pair_outputs: dict = field(default_factory=dict)
+    # a merged report (bnconf merge, reports/merge.py): one entry per report merged, see merge.Environment
+    environments: list = field(default_factory=list)
 
 
 @dataclass
@@ -334,10 +348,20 @@ def _distributed_sections(report: Report, full: bool) -> list[Section]:
     return out
 
 
+def _merged_sections(report: Report) -> list[Section]:
+    """A merged report's (bnconf merge) environments, backend x environment matrix and pairs per environment pair."""
+    if not report.environments:
+        return []
+    from . import merge_table
+
+    return merge_table.sections(report)
+
+
 def sections(report: Report, distributed: bool = True) -> list[Section]:
     """The full tables, in the order the terminal and the HTML show them after the summary (the distributed
     part's after the conformance table, unless `distributed` is False)."""
-    out = [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
+    out = _merged_sections(report)
+    out += [Section("Conformance to each backend's declared convention", CELL_HEADER, _cell_rows(report.results),
                    note="One row per backend, device, dtype, mode and quantity: its worst case. Examples: those with "
                         "a judged element / those drawn. Observed / expected and the relative error are at the worst "
                         f"element of the case shown; {NO_FIGURE}: no meaningful figure.",
@@ -543,7 +567,7 @@ def _pair_counts_rows(pairs) -> list[list]:
 
 def markdown_sections(report: Report) -> list[Section]:
     """The Markdown's short tables, one row per backend or per record (the full ones are in the HTML and JSON)."""
-    out = _distributed_sections(report, full=False)
+    out = _merged_sections(report) + _distributed_sections(report, full=False)
     if report.inferred:
         out.append(_inferred_section(report))
     if report.edge:
@@ -695,7 +719,11 @@ def json_document(report: Report) -> str:
         "replica_pairs": [asdict(p) for p in report.replica_pairs],
         "seconds_per_backend": seconds_per_backend(report.results, report.replica_cells),
         "summary": _summary_document(report),
+        "spec": spec_identity(),
+        "pair_outputs": report.pair_outputs,
     }
+    if report.environments:
+        doc["environments"] = report.environments
     return json.dumps(_finite(doc), indent=1, sort_keys=True, default=str, allow_nan=False)
 
 
