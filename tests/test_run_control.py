@@ -144,7 +144,7 @@ def _json(path):
 def test_ctrl_c_during_the_pairs_keeps_the_finished_pairs_and_a_second_ctrl_c_exits_at_once(tmp_path):
     proc = _start(tmp_path, "report", "--backend", f"{CONTROL}:KERAS_IDEAL", "--backend", f"{CONTROL}:PAIR_HANG",
                   "--dtype", "float32", "--examples", "1", "--pair-examples", "1", "--no-edge-cases",
-                  "--time-limit", str(WAIT))
+                  "--time-limit", str(WAIT), "--jobs", "1")  # one batch of pairs: they run in order
     partial = tmp_path / "report.json"
     # the train pair finished, the eval pair hangs: the partial JSON shows the finished pair while it waits
     _wait_for(lambda: (_json(partial) or {}).get("pairs"), "the first finished pair in the partial JSON")
