@@ -241,6 +241,18 @@ class Stopped(Exception):
     """Raised in a unit's thread when the run is being stopped (Ctrl-C): its worker is killed on the way out."""
 
 
+def _guarded(callback, stop, lock):
+    """`callback` as a unit's thread calls it: first Stopped when the run is being stopped (its worker is then
+    killed on the way out), then the callback (if any) under the run's lock, one thread at a time."""
+    def call(*args) -> None:
+        if stop.is_set():
+            raise Stopped
+        if callback:
+            with lock:
+                callback(*args)
+    return call
+
+
 def run_concurrently(tasks, jobs: int) -> None:
     """Call each of `tasks` (a function of one argument: the stop event to honour) on up to `jobs` threads at once.
     An exception from one (or Ctrl-C in the caller) stops the others, which kill their workers, and is raised."""
@@ -327,21 +339,13 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                     extras[kind].setdefault(backend.name, []).extend(rows)
             return
 
-        def handle(e: dict) -> None:
-            if stop.is_set():
-                raise Stopped
-            with lock:
-                if e["event"] == "cell":
-                    arrived(e["cell"], cell_from_dict(e["result"]))
-                elif e["event"] in extras:
-                    extras[e["event"]].setdefault(backend.name, []).extend(e["rows"])
+        def event(e: dict) -> None:
+            if e["event"] == "cell":
+                arrived(e["cell"], cell_from_dict(e["result"]))
+            elif e["event"] in extras:
+                extras[e["event"]].setdefault(backend.name, []).extend(e["rows"])
 
-        def idle() -> None:
-            if stop.is_set():
-                raise Stopped
-            if on_idle:
-                with lock:
-                    on_idle()
+        handle, idle = _guarded(event, stop, lock), _guarded(on_idle, stop, lock)
 
         infer_cells = [cells[i][1:] for i in range(len(cells)) if cells[i][0] is backend]
         todo = list(unit.indices)
@@ -413,13 +417,12 @@ def _in_order(extras: dict, units) -> None:
     """Each kind of extra rows in the backends' order, a backend's edge rows in its devices' order (rows
     arrive in whatever order the concurrent units finish)."""
     names = list(dict.fromkeys(u.backend.name for u in units))
-    devices = {name: [u.device for u in units if u.backend.name == name] for name in names}
+    unit_rank = {(u.backend.name, u.device): k for k, u in enumerate(units)}
     for kind, table in extras.items():
         ordered = {n: table[n] for n in names if n in table} | {n: r for n, r in table.items() if n not in names}
-        if kind == "edge":
-            ordered = {n: sorted(r, key=lambda row, n=n: devices.get(n, []).index(row["device"])
-                                 if row.get("device") in devices.get(n, []) else len(devices.get(n, [])))
-                       for n, r in ordered.items()}
+        if kind == "edge":  # a stable sort: within a unit, the order its worker sent
+            ordered = {n: sorted(rows, key=lambda row, n=n: unit_rank.get((n, row.get("device")), len(units)))
+                       for n, rows in ordered.items()}
         table.clear()
         table.update(ordered)
 
@@ -449,22 +452,14 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
     batches = [list(range(start, min(start + size, len(pairs)))) for start in range(0, len(pairs), size or 1)]
 
     def run_batch(batch: list[int], stop) -> None:
-        def handle(e: dict) -> None:
-            if stop.is_set():
-                raise Stopped
-            with lock:
-                if e["event"] == "case" and progress:
-                    progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
-                elif e["event"] == "pair":
-                    results[e["cell"]] = pair_from_dict(e["result"])
-                    done()
+        def event(e: dict) -> None:
+            if e["event"] == "case" and progress:
+                progress(f"[pair {e['cell'] + 1}/{len(pairs)}] {e['input']}")
+            elif e["event"] == "pair":
+                results[e["cell"]] = pair_from_dict(e["result"])
+                done()
 
-        def idle() -> None:
-            if stop.is_set():
-                raise Stopped
-            if on_idle:
-                with lock:
-                    on_idle()
+        handle, idle = _guarded(event, stop, lock), _guarded(on_idle, stop, lock)
 
         todo = list(batch)
         while todo:

@@ -160,12 +160,13 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         state.results.append(cell)
         changed()
 
+    outputs_for = saved_outputs(backends, options)
     if options.isolated:
         results, _ = isolation.run_isolated(
             cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived, infer=options.infer,
             edge=options.edge_cases, extras={"inferred": state.inferred, "edge": state.edge, "outputs": state.outputs},
             on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise,
-            pair_examples=options.pair_examples, outputs_for=saved_outputs(backends, options))
+            pair_examples=options.pair_examples, outputs_for=outputs_for)
         state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
     else:
         battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
@@ -175,7 +176,7 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             extras = isolation.extras_for(b, ran, options.infer, options.edge_cases, cases_dir=cases_dir)
             state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
             state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
-            if b.name in saved_outputs(backends, options):
+            if b.name in outputs_for:
                 device = next(c[1] for c in cells if c[0] is b)
                 state.outputs[b.name] = isolation.output_rows(b, options.pair_examples, options.seed, device)
             changed()
