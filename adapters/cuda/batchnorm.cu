@@ -114,7 +114,8 @@ template <int W> struct Moments {
             m2[k] = fmaf(d, v[k] - mean[k], m2[k]);
         }
     }
-    // Chan: merge another (nb, meanb, m2b) into this one.
+    // Chan: merge another (nb, meanb, m2b) into this one. The cross term is (d * fab) * d, not (d * d) * fab: into
+    // an empty accumulator fab = 0 and d is the other mean, whose square may exceed float32 (Inf * 0 = NaN).
     __device__ __forceinline__ void merge(int nb, const float (&meanb)[W], const float (&m2b)[W]) {
         if (nb == 0) return;
         const int nn = n + nb;
@@ -124,7 +125,7 @@ template <int W> struct Moments {
         for (int k = 0; k < W; ++k) {
             const float d = meanb[k] - mean[k];
             mean[k] = fmaf(d, fb, mean[k]);
-            m2[k] = fmaf(d * d, fab, m2[k] + m2b[k]);
+            m2[k] = fmaf(d * fab, d, m2[k] + m2b[k]);
         }
         n = nn;
     }

@@ -27,7 +27,10 @@ from bnconf.adapters.cuda_kernel import (
     vector_width,
 )
 from bnconf.adapters.protocol import Request
+from bnconf.conformance.engine import assess
 from bnconf.spec import Mode
+from bnconf.spec.expect import Inputs
+from bnconf.spec.oracle import RunningStats
 
 needs_gxx = pytest.mark.skipif(not cuda_build.gxx_available(), reason="no g++ to build the CPU emulation")
 needs_nvcc = pytest.mark.skipif(not cuda_build.nvcc_available(), reason="nvcc is not installed")
@@ -156,6 +159,25 @@ def test_half_inputs_round_once_to_their_format(dtype):
     want = _reference(Mode.TRAIN_FORWARD, x, 1, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), 0.1, 1e-5, None)["y"]
     assert np.array_equal(from_storage(to_storage(out.y, dtype), dtype), out.y)  # representable in dtype
     np.testing.assert_allclose(out.y, want, atol=2 ** -7 * 4 if dtype == "bfloat16" else 2 ** -10 * 4)
+
+
+@needs_gxx
+@pytest.mark.parametrize("layout", [0, 1], ids=["NCHW", "NHWC"])
+def test_a_channel_whose_mean_squares_past_float32_has_finite_statistics(layout):
+    """The Chan merge into an empty accumulator copies the other one: the general rule multiplies the squared
+    mean difference (Inf for a local mean near 1e20 or more) by n nb / (n + nb) = 0 and gave NaN for y,
+    invstd and running_var (found by the battery: (1, 2, 21), channel 0 of +-6.4e33, a variance past
+    float32; the spec allows an infinite variance there, not NaN outputs)."""
+    backend = BACKENDS[layout]
+    x = np.stack([np.resize([6.4e33, -6.4e33], 21), np.full(21, 0.0074)])[None]  # (1, 2, 21): N C S
+    axis = 1
+    if layout:
+        x, axis = np.moveaxis(x, 1, -1), 2
+    inputs = Inputs(x=x, axis=axis, eps=1e-5, gamma=np.array([0.0, 1.5]), beta=np.array([0.25, 0.0]),
+                    running=RunningStats(np.zeros(2), np.ones(2), 0), momentum=0.5)
+    a = assess(backend, Mode.TRAIN_FORWARD, inputs, "float32", "cpu-emulated")
+    assert not a.problems(), {q: c.verdict for q, c in a.problems().items()}
+    assert np.isfinite(a.observed["y"]).all() and np.isfinite(a.observed["saved_invstd"]).all()
 
 
 @pytest.mark.parametrize("backend, axis", [(BACKENDS[0], -1), (BACKENDS[1], 1)], ids=["NCHW", "NHWC"])
