@@ -140,7 +140,8 @@ def test_y_plus_one_is_non_conformant_with_its_infinite_ratio_never_a_crash():
 def test_a_report_on_y_plus_one_ends_non_conformant_with_the_row_not_a_crash(tmp_path, isolation):
     from bnconf.reports.cli import main
 
-    argv = ["report", "--backend", f"{FIXTURE}:PLUS_ONE", "--dtype", "float64", "--examples", "3",
+    # 6 examples: the first that meets a zero bound (an infinite ratio) under the default seed's shapes
+    argv = ["report", "--backend", f"{FIXTURE}:PLUS_ONE", "--dtype", "float64", "--examples", "6",
             "--pair-examples", "0", "--no-edge-cases", "--out", str(tmp_path), *isolation]
     assert main(argv) == 1
     cells = json.loads((tmp_path / "report.json").read_text())["cells"]
