@@ -8,11 +8,18 @@ library's state after the call, read back in every mode when the request tracks 
 ({running_mean, running_var[, batches_seen]}; updated in training, to be unchanged in eval). eps and momentum reach
 `forward` as traced, weakly typed scalars (what a Python float becomes inside jit), so the module is
 built from them exactly as from Python floats and one compiled program serves every value: `jax.jit`
-compiles once per (program, shapes, dtypes), and the programs live in an `lru_cache` of 64.
+compiles once per (program, shapes, dtypes), and the programs live in an `lru_cache` (one per backend and
+`Step`, a bounded set: 4 modes x 4 dtypes x axes x affine). Whether the request tracks running statistics is
+not part of the program (the untracked state is the layer's initial one, passed like any other), so both
+share one compilation. The compiled executables persist across processes (`jax_cache.call`: a later worker
+loads them without tracing or compiling), and the arrays reach the device from NumPy (`jax.device_put`), so no
+per-shape conversion program is compiled either. A library adapter names the packages its program comes from
+(`packages`, part of the cache's key with its own source file).
 """
 
 import contextlib
 import functools
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -21,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..spec import Mode, Precision, precision_for
+from . import jax_cache
 from .protocol import Outputs, Request, check_request
 
 JAX_DTYPES = {"float64": jnp.float64, "float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
@@ -58,13 +66,14 @@ def gpu_unavailable() -> str | None:
 
 @dataclass(frozen=True)
 class Step:
-    """The static part of a call: everything else (shapes aside) is a traced argument."""
+    """The static part of a call: everything else (shapes aside) is a traced argument. Whether running statistics
+    are tracked is not: the program is the same (the untracked state is the layer's initial one), and `run`
+    decides what it reads back."""
 
     mode: Mode
     dtype: str
     axis: int  # non-negative
     affine: bool
-    tracked: bool
 
     @property
     def training(self) -> bool:
@@ -86,7 +95,7 @@ def _program(backend, step: Step, x, gamma, beta, state, eps, momentum, dy):
     return {"y": y, **running}
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=1024)
 def compiled(backend, step: Step):
     """One jitted program per (backend, static signature); jit itself compiles once per shape and dtype."""
     return jax.jit(functools.partial(_program, backend, step))
@@ -102,6 +111,7 @@ class JaxBackend:
     modes = frozenset(Mode)
     dtypes = tuple(JAX_DTYPES)
     devices = ("cpu", "gpu")
+    packages: tuple[str, ...] = ()  # import names of the library the program calls (jax_cache's key)
 
     def versions(self) -> dict[str, str]:
         import jaxlib
@@ -117,10 +127,12 @@ class JaxBackend:
 
     def run(self, mode: Mode, r: Request) -> Outputs:
         check_request(self, mode, r)
-        step = Step(mode, r.dtype, r.axis % r.x.ndim, r.gamma is not None, r.running_mean is not None)
+        step = Step(mode, r.dtype, r.axis % r.x.ndim, r.gamma is not None)
+        tracked = r.running_mean is not None
         with x64(r.dtype):
             device = jax.devices(r.device)[0]
-            put = lambda a, dtype: None if a is None else jax.device_put(jnp.asarray(a, JAX_DTYPES[dtype]), device)  # noqa: E731
+            # cast by NumPy (ml_dtypes for bfloat16), exact: the values arrive rounded to their formats
+            put = lambda a, dtype: None if a is None else jax.device_put(np.asarray(a, JAX_DTYPES[dtype]), device)  # noqa: E731
             pdt = self.parameter_dtype(r.dtype)
             args = (
                 put(r.x, r.dtype), put(r.gamma, pdt), put(r.beta, pdt),
@@ -128,13 +140,16 @@ class JaxBackend:
                 float(r.eps), float(0.0 if r.momentum is None else r.momentum),  # traced, weakly typed
                 put(r.dy, r.dtype),
             )
-            out = {k: _numpy(v) for k, v in jax.device_get(compiled(self, step)(*args)).items()}
+            program = jax_cache.Program((self.name, type(self).__qualname__, step), self.packages,
+                                        (__file__, sys.modules[type(self).__module__].__file__))
+            result = jax_cache.call(compiled(self, step), args, program, device)
+            out = {k: _numpy(v) for k, v in jax.device_get(result).items()}
         if step.mode in BACKWARD:
             result = Outputs(dx=out["dx"], dgamma=out["dgamma"], dbeta=out["dbeta"])
         else:
             result = Outputs(y=out["y"])
         # the state after the call: updated by a training forward, to be unchanged by an eval call
-        if step.tracked and step.mode is not Mode.TRAIN_BACKWARD and "running_mean" in out:
+        if tracked and step.mode is not Mode.TRAIN_BACKWARD and "running_mean" in out:
             result.running_mean, result.running_var = out["running_mean"], out["running_var"]
             if step.training and "batches_seen" in out:
                 result.batches_seen = int(out["batches_seen"])

@@ -17,6 +17,7 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..spec import Precision
 from ..spec.conventions import EQUINOX_BATCHNORM
@@ -45,6 +46,7 @@ class EquinoxBatchNorm(JaxBackend):
     convention = EQUINOX_BATCHNORM
     name = EQUINOX_BATCHNORM.name
     channel_axes = (1,)
+    packages = ("equinox",)
     ranks = EQUINOX_BATCHNORM.ranks
 
     def library_versions(self) -> dict[str, str]:
@@ -60,11 +62,11 @@ class EquinoxBatchNorm(JaxBackend):
 
     def state_from(self, step: Step, r) -> dict:
         c = r.x.shape[step.axis]
-        dtype = JAX_DTYPES[r.dtype]
+        dtype = JAX_DTYPES[r.dtype]  # NumPy arrays: `run` puts them on the device, nothing is compiled
         if r.running_mean is None:  # untracked: the layer's own initial state
-            return {"counter": 0, "mean": jnp.zeros(c, dtype), "var": jnp.ones(c, dtype)}
+            return {"counter": 0, "mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
         return {"counter": int(r.batches_seen),
-                "mean": jnp.asarray(r.running_mean, dtype), "var": jnp.asarray(r.running_var, dtype)}
+                "mean": np.asarray(r.running_mean, dtype), "var": np.asarray(r.running_var, dtype)}
 
     def forward(self, step: Step, x, gamma, beta, state, eps, momentum):
         layer, layer_state = _layer(step, x.shape[1], eps, momentum)

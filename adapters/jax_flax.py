@@ -11,7 +11,7 @@ eval: `use_running_average=True`, NNX `model.eval()`.
 
 import flax
 import flax.linen as nn
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ..spec import Precision, VarianceAlgorithm
@@ -23,6 +23,7 @@ class _FlaxBatchNorm(JaxBackend):
     """What linen and NNX share: names, the variance choice, float32 statistics."""
 
     channel_axes = (-1, 1)
+    packages = ("flax",)
 
     def __init__(self, fast_variance: bool = True):
         self.fast_variance = fast_variance
@@ -38,10 +39,10 @@ class _FlaxBatchNorm(JaxBackend):
     def state_from(self, step: Step, r) -> dict:
         """batch_stats {mean, var} in the statistics format; the layer's initial (0, 1) when untracked."""
         c = r.x.shape[step.axis]
-        dtype = JAX_DTYPES[wide(r.dtype)]
+        dtype = JAX_DTYPES[wide(r.dtype)]  # NumPy arrays: `run` puts them on the device, nothing is compiled
         if r.running_mean is None:
-            return {"mean": jnp.zeros(c, dtype), "var": jnp.ones(c, dtype)}
-        return {"mean": jnp.asarray(r.running_mean, dtype), "var": jnp.asarray(r.running_var, dtype)}
+            return {"mean": np.zeros(c, dtype), "var": np.ones(c, dtype)}
+        return {"mean": np.asarray(r.running_mean, dtype), "var": np.asarray(r.running_var, dtype)}
 
 
 class LinenBatchNorm(_FlaxBatchNorm):

@@ -9,6 +9,7 @@ average = hidden / (1 - d**counter) (zero-debiased); eval normalizes with `avera
 
 import haiku as hk
 import jax.numpy as jnp
+import numpy as np
 
 from ..spec import Precision, VarianceAlgorithm
 from ..spec.conventions import HAIKU_BATCHNORM
@@ -29,6 +30,7 @@ class HaikuBatchNorm(JaxBackend):
     convention = HAIKU_BATCHNORM
     name = HAIKU_BATCHNORM.name
     channel_axes = (-1, 1)
+    packages = ("haiku",)
     ranks = HAIKU_BATCHNORM.ranks
 
     def library_versions(self) -> dict[str, str]:
@@ -46,12 +48,12 @@ class HaikuBatchNorm(JaxBackend):
         """Each EMA's state for the request: average = the running statistic, counter = batches seen; hidden
         (which haiku forms as average * (1 - d**counter)) is set in `forward`, where d is known."""
         shape = _stat_shape(step, r.x.ndim, r.x.shape[step.axis])
-        dtype = JAX_DTYPES[r.dtype]
+        dtype = JAX_DTYPES[r.dtype]  # NumPy arrays: `run` puts them on the device, nothing is compiled
         values = {"mean": r.running_mean, "var": r.running_var}
         if r.running_mean is None:  # untracked: the layer's own initial state, never read back
-            values = {"mean": jnp.zeros(shape[step.axis]), "var": jnp.ones(shape[step.axis])}
+            values = {"mean": np.zeros(shape[step.axis]), "var": np.ones(shape[step.axis])}
         return {
-            ema: {"counter": jnp.asarray(r.batches_seen, jnp.int32), "average": jnp.asarray(values[k], dtype).reshape(shape)}
+            ema: {"counter": np.asarray(r.batches_seen, np.int32), "average": np.asarray(values[k], dtype).reshape(shape)}
             for k, ema in _EMAS.items()
         }
 

@@ -39,7 +39,8 @@ ALL_DTYPES = ("float64", "float32", "float16", "bfloat16")
 MIXED = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}  # policy -> the input dtype it takes
 TRAINING = (Mode.TRAIN_FORWARD, Mode.TRAIN_BACKWARD)
 BACKWARD = (Mode.TRAIN_BACKWARD, Mode.EVAL_BACKWARD)
-CACHE_SIZE = 64  # layers (and, for jax, compiled functions) kept per process
+CACHE_SIZE = 1024  # layers (and, for jax, jitted functions) kept per process: more than a battery meets, so none it
+# meets again is rebuilt (and recompiled); each holds a few (C,) variables
 
 # what each child process is started with: its Keras backend, on the CPU only; jax needs x64 for float64
 _ENV = {"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -113,12 +114,14 @@ class KerasBatchNorm:
         layer = self._layer(keras, r, policy)
         values = _variable_values(layer, r)
         if self.keras_backend == "jax":
-            return _run_jax(self._layers, layer, values, mode, r)
+            return _run_jax(self._layers, layer, values, mode, r, (self.name, policy))
         return (_run_tensorflow if self.keras_backend == "tensorflow" else _run_torch)(layer, values, mode, r)
 
     def _layer(self, keras, r: Request, policy: str):
-        """The built layer for this (shape, dtype, axis, affine) signature, from a bounded cache."""
-        key = ("layer", r.x.shape, policy, r.axis, r.gamma is not None)
+        """The built layer for this (rank, channels, policy, axis, affine) signature, from a bounded cache: what
+        `build` depends on (variables of shape (C,), an input spec of rank and channels), so one layer serves every
+        batch and spatial size, as in a model."""
+        key = ("layer", r.x.ndim, r.x.shape[r.axis], policy, r.axis, r.gamma is not None)
         layer = self._layers.pop(key, None)
         if layer is None:
             layer = keras.layers.BatchNormalization(
@@ -252,25 +255,36 @@ class _Momentum:
         return self.one_minus
 
 
-def _run_jax(cache: OrderedDict, layer, values, mode: Mode, r: Request) -> Outputs:
+def _run_jax(cache: OrderedDict, layer, values, mode: Mode, r: Request, name: tuple) -> Outputs:
     """layer.stateless_call under jax.jit, compiled once per (signature, mode): momentum and epsilon are
-    arguments, not constants, so Hypothesis's momenta do not recompile; gradients of sum(y * dy) from jax.vjp."""
+    arguments, not constants, so Hypothesis's momenta do not recompile; gradients of sum(y * dy) from jax.vjp.
+    The compiled executables persist across processes (adapters/jax_cache.py), keyed by `name` (the backend's
+    name and policy), the layer's axis and affine switch, the mode and the arguments."""
     import jax
     import jax.numpy as jnp
+
+    from . import jax_cache
 
     key = ("jit", id(layer), mode)
     fn = cache.pop(key, None) or jax.jit(_stateless(layer, mode))  # eager op-by-op is slower, new shapes too
     _remember(cache, key, fn)
     compute = "float64" if r.dtype == "float64" else "float32"
-    trainable = [jnp.asarray(values[n]) for n in ("gamma", "beta") if n in values]
-    non_trainable = [jnp.asarray(values["moving_mean"]), jnp.asarray(values["moving_variance"])]
+    # NumPy arrays cast by NumPy (ml_dtypes for bfloat16; exact: the values arrive rounded to their formats), put on
+    # the device by jax.device_put: no conversion program is compiled for each new shape
+    put = lambda a, dtype=None: jax.device_put(np.asarray(a, dtype=None if dtype is None else jnp.dtype(dtype)))  # noqa: E731
+    trainable = [put(values[n]) for n in ("gamma", "beta") if n in values]
+    non_trainable = [put(values["moving_mean"]), put(values["moving_variance"])]
     momentum = 0.0 if r.momentum is None else float(r.momentum)
-    scalars = [jnp.asarray(v, dtype=compute) for v in (momentum, 1.0 - momentum, r.eps)]
-    x = jnp.asarray(r.x.astype(np.float64)).astype(r.dtype)
+    scalars = [put(v, compute) for v in (momentum, 1.0 - momentum, r.eps)]
+    x = put(r.x, r.dtype)
+    program = jax_cache.Program((*name, r.axis % r.x.ndim, r.gamma is not None, mode), ("keras",), (__file__,))
+    device = jax.devices("cpu")[0]
     if mode in BACKWARD:
-        dx, dparams = fn(trainable, non_trainable, x, *scalars, jnp.asarray(r.dy).astype(r.dtype))
+        args = (trainable, non_trainable, x, *scalars, put(r.dy, r.dtype))
+        dx, dparams = jax_cache.call(fn, args, program, device)
         return _gradients(mode, r, dx, *(list(dparams) + [None, None])[:2])
-    y, (moving_mean, moving_variance) = fn(trainable, non_trainable, x, *scalars)
+    args = (trainable, non_trainable, x, *scalars)
+    y, (moving_mean, moving_variance) = jax_cache.call(fn, args, program, device)
     return _outputs(mode, r, y, moving_mean, moving_variance)
 
 

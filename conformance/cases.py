@@ -174,7 +174,8 @@ def with_nonfinite(x: np.ndarray, axis: int, dtype: str, kind: str, channel: int
 @st.composite
 def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int = 2048, max_reduction: int = 1 << 16,
                 plan: Plan = Plan()):
-    """Inputs `backend` accepts for `mode`: its ranks and channel axes, affine on or off, running statistics
+    """Inputs `backend` accepts for `mode`: its ranks (shapes from `strategies.SHAPE_VOCABULARY`, a bounded set a
+    JIT-compiling backend's program cache can hold) and channel axes, affine on or off, running statistics
     (required in eval unless the convention then uses batch statistics), momentum in its own convention (None where it means a cumulative average).
 
     Training cases have at least two values per channel, and values stay within `dtype`'s range: one value
@@ -186,7 +187,7 @@ def case_inputs(draw, backend, mode: Mode, dtype: str = "float64", max_size: int
     dtype, _ = split_layout(dtype)
     conv = backend.convention
     ranks = tuple(r for r in getattr(backend, "ranks", conv.ranks) if 2 <= r <= 5)
-    shape = draw(bst.shapes(ranks=ranks, max_batch=16, max_size=max_size, max_reduction=max_reduction))
+    shape = draw(bst.vocabulary_shapes(ranks=ranks, max_size=max_size, max_reduction=max_reduction))
     batch_stats_possible = mode in TRAINING or conv.untracked_eval_uses_batch_stats
     if batch_stats_possible and int(np.prod(shape)) // shape[1] < 2:
         shape = (2, *shape[1:])

@@ -78,7 +78,8 @@ class PlainNumpyBackend:
         debias = self.mistake.get("zero_debias", self.convention.zero_debias)
         if debias:
             t = batches_seen + 1
-            return w / (1.0 - (1.0 - w) ** t) if w > 0 else 1.0 / t
+            # 1 - (1 - w)**t as -expm1(t log1p(-w)), as the oracle forms it: no 0 for a subnormal w (1 - w rounds to 1)
+            return w / -np.expm1(t * np.log1p(-w)) if w > 0 else 1.0 / t
         return w
 
     def run(self, mode: Mode, r: Request) -> Outputs:
