@@ -4,8 +4,9 @@ Profiles: `default` (fast and derandomized: every run, CI's included, draws the 
 the code's doing and reproduces) and `thorough` (many more examples, freshly random each run: the one that
 explores). Pick one with `--hypothesis-profile thorough` or the environment variable BNCONF_PROFILE=thorough.
 
-The suite runs in parallel (`python -m pytest -n auto`, pytest-xdist: the README's test command and CI's), and
-the example database is safe under it by construction:
+The suite runs in parallel (`python -m pytest -n auto`, pytest-xdist: the README's test command and CI's), each
+worker's frameworks on its share of the cores (`_share_the_cores_between_xdist_workers`), and the example
+database is safe under it by construction:
 - `default` has no database (`database=None`; Hypothesis requires it with `derandomize=True`): a derandomized
   run draws the same examples every time, so there is nothing to replay, and CI's workers read and write nothing
   under .hypothesis/examples.
@@ -19,8 +20,27 @@ the example database is safe under it by construction:
 """
 
 import os
+import re
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist, each worker's PyTorch, TensorFlow and BLAS get its share of the cores (a serial run
+    keeps them all): each otherwise starts one compute thread per core in every worker, so on 2 cores two
+    workers run 4+ threads that spin waiting for each other (PyTorch's and TensorFlow's adapter tests took 2.4x
+    the CPU time; JAX showed no difference). Set before any framework is imported; a variable the user set wins.
+    The children the tests start (isolated workers, replica groups, Keras' backend processes) inherit it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers <= 1:
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+_share_the_cores_between_xdist_workers()
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
 # `thorough` first, on Hypothesis's own defaults: registered after ours, it would inherit `default`'s
@@ -38,3 +58,34 @@ def pytest_addoption(parser, pluginmanager):
         from bnconf.testing.plugin import add_options
 
         add_options(parser)
+
+
+def _group(item) -> str | None:
+    """The xdist group of a test of a selected backend (the installed suite's tests, collected here): its child
+    process where the backend runs in one (the Keras backends: one child per Keras backend, a few seconds to
+    start), else, for an edge-case test, the backend (its edge cases run once per process, when its first test
+    needs them); None otherwise. Only word characters, '.', ':' and '-': xdist finds the group after the last '@'
+    of the node id, and only when no ']' follows it."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    backend = params.get("backend")
+    if backend is None:
+        return None
+    child = getattr(backend, "_child", None)  # adapters/subprocess_backend.py's proxy
+    if child is not None:
+        group = f"child-{child.target}-" + "-".join(f"{k}={v}" for k, v in sorted(child.env.items()))
+    elif item.originalname in ("test_edge_case", "test_edge_records"):
+        group = f"edge-{backend.name}-{params.get('device')}"
+    else:
+        return None
+    return re.sub(r"[^\w.:=-]+", "_", group)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Tests that share an expensive per-process start (a Keras child process, a backend's edge-case run) carry
+    `xdist_group` marks, so that `-n auto --dist loadgroup` runs each group in one worker and starts it once.
+    Inert without `--dist loadgroup` (and in a serial run)."""
+    for item in items:
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -347,30 +347,66 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return done
 
 
-def _venv(path: Path, system_site_packages: bool) -> Path:
-    """A virtual environment at `path` with bnconf installed from this checkout (editable, no dependencies);
-    its python."""
-    _run([sys.executable, "-m", "venv", *(["--system-site-packages"] if system_site_packages else []), path])
+def _venv(path: Path, system_site_packages: bool) -> tuple[Path, Path]:
+    """A virtual environment at `path` (no pip in it): its python and its site-packages folder."""
+    _run([sys.executable, "-m", "venv", "--without-pip", *(["--system-site-packages"] if system_site_packages else []),
+          path])
     python = path / "bin" / "python"
-    _run([python, "-m", "pip", "install", "-q", "--no-deps", "-e", ROOT])
-    return python
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
+    return python, site
+
+
+def _requirements(names) -> list[metadata.Distribution]:
+    """The installed distributions `names` and everything they require (environment markers evaluated, extras
+    not taken), each once."""
+    from packaging.requirements import Requirement
+
+    seen, todo, out = set(), list(names), []
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(dist)
+        for text in dist.requires or ():
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return out
+
+
+def _install_by_link(site: Path, dists) -> None:
+    """`dists` installed into `site` as links to this interpreter's installed files (the files pip would unpack
+    from the same wheels: nothing is downloaded or built), and bnconf from this checkout, by its layers."""
+    for dist in dists:
+        tops = {Path(f).parts[0] for f in dist.files or () if not str(f).startswith("..")}
+        for top in tops - {"__pycache__"}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    (site / "bnconf").mkdir()
+    for layer in ("spec", "adapters", "conformance", "reports", "testing"):
+        (site / "bnconf" / layer).symlink_to(ROOT / layer)
+    info = site / f"bnconf-{metadata.version('bnconf')}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: bnconf\nVersion: {metadata.version('bnconf')}\n")
 
 
 @pytest.fixture(scope="session")
 def torch_only_venv(tmp_path_factory) -> Path:
-    """A virtual environment with bnconf, its dependencies and PyTorch 2.13.0: no TensorFlow, JAX, Keras or ONNX
-    (about 45 s; pip installs the project's local wheels)."""
+    """A virtual environment with bnconf, its dependencies and PyTorch, at this interpreter's versions (the same
+    Hypothesis and NumPy draw the same cases) and nothing else: no TensorFlow, JAX, Keras or ONNX."""
     pytest.importorskip("torch")
-    python = _venv(tmp_path_factory.mktemp("venvs") / "torch-only", system_site_packages=False)
-    pins = [f"{p}=={metadata.version(p)}" for p in DEPENDENCIES]
-    _run([python, "-m", "pip", "install", "-q", *pins])
+    python, site = _venv(tmp_path_factory.mktemp("venvs") / "torch-only", system_site_packages=False)
+    _install_by_link(site, _requirements(DEPENDENCIES))
     return python
 
 
 @pytest.mark.slow
 def test_a_torch_only_environment_and_an_everything_environment_merge(torch_only_venv, tmp_path_factory, tmp_path):
     pytest.importorskip("tensorflow")
-    everything = _venv(tmp_path_factory.mktemp("venvs") / "everything", system_site_packages=True)
+    everything, _ = _venv(tmp_path_factory.mktemp("venvs") / "everything", system_site_packages=True)  # bnconf too
     missing = subprocess.run([torch_only_venv, "-c", "import tensorflow"], capture_output=True)
     assert missing.returncode != 0  # the torch-only environment really lacks the other frameworks
     (tmp_path / "torch_only.py").write_text(TORCH_ONLY)

@@ -100,15 +100,14 @@ COMMAND = ["-m", "pytest", "--pyargs", "bnconf.testing", "--bnconf-backend", "my
            "-p", "no:cacheprovider", "-q", "-rfE", "--bnconf-examples", "3"]
 
 
-@pytest.fixture
-def project(tmp_path):
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
-    (tmp_path / "my_bn").mkdir()
-    (tmp_path / "my_bn" / "__init__.py").write_text("")
-    (tmp_path / "my_bn" / "backend.py").write_text(BACKEND)
-    (tmp_path / "my_bn" / "records.py").write_text(RECORDS)
-    (tmp_path / "tests").mkdir()
-    (tmp_path / "tests" / "test_trivial.py").write_text(textwrap.dedent('''
+def _write_project(root: Path, backend: str = BACKEND) -> Path:
+    (root / "pyproject.toml").write_text(PYPROJECT)
+    (root / "my_bn").mkdir()
+    (root / "my_bn" / "__init__.py").write_text("")
+    (root / "my_bn" / "backend.py").write_text(backend)
+    (root / "my_bn" / "records.py").write_text(RECORDS)
+    (root / "tests").mkdir()
+    (root / "tests" / "test_trivial.py").write_text(textwrap.dedent('''
         import sys
 
 
@@ -119,7 +118,20 @@ def project(tmp_path):
         def test_report_modules():
             print("MODULES", " ".join(sorted(sys.modules)))
         '''))
-    return tmp_path
+    return root
+
+
+@pytest.fixture
+def project(tmp_path):
+    return _write_project(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def buggy_run(tmp_path_factory):
+    """The documented command on the project with eps moved outside the square root, run once for the tests that
+    read its outcome: (the project, the run)."""
+    root = _write_project(tmp_path_factory.mktemp("buggy"), BACKEND.replace(CORRECT, BUG))
+    return root, run(root, *COMMAND)
 
 
 def run(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -140,10 +152,9 @@ def test_the_documented_command_passes_a_correct_backend_and_names_each_test(pro
     assert ran and all("[my_bn-" in t or t == "test_backend_families_load[all]" for t in ran), ran  # its backend alone
 
 
-def test_an_injected_bug_fails_naming_the_quantity_and_its_replay_line_reproduces_it(project):
+def test_an_injected_bug_fails_naming_the_quantity_and_its_replay_line_reproduces_it(buggy_run):
+    project, r = buggy_run
     backend = project / "my_bn" / "backend.py"
-    backend.write_text(backend.read_text().replace(CORRECT, BUG))
-    r = run(project, *COMMAND)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-4000:]
     assert "FAILED" in out and "test_conformance[my_bn-cpu-float32-train_forward] - AssertionError: my_bn cpu float32 train_forward: y " in out, out[-4000:]
@@ -155,16 +166,18 @@ def test_an_injected_bug_fails_naming_the_quantity_and_its_replay_line_reproduce
     again = run(project, "-m", "bnconf.reports.cli", "replay", folder, "--backend", target)
     assert again.returncode == 1, again.stdout + again.stderr
     backend.write_text(backend.read_text().replace(BUG, CORRECT))  # fixed: the same case now conforms
-    assert run(project, "-m", "bnconf.reports.cli", "replay", folder, "--backend", target).returncode == 0
+    try:
+        assert run(project, "-m", "bnconf.reports.cli", "replay", folder, "--backend", target).returncode == 0
+    finally:
+        backend.write_text(backend.read_text().replace(CORRECT, BUG))  # the shared project keeps its bug
 
 
-def test_the_project_s_records_explain_its_documented_deviation(project):
+def test_the_project_s_records_explain_its_documented_deviation(buggy_run):
     pytest.importorskip("bnconf.conformance.user_records", reason="bnconf.conformance.user_records is not written yet")
-    backend = project / "my_bn" / "backend.py"
-    backend.write_text(backend.read_text().replace(CORRECT, BUG))
+    project, without = buggy_run
     r = run(project, *COMMAND, "--bnconf-records", "my_bn/records.py:RECORDS")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert run(project, *COMMAND).returncode == 1  # without the record
+    assert without.returncode == 1  # without the record: the same command, run once for both tests
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])

@@ -3,6 +3,7 @@ imports form no cycle (a cycle is what makes a module fail when it happens to be
 
 import ast
 from dataclasses import dataclass
+import functools
 import importlib.util
 from pathlib import Path
 import pkgutil
@@ -69,11 +70,17 @@ def _top_level(body: list[ast.stmt]):
                 yield from _top_level(getattr(node, field, []))
 
 
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """A module's syntax tree, parsed once per process (the graph is built at collection and by three tests)."""
+    return ast.parse(path.read_text(), str(path))
+
+
 def imported_names(module: Module, modules: dict[str, Module]) -> set[str]:
     """The absolute names of the modules `module` imports at its top level. `from X import y` counts as X.y
     where that is one of `modules`, else as X (an attribute of X: X must have run)."""
     names = set()
-    for node in _top_level(ast.parse(module.path.read_text(), str(module.path)).body):
+    for node in _top_level(_parsed(module.path).body):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
             continue
