@@ -215,25 +215,34 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None)
 
 @dataclass(frozen=True)
 class Unit:
-    """One unit of work: one backend's cells on one device, with its edge cases on that device (and, in the
-    backend's first unit, its convention inference and its outputs on the canonical pair inputs)."""
+    """One unit of work: one backend's cells on its devices (one device per unit on a cluster, where a GPU unit
+    needs a GPU node), with its edge cases there (and, in the backend's first unit, its convention inference and
+    its outputs on the canonical pair inputs, on `device`)."""
 
     backend: object
-    device: str
+    devices: tuple[str, ...]
     indices: tuple[int, ...]  # into the run's cells
     first: bool  # the backend's first unit
 
+    @property
+    def device(self) -> str:
+        """The unit's first device: where the outputs on the canonical pair inputs are computed."""
+        return self.devices[0]
 
-def units_of(cells) -> list[Unit]:
-    """The run's units, in the cells' order: per backend, one per device it runs on. The split depends on
+
+def units_of(cells, per_device: bool = False) -> list[Unit]:
+    """The run's units, in the cells' order: one per backend, or with `per_device` one per backend and device
+    (a Ray cluster's: each declares what its device needs). One worker per backend here: a device the machine
+    lacks then costs no worker of its own (a framework's import, to say "unavailable"). The split depends on
     the cells alone (never on --jobs), so that the same seed gives the same report however many run at once."""
-    groups: dict[tuple[int, str], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, (backend, device, *_rest) in enumerate(cells):
-        groups.setdefault((id(backend), device), []).append(i)
+        groups.setdefault((id(backend), device) if per_device else (id(backend),), []).append(i)
     seen, out = set(), []
-    for (key, device), indices in groups.items():
-        out.append(Unit(cells[indices[0]][0], device, tuple(indices), key not in seen))
-        seen.add(key)
+    for key, indices in groups.items():
+        devices = tuple(dict.fromkeys(cells[i][1] for i in indices))
+        out.append(Unit(cells[indices[0]][0], devices, tuple(indices), key[0] not in seen))
+        seen.add(key[0])
     return out
 
 
@@ -286,9 +295,9 @@ def run_concurrently(tasks, jobs: int) -> None:
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
                  extras: dict | None = None, on_idle=None, cases_dir=None, jobs: int = 1, supervise=None,
-                 pair_examples: int = 0, outputs_for=()) -> tuple[list[CellResult], dict]:
+                 pair_examples: int = 0, outputs_for=(), per_device: bool = False) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per unit (`units_of`: a
-    backend's cells on one device), `jobs` workers at once, and per backend the convention inference (`infer`),
+    backend's cells, on one device each with `per_device`), `jobs` workers at once, and per backend the convention inference (`infer`),
     the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples`, for the backends named
     in `outputs_for` (the cross-framework table's representatives), their outputs on the canonical pair inputs
     (conformance/pair_outputs.py, for `bnconf merge`).
@@ -353,12 +362,12 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                   "outputs": bool(pair_examples) and unit.first and backend.name in outputs_for}
         if progress:
             with lock:
-                progress(f"{_worker_tag()}{backend.name} on {unit.device}: {len(todo)} cells"
+                progress(f"{_worker_tag()}{backend.name} on {', '.join(unit.devices)}: {len(todo)} cells"
                          + (", edge cases" if edge else "") + (", convention inference" if wanted["infer"] else ""))
         while todo or any(wanted.values()):
             with lock:
                 edge_done = [[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])
-                             if r["device"] == unit.device]
+                             if r["device"] in unit.devices]
             job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **wanted,
                        pair_examples=pair_examples, device=unit.device,
                        records=job_records([backend]),  # the records files attached to it, attached there too
@@ -396,7 +405,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                                                      kind, reason))
                     todo = [i for i in todo if results[i] is None]
 
-    units = units_of(cells)
+    units = units_of(cells, per_device)
     local = [u for u in units if origin(u.backend) is None]  # in this process: one at a time, after the others
     run_concurrently([functools.partial(run_unit, u) for u in units if origin(u.backend) is not None], jobs)
     for u in local:
@@ -417,7 +426,7 @@ def _in_order(extras: dict, units) -> None:
     """Each kind of extra rows in the backends' order, a backend's edge rows in its devices' order (rows
     arrive in whatever order the concurrent units finish)."""
     names = list(dict.fromkeys(u.backend.name for u in units))
-    unit_rank = {(u.backend.name, u.device): k for k, u in enumerate(units)}
+    unit_rank = {(u.backend.name, d): k for k, (u, d) in enumerate((u, d) for u in units for d in u.devices)}
     for kind, table in extras.items():
         ordered = {n: table[n] for n in names if n in table} | {n: r for n, r in table.items() if n not in names}
         if kind == "edge":  # a stable sort: within a unit, the order its worker sent

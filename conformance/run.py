@@ -166,7 +166,8 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             cells, options.examples, options.seed, options.limits, crash_dir, progress, arrived, infer=options.infer,
             edge=options.edge_cases, extras={"inferred": state.inferred, "edge": state.edge, "outputs": state.outputs},
             on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise,
-            pair_examples=options.pair_examples, outputs_for=outputs_for)
+            pair_examples=options.pair_examples, outputs_for=outputs_for,
+            per_device=options.supervise is not None)  # a cluster's units: one per device (a GPU unit, a GPU node)
         state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
     else:
         battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,

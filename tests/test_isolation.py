@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bnconf.conformance.ideal import IdealBackend
-from bnconf.conformance.isolation import Limits, run_isolated
+from bnconf.conformance.isolation import Limits, run_isolated, units_of
 from bnconf.conformance.repro import load_case
 from bnconf.reports.cli import main
 from bnconf.spec import CONVENTIONS, Mode
@@ -149,3 +149,17 @@ def test_a_killed_run_takes_its_worker_with_it(tmp_path):
     while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_units_are_one_per_backend_here_and_one_per_backend_and_device_on_a_cluster():
+    """Locally a device the machine lacks costs no worker of its own; on a cluster a GPU unit needs a GPU node.
+    Neither split depends on --jobs."""
+    a, b = object(), object()
+    cells = [(a, "cpu", "float32", Mode.TRAIN_FORWARD), (a, "cuda", "float32", Mode.TRAIN_FORWARD),
+             (b, "cpu", "float32", Mode.TRAIN_FORWARD), (a, "cpu", "float64", Mode.EVAL_FORWARD)]
+    local = units_of(cells)
+    assert [(u.backend, u.devices, u.indices, u.first) for u in local] == [(a, ("cpu", "cuda"), (0, 1, 3), True),
+                                                                           (b, ("cpu",), (2,), True)]
+    cluster = units_of(cells, per_device=True)
+    assert [(u.backend, u.device, u.indices, u.first) for u in cluster] == [
+        (a, "cpu", (0, 3), True), (a, "cuda", (1,), False), (b, "cpu", (2,), True)]
