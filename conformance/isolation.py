@@ -1,9 +1,9 @@
 """Each backend's battery in its own child process, with a time limit and a memory limit.
 
 A buggy kernel can segfault, a framework can hang or allocate without bound: none of it may take the run,
-or the other backends' results, down with it. The parent starts one worker per backend
-(`python -m bnconf.conformance.isolation`), hands it the backend's target and cells on stdin, and reads
-one JSON line per event from a pipe:
+or the other backends' results, down with it. The parent runs each unit of work in a worker process
+(`python -m bnconf.conformance.isolation`), hands it the job (the backend's target and cells) as a JSON line
+on stdin, and reads one JSON line per event from a pipe:
 
     {"event": "case", "cell": i, "input": "<describe(inputs)>", "folder": "<saved case>"}   before each case
     {"event": "cell", "cell": i, "result": {CellResult}}                                    after each cell
@@ -12,8 +12,11 @@ one JSON line per event from a pipe:
     {"event": "outputs", "rows": [...]}                        outputs on the canonical pair inputs (merge)
     {"event": "pair", "cell": k, "result": {PairResult}}        a batch of the cross-framework table
 
-A unit of work is one backend's cells on one device (with its edge cases there); `--jobs N` runs N units
-at once, each from its own driver thread (`run_concurrently`), and how many run at once never changes a result.
+A unit of work is one backend's cells (with its edge cases; on a cluster, those on one device); `--jobs N`
+runs N units at once, each from its own driver thread (`run_concurrently`), and how many run at once never
+changes a result. A local run keeps a worker that finished its unit for the next unit of the same target
+(`WorkerPool`: a framework is imported about once per job, not once per backend); one that failed is never
+reused.
 Each attempt at a unit goes through a `supervise` function: `_supervise` (a local worker, below) or a Ray
 task (conformance/ray_cluster.py) that runs `_supervise` on a cluster node.
 
@@ -27,6 +30,7 @@ such and the next pairs go on.
 Workers start in their own session, so Ctrl-C reaches only the parent, which stops them.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -108,10 +112,11 @@ def _signal_name(code: int) -> str:
 
 
 class _Worker:
-    """One worker process and the events it has sent."""
+    """One worker process, fed one job (a JSON line) at a time on its stdin, and the events it sends back."""
 
-    def __init__(self, job: dict, scratch: Path):
-        self.stderr = open(scratch / "stderr.txt", "w+b")  # noqa: SIM115 - read back after the worker ends
+    def __init__(self, key=None):
+        self.key = key  # what it has loaded (its jobs' target): a kept worker takes only jobs of the same key
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - read back when a job fails
         read, write = os.pipe()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bnconf.conformance.isolation", str(write)],
@@ -119,11 +124,20 @@ class _Worker:
         )
         os.close(write)
         self.pipe = os.fdopen(read, "rb", buffering=0)
-        self.proc.stdin.write(json.dumps(job).encode())
-        self.proc.stdin.close()
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.pipe, selectors.EVENT_READ)
-        self.buffer = b""
+        self.buffer, self.stderr_start = b"", 0
+
+    def submit(self, job: dict, last: bool) -> None:
+        """Hand the worker `job`; with `last`, its stdin is closed after it (the worker ends when it is done)."""
+        self.buffer, self.stderr_start = b"", self.stderr.seek(0, os.SEEK_END)
+        self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+        self.proc.stdin.flush()
+        if last:
+            self.proc.stdin.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def events(self, timeout: float) -> tuple[list[dict], bool]:
         """(events that arrived within `timeout`, whether the pipe is closed)."""
@@ -137,17 +151,59 @@ class _Worker:
         return [json.loads(line) for line in lines if line.strip()], False
 
     def last_stderr_line(self) -> str:
-        """Python's fatal-error line (faulthandler) when there is one, else the last line of stderr."""
-        self.stderr.seek(0)
+        """Python's fatal-error line (faulthandler) when there is one, else the last line of stderr (of its
+        current job)."""
+        self.stderr.seek(self.stderr_start)
         lines = [ln.strip() for ln in self.stderr.read().decode(errors="replace").splitlines() if ln.strip()]
         fatal = [ln for ln in lines if ln.startswith("Fatal Python error")]
         return (fatal or lines or [""])[-1][:300]
 
     def close(self) -> None:
         _stop(self.proc)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
         self.selector.close()
         self.pipe.close()
         self.stderr.close()
+
+
+class WorkerPool:
+    """Finished battery workers kept for the next unit of the same target, so that one local run starts a
+    framework's worker (and imports it, 2 to 10 s) about once per concurrent job rather than once per backend;
+    a Keras target's backend processes are kept with them. A worker that failed (crash, time-out, memory) is
+    never kept; at most `size` are kept, the oldest closed first; `close()` ends them all. A reused worker's
+    memory limit counts what its earlier units left resident. Thread-safe."""
+
+    def __init__(self, size: int):
+        import threading
+
+        self.size, self.idle, self.lock = max(1, size), [], threading.Lock()
+
+    def take(self, key) -> "_Worker":
+        """A live kept worker for `key`, else a new one."""
+        with self.lock:
+            for w in list(self.idle):
+                if not w.alive():
+                    self.idle.remove(w)
+                    w.close()
+                elif w.key == key:
+                    self.idle.remove(w)
+                    return w
+        return _Worker(key)
+
+    def keep(self, worker: "_Worker") -> None:
+        with self.lock:
+            self.idle.append(worker)
+            surplus = self.idle[:-self.size] if len(self.idle) > self.size else []
+            del self.idle[:len(surplus)]
+        for w in surplus:
+            w.close()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for w in idle:
+            w.close()
 
 
 def _failure(what: str, case: dict | None, crash_dir: Path, done: int, target: str | None) -> str:
@@ -163,14 +219,18 @@ def _failure(what: str, case: dict | None, crash_dir: Path, done: int, target: s
     return reason
 
 
-def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None) -> tuple[str, str, dict | None] | None:
+def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None,
+               pool: WorkerPool | None = None) -> tuple[str, str, dict | None] | None:
     """Run one worker on `job`, handing each event to `handle(event)`, within `limits`; `on_idle()` is called
-    when a poll brings no event (the run waits on a slow case: time to flush what arrived).
+    when a poll brings no event (the run waits on a slow case: time to flush what arrived). With `pool`, the
+    worker comes from it (one kept from a unit of the same target, or a new one) and goes back to it when the
+    job is done.
 
     None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
     a CellStatus: CRASHED (a signal, an exit code, or an exit without "done"), TIMED_OUT, OUT_OF_MEMORY."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
-        worker = _Worker({**job, "scratch": tmp}, Path(tmp))
+        worker = pool.take(job.get("target")) if pool is not None else _Worker()
+        worker.submit({**job, "scratch": tmp}, last=pool is None)
         case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
             while failure is None:
@@ -186,6 +246,10 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None)
                     else:
                         case, done = None, done + 1
                     handle(e)
+                if finished and pool is not None:
+                    pool.keep(worker)
+                    worker = None
+                    return None
                 if closed:
                     try:  # the pipe is closed: the worker is ending, within what is left of the time limit
                         code = worker.proc.wait(timeout=max(1.0, limits.seconds - (time.monotonic() - started)))
@@ -210,7 +274,8 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None)
                                                 f"{limits.memory_bytes / 2**30:g} GiB limit")
             return failure[0], _failure(failure[1], case, crash_dir, done, job.get("target")), case
         finally:
-            worker.close()
+            if worker is not None:
+                worker.close()
 
 
 @dataclass(frozen=True)
@@ -407,7 +472,14 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
 
     units = units_of(cells, per_device)
     local = [u for u in units if origin(u.backend) is None]  # in this process: one at a time, after the others
-    run_concurrently([functools.partial(run_unit, u) for u in units if origin(u.backend) is not None], jobs)
+    pool = WorkerPool(jobs) if supervise is _supervise else None  # a cluster's task starts its own worker
+    if pool is not None:
+        supervise = functools.partial(_supervise, pool=pool)
+    try:
+        run_concurrently([functools.partial(run_unit, u) for u in units if origin(u.backend) is not None], jobs)
+    finally:
+        if pool is not None:
+            pool.close()
     for u in local:
         run_unit(u, threading.Event())
     _in_order(extras, units)
@@ -590,15 +662,18 @@ def _matrix_job(job: dict, send) -> None:
 
 
 def _worker(fd: int) -> int:
-    job = json.loads(sys.stdin.read())
+    """Run each job (a JSON line on stdin) in turn until stdin closes, each ended by a "done" event."""
     out = os.fdopen(fd, "w", buffering=1)
 
     def send(**event) -> None:
         out.write(json.dumps(event) + "\n")
         out.flush()
 
-    {"battery": _battery_job, "matrix": _matrix_job}[job["kind"]](job, send)
-    send(event="done")
+    for line in sys.stdin:
+        if line.strip():
+            job = json.loads(line)
+            {"battery": _battery_job, "matrix": _matrix_job}[job["kind"]](job, send)
+            send(event="done")
     return 0
 
 

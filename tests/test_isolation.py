@@ -163,3 +163,21 @@ def test_units_are_one_per_backend_here_and_one_per_backend_and_device_on_a_clus
     cluster = units_of(cells, per_device=True)
     assert [(u.backend, u.device, u.indices, u.first) for u in cluster] == [
         (a, "cpu", (0, 3), True), (a, "cuda", (1,), False), (b, "cpu", (2,), True)]
+
+
+def test_a_worker_is_kept_for_the_next_unit_of_its_target_but_never_after_a_failure(tmp_path, monkeypatch):
+    """A framework is imported about once per job, not once per backend: a finished worker takes the next unit
+    of the same target; one that crashed is not reused, and the next unit's results are unaffected."""
+    log = tmp_path / "pids.txt"
+    monkeypatch.setenv("BNCONF_TEST_PID_LOG", str(log))
+    code, cells = report(tmp_path, "ONE_TARGET", limits=("--no-edge-cases", "--jobs", "1"))
+    assert code == 1
+    pids: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        name, pid = line.rsplit(" ", 1)
+        pids.setdefault(name, set()).add(pid)
+    first, second, third = (pids[n] for n in ("first of a target", "second of a target, segfaults", "third of a target"))
+    assert len(first) == 1 and first <= second  # kept: the second backend's unit ran in the first's worker
+    assert len(third) == 1 and not third & first  # which crashed there: never used again
+    assert cells["second of a target, segfaults", "train_forward"]["status"] == "crashed"
+    assert all(c["status"] == "ran" for key, c in cells.items() if key != ("second of a target, segfaults", "train_forward"))
