@@ -505,7 +505,10 @@ def _train_backward_bounds(dy, gamma, z, d_z, norm: _Normalizer, axis: int, r: _
         )
         + np.abs(dx) * b(norm.d_s / norm.s + 2 * r.compute)
         + r.out * np.abs(dx)
-        + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)) + np.abs(z / b(norm.s)))
+        # an underflowing coefficient: gamma s, scaling the dy terms; or gamma dy (the chain rule's d(z), what
+        # autodiff forms first), off by a tiny per element and then scaled by s (e - mean(e) - z mean(e z))
+        + r.underflow(np.abs(dy) + b(np.abs(mean_g)) + np.abs(z * b(mean_gz)) + np.abs(z / b(norm.s))
+                      + b(norm.s) * (2 + np.abs(z)))
     )
     return {"dx": d_dx, **_parameter_gradient_bounds(g, gz, rows(d_z), r)}
 

@@ -303,3 +303,32 @@ def test_a_mixed_layout_holds_the_parameters_in_the_parameter_format():
     p = with_parameters(precision_for("float16", stats="float16"), "float32")
     assert (p.dtype, p.compute, p.stats) == ("float16", "float32", "float32")
     assert with_parameters(p, None) is p
+
+
+def _flush(a: np.ndarray) -> np.ndarray:
+    """float32 with subnormals flushed to zero (XLA:CPU's and TensorFlow's FTZ)."""
+    a = a.astype(np.float32)
+    return np.where(np.abs(a) < np.finfo(np.float32).tiny, np.float32(0), a)
+
+
+def test_a_gradient_formed_as_gamma_dy_first_that_underflows_under_ftz_stays_within_the_bound():
+    """Autodiff forms the chain rule's d(z) = gamma dy first, then scales by s = 1/sqrt(var + eps): with gamma at
+    the smallest normal float32 (2**-126) and |dy| < 1, gamma dy is flushed to 0 or to a normal, off by up to
+    2**-126 per element, and s = 1000 then scales that error (Keras on JAX, bfloat16, replayed from a report's
+    finding). The bound must hold for this legitimate order as for gamma s first."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((16, 8, 1)) * 1e-3 + 8e-4).astype(np.float32).astype(np.float64)
+    dy = rng.uniform(-2.4, 2.4, (16, 8, 1)).astype(np.float32).astype(np.float64)
+    gamma, eps = np.array([-np.finfo(np.float32).tiny], dtype=np.float64), 1.5601654115567248e-08
+    i = Inputs(x=x, axis=-1, eps=eps, gamma=gamma, beta=np.ones(1), dy=dy)
+    mean, var = x.mean(axis=(0, 1)), x.var(axis=(0, 1))
+    s = 1 / np.sqrt(var + eps)
+    z = (x - mean) * s
+    d_z = _flush(dy * gamma).astype(np.float64)  # formed first, flushed
+    dx = s * (d_z - d_z.mean(axis=(0, 1)) - z * (d_z * z).mean(axis=(0, 1)))
+    observed = {"dx": dx.astype(np.float32), "dgamma": (dy * z).sum(axis=(0, 1)).astype(np.float32),
+                "dbeta": dy.sum(axis=(0, 1)).astype(np.float32)}
+    precision = precision_for("float32", flush_subnormals=True)
+    keras = convention("keras.layers.BatchNormalization")
+    result = judge(Mode.TRAIN_BACKWARD, observed, i, keras, precision)
+    assert result["dx"].verdict in ACCEPTABLE, result["dx"]
