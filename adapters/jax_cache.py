@@ -90,9 +90,10 @@ def _secret(folder: Path) -> bytes | None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         (folder / "programs").mkdir(mode=0o700, exist_ok=True)
         for path in (folder, folder / "programs"):
-            problem = _unsafe(path, os.lstat(path))
-            if problem or not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise PermissionError(problem or f"{path} is not a folder")
+            info = os.lstat(path)
+            problem = _unsafe(path, info) or ("" if stat.S_ISDIR(info.st_mode) else f"{path} is not a folder")
+            if problem:
+                raise PermissionError(problem)
         key_path = folder / "key"
         try:
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
