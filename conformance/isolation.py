@@ -360,7 +360,8 @@ def run_concurrently(tasks, jobs: int) -> None:
 def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), crash_dir="bnconf-crashes",
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
                  extras: dict | None = None, on_idle=None, cases_dir=None, jobs: int = 1, supervise=None,
-                 pair_examples: int = 0, outputs_for=(), per_device: bool = False) -> tuple[list[CellResult], dict]:
+                 pair_examples: int = 0, outputs_for=(), per_device: bool = False,
+                 lock=None) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per unit (`units_of`: a
     backend's cells, on one device each with `per_device`), `jobs` workers at once, and per backend the convention inference (`infer`),
     the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples`, for the backends named
@@ -375,7 +376,9 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
     backends' and devices' order at the end; `on_idle()` is called while a worker is busy with a case and
     nothing arrives. With `cases_dir`, every NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves
     its case there (battery.run_cell, inference.report_rows), written by the worker itself. `supervise` runs one
-    attempt at a unit (default `_supervise`: a local worker process; conformance/ray_cluster.py: a Ray task)."""
+    attempt at a unit (default `_supervise`: a local worker process; conformance/ray_cluster.py: a Ray task).
+    `lock` (an RLock the caller shares with other threads that change the same state) is held around every
+    callback and every change to `extras`."""
     import threading
 
     from ..adapters.registry import origin
@@ -386,7 +389,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
     extras = {"inferred": {}, "edge": {}, "outputs": {}} if extras is None else extras
     for kind in ("inferred", "edge", "outputs"):
         extras.setdefault(kind, {})
-    lock = threading.RLock()  # one callback at a time: results, extras, progress, the report's writer
+    lock = lock or threading.RLock()  # one callback at a time: results, extras, progress, the report's writer
 
     def arrived(i: int, cell: CellResult) -> None:
         with lock:
@@ -510,14 +513,15 @@ def _in_order(extras: dict, units) -> None:
 
 def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Limits(), device: str = "cpu",
                         progress=None, slots: list | None = None, on_pair=None, on_idle=None, jobs: int = 1,
-                        supervise=None) -> list[PairResult]:
+                        supervise=None, lock=None) -> list[PairResult]:
     """The cross-framework table (crosscheck.run_matrix) in worker processes: the pairs split into `jobs`
     batches of consecutive pairs, one worker each, `jobs` at once (a pair's result depends on the seed alone,
     never on its batch); a pair that crashes, hangs or runs out of memory is that pair's result, and the pairs
     after it run in a fresh worker.
 
     `slots` (a list the caller keeps) is filled in place, one entry per (pair, mode), None until it finishes,
-    so that an interrupted run keeps the finished pairs; `on_pair()` is called after each."""
+    so that an interrupted run keeps the finished pairs; `on_pair()` is called after each, under `lock` (an RLock
+    the caller may share with other threads that change the same state)."""
     import threading
 
     from ..adapters.registry import origin
@@ -528,7 +532,7 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
     results = [] if slots is None else slots
     results[:] = [None] * len(pairs)
     done = on_pair or (lambda: None)
-    lock = threading.RLock()
+    lock = lock or threading.RLock()
     size = -(-len(pairs) // max(1, min(jobs, len(pairs) or 1)))
     batches = [list(range(start, min(start + size, len(pairs)))) for start in range(0, len(pairs), size or 1)]
 

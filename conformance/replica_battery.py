@@ -398,15 +398,19 @@ def close_backends(backends) -> list[str]:
 
 
 def run_replicas(backends, examples: int, seed: int, world_sizes=DEFAULT_WORLD_SIZES, dtypes=None, progress=None,
-                 on_cell=None, device: str | None = None, cases_dir=None) -> list[ReplicaCell]:
+                 on_cell=None, device: str | None = None, cases_dir=None, stop=None) -> list[ReplicaCell]:
     """Every cell of every backend in order; `on_cell(cell)` sees each as it finishes; every backend is closed
-    at the end, also on KeyboardInterrupt. `dtypes` None: `default_dtypes` (float32, float64); `device`
-    None: per backend, the CPU where it runs there, else its first device that can run (`device_for`)."""
+    at the end, also on KeyboardInterrupt and when `stop` (a threading.Event: the run is being stopped from
+    another thread) is set, which ends the run before its next cell. `dtypes` None: `default_dtypes` (float32,
+    float64); `device` None: per backend, the CPU where it runs there, else its first device that can run
+    (`device_for`)."""
     plan = planned_cells(backends, world_sizes, dtypes)
     cells: list[ReplicaCell] = []
     faults: dict[str, int] = {}  # backend name -> consecutive faulting cells
     try:
         for i, (b, w, split, dtype) in enumerate(plan, 1):
+            if stop is not None and stop.is_set():
+                break
             if progress:
                 progress(f"[replicas {i}/{len(plan)}] {b.name} world size {w} {split.value} {dtype}")
             if faults.get(b.name, 0) >= MAX_CONSECUTIVE_FAULTS:

@@ -227,13 +227,16 @@ def run_pair(a, b, examples: int, run_seed: int, world_sizes=DEFAULT_WORLD_SIZES
 
 
 def run_replica_pairs(backends, examples: int, seed: int, world_sizes=DEFAULT_WORLD_SIZES,
-                      progress=None) -> list[ReplicaPairResult]:
-    """Every unordered pair of the synchronized backends among `backends` (in their order)."""
+                      progress=None, stop=None) -> list[ReplicaPairResult]:
+    """Every unordered pair of the synchronized backends among `backends` (in their order); `stop` (a
+    threading.Event) set ends it before the next pair."""
     sync = synchronized(backends)
     pairs = [(a, b) for k, a in enumerate(sync) for b in sync[k + 1:]]
     out: list[ReplicaPairResult] = []
     faulted: set[str] = set()
     for j, (a, b) in enumerate(pairs, 1):
+        if stop is not None and stop.is_set():
+            break
         if progress:
             progress(f"[replica pair {j}/{len(pairs)}] {a.name} vs {b.name}")
         out += run_pair(a, b, examples, seed, world_sizes, faulted)

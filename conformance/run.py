@@ -10,6 +10,7 @@ table; isolated in worker processes (conformance/isolation.py) unless asked othe
 A run conforms when `failures(state)` is empty: every rule that can fail it is one function below.
 """
 
+import threading
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -152,14 +153,64 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
     `prepare`d backends, filling `state` as results arrive. `on_change()` is called after each result,
     `on_idle()` while an isolated run waits on a slow case. A crash keeps its input under `crash_dir`; every
     NON-CONFORMANT row, ERROR cell and DIFFERS inference row saves its case under `cases_dir`, isolated or not
-    (a failing distributed example under `cases_dir`/replicas)."""
-    changed = on_change or (lambda: None)
+    (a failing distributed example under `cases_dir`/replicas).
+
+    An isolated run with more than one job runs the distributed part on a thread of its own beside the battery
+    (`Beside`): its replica groups wait on each other for a good part of their time, which the battery's workers
+    fill (the default report: 239 s -> see benchmarks/results/report.json). Every change to `state` and every
+    callback happens under one lock, so `on_change` always sees a consistent state."""
+    lock = threading.RLock()
+    changed = _locked(on_change or (lambda: None), lock)
+    progress = _locked(progress, lock) if progress else None
     cases_dir = Path(cases_dir)
 
     def arrived(cell) -> None:
-        state.results.append(cell)
-        changed()
+        with lock:
+            state.results.append(cell)
+            changed()
 
+    distributed = None
+    if options.replicas:
+        def run_replica_part(stop=None) -> None:
+            run_distributed(options, state, cases_dir, progress, changed, replica_backends, lock=lock, stop=stop)
+        if options.isolated and options.jobs > 1:
+            distributed = Beside(run_replica_part)
+    try:
+        run_battery_part(backends, cells, options, state, crash_dir, cases_dir, progress, arrived, changed,
+                         on_idle, lock)
+        if options.replicas:
+            with lock:
+                state.phase = Phase.REPLICAS
+            distributed.wait() if distributed else run_replica_part()
+    finally:
+        if distributed:
+            distributed.stop()
+    if options.pair_examples:
+        with lock:
+            state.phase = Phase.PAIRS
+        failed = {c.backend for c in state.results if c.status.failed}
+        usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
+        if options.isolated:
+            isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
+                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle,
+                                          jobs=options.jobs, supervise=options.supervise, lock=lock)
+        else:
+            crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
+                                  on_pair=lambda p: (state.pair_slots.append(p), changed()))
+    state.phase = Phase.DONE
+
+
+def _locked(callback, lock):
+    """`callback` called under `lock`."""
+    def call(*args):
+        with lock:
+            return callback(*args)
+    return call
+
+
+def run_battery_part(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path,
+                     progress, arrived, changed, on_idle, lock) -> None:
+    """The battery's cells and, per backend, its extras (edge cases, inference, saved outputs) into `state`."""
     outputs_for = saved_outputs(backends, options)
     if options.isolated:
         results, _ = isolation.run_isolated(
@@ -167,35 +218,49 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             edge=options.edge_cases, extras={"inferred": state.inferred, "edge": state.edge, "outputs": state.outputs},
             on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise,
             pair_examples=options.pair_examples, outputs_for=outputs_for,
-            per_device=options.supervise is not None)  # a cluster's units: one per device (a GPU unit, a GPU node)
-        state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
-    else:
-        battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
-                            cases_dir=cases_dir)
-        for b in backends:
-            ran = [c[1:] for c in cells if c[0] is b]
-            extras = isolation.extras_for(b, ran, options.infer, options.edge_cases, cases_dir=cases_dir)
+            per_device=options.supervise is not None,  # a cluster's units: one per device (a GPU unit, a GPU node)
+            lock=lock)
+        with lock:
+            state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
+        return
+    battery.run_battery(cells, options.examples, options.seed, progress=progress, on_cell=arrived,
+                        cases_dir=cases_dir)
+    for b in backends:
+        ran = [c[1:] for c in cells if c[0] is b]
+        extras = isolation.extras_for(b, ran, options.infer, options.edge_cases, cases_dir=cases_dir)
+        with lock:
             state.inferred.update({b.name: extras["inferred"]} if "inferred" in extras else {})
             state.edge.update({b.name: extras["edge"]} if "edge" in extras else {})
             if b.name in outputs_for:
                 device = next(c[1] for c in cells if c[0] is b)
                 state.outputs[b.name] = isolation.output_rows(b, options.pair_examples, options.seed, device)
             changed()
-    if options.replicas:
-        state.phase = Phase.REPLICAS
-        run_distributed(options, state, cases_dir, progress, changed, replica_backends)
-    if options.pair_examples:
-        state.phase = Phase.PAIRS
-        failed = {c.backend for c in state.results if c.status.failed}
-        usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
-        if options.isolated:
-            isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
-                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle,
-                                          jobs=options.jobs, supervise=options.supervise)
-        else:
-            crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
-                                  on_pair=lambda p: (state.pair_slots.append(p), changed()))
-    state.phase = Phase.DONE
+
+
+class Beside:
+    """`task(stop)` on a thread of its own, started at once: `wait()` joins it (re-raising what it raised),
+    `stop()` sets its stop event (the task ends before its next step) and joins it."""
+
+    def __init__(self, task):
+        self._stop, self._raised = threading.Event(), []
+        self._thread = threading.Thread(target=self._run, args=(task,), name="bnconf-distributed", daemon=True)
+        self._thread.start()
+
+    def _run(self, task) -> None:
+        try:
+            task(self._stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            self._raised.append(e)
+
+    def wait(self) -> None:
+        while self._thread.is_alive():  # short joins: Ctrl-C reaches the waiting (main) thread between them
+            self._thread.join(0.2)
+        if self._raised:
+            raise self._raised[0]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def saved_outputs(backends, options: RunOptions) -> set[str]:
@@ -206,20 +271,25 @@ def saved_outputs(backends, options: RunOptions) -> set[str]:
 
 
 def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progress=None, changed=None,
-                    replica_backends=None) -> None:
+                    replica_backends=None, lock=None, stop=None) -> None:
     """The distributed part: every replica backend's cells into `state.replica_cells` as they finish, then
     (`options.pair_examples` > 0) the synchronized backends against each other into `state.replica_pairs`,
     on the backends none of whose cells crashed, timed out or raised. The pairs run when the last cell has
     arrived, before `run_replicas` closes the backends, so they reuse the warm worker processes and compiled
     steps (a restart costs each framework family seconds); the backends are closed at the end, also when
-    interrupted."""
+    interrupted or stopped (`stop`, a threading.Event set by another thread). `lock` is held around each change
+    to `state`."""
     from ..adapters.replica_registry import discover_replicas
     from .replica_battery import planned_cells, run_replicas
     from .replica_pairs import pair_world_sizes, run_replica_pairs
 
     changed = changed or (lambda: None)
+    lock = lock or threading.RLock()
     if replica_backends is None:
-        replica_backends, state.replica_unavailable = discover_replicas()
+        found, missing = discover_replicas()
+        replica_backends = found
+        with lock:
+            state.replica_unavailable = missing
     if progress:
         for u in state.replica_unavailable:
             progress(f"unavailable (distributed): {u.name}: {u.reason}")
@@ -230,17 +300,19 @@ def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progr
     def pairs() -> None:
         failed = {c.backend for c in state.replica_cells if c.failed}
         usable = [b for b in replica_backends if b.name not in failed]
-        state.replica_pairs.extend(run_replica_pairs(usable, options.pair_examples, options.seed,
-                                                     pair_world_sizes(world_sizes),
-                                                     progress=progress))
-        changed()
+        found = run_replica_pairs(usable, options.pair_examples, options.seed, pair_world_sizes(world_sizes),
+                                  progress=progress, stop=stop)
+        with lock:
+            state.replica_pairs.extend(found)
+            changed()
 
     def arrived(cell) -> None:
-        state.replica_cells.append(cell)
-        changed()
+        with lock:
+            state.replica_cells.append(cell)
+            changed()
         if len(state.replica_cells) == planned and options.pair_examples > 0:
             pairs()
 
     examples = REPLICA_EXAMPLES if options.replica_examples is None else options.replica_examples
     run_replicas(replica_backends, examples, options.seed, world_sizes, dtypes, progress=progress, on_cell=arrived,
-                 cases_dir=Path(cases_dir))
+                 cases_dir=Path(cases_dir), stop=stop)

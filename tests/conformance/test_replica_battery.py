@@ -249,6 +249,72 @@ def test_execute_runs_the_distributed_part_and_its_failures_fail_the_run(tmp_pat
     assert (tmp_path / "cases" / "replicas").is_dir()
 
 
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "misbehaving.py"
+
+
+def _isolated_run(tmp_path, replica_backend, on_change, jobs=2):
+    """An isolated run of the ideal fixture backend's float64 cells with `jobs` workers and a distributed part
+    on `replica_backend` (world size 2); `on_change(state)` after each result."""
+    from bnconf.adapters.registry import load
+    from bnconf.conformance import selection
+    from bnconf.conformance.isolation import Limits
+
+    found = load(f"{FIXTURE}:GOOD")
+    cells = selection.cells(found, ["cpu"], ["float64"])
+    options = run.RunOptions(1, 0, 0, Limits(600.0), edge_cases=False, replicas=True, world_sizes=(2,),
+                             replica_examples=1, replica_dtypes=("float32",), jobs=jobs)
+    state = run.RunState(len(cells))
+    run.execute(found, cells, options, state, tmp_path / "crashes", tmp_path / "cases",
+                on_change=lambda: on_change(state), replica_backends=[replica_backend])
+    return state
+
+
+class Stepping(Reference):
+    """The reference, saying when it first stepped."""
+
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.stepped = threading.Event()
+
+    def step(self, r):
+        self.stepped.set()
+        return super().step(r)
+
+
+def test_with_two_jobs_the_distributed_part_runs_beside_the_battery(tmp_path):
+    """The first battery result waits (up to a minute, which only a failing run spends) for the distributed part
+    to have stepped: run after the battery, it would not have."""
+    backend, waited = Stepping(), []
+
+    def on_change(state):
+        if state.results and not waited:
+            waited.append(backend.stepped.wait(60))
+
+    state = _isolated_run(tmp_path, backend, on_change)
+    assert waited == [True]
+    assert len(state.results) == 4 and all(c.status == "ran" for c in state.results)
+    assert len(state.replica_cells) == len(rb.planned_cells([backend], (2,), ("float32",)))
+    assert backend.closed == 1 and state.phase is run.Phase.DONE
+
+
+def test_ctrl_c_during_the_battery_stops_the_distributed_part_beside_it_and_closes_its_backends(tmp_path):
+    import threading
+
+    backend = Stepping()
+
+    def interrupt(state):
+        if state.results:  # a battery result: Ctrl-C reaches the main thread
+            backend.stepped.wait(60)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _isolated_run(tmp_path, backend, interrupt)
+    assert backend.stepped.is_set() and backend.closed == 1
+    assert not [t for t in threading.enumerate() if t.name == "bnconf-distributed"]
+
+
 def test_replica_failures_rule():
     ok = ReplicaRow("y", "conforms")
     cells = [ReplicaCell("a", 2, "equal", [4, 4], "float32", rows=[ok]),
