@@ -37,6 +37,7 @@ from ..spec.conventions import (
     TF_V1_LAYERS_NONFUSED,
 )
 from . import tensorflow_common as tfc
+from . import tf_graph_cache
 from .protocol import Outputs, Request, check_request
 
 tf = tfc.tf
@@ -91,6 +92,30 @@ class BuiltGraph:
     running: tuple = ()  # (moving mean, moving variance) variables as read after a step
     fused: bool = False  # FusedBatchNormV3 in the graph
 
+    def handles(self) -> dict:
+        """The graph's handles by name (tensors and ops: their graph names; variables: their op names), what
+        `imported` finds them by in a copy of the graph (adapters/tf_graph_cache.py)."""
+        name = lambda t: None if t is None else t.name  # noqa: E731
+        return dict(x=name(self.x), training=name(self.training), momentum=name(self.momentum), eps=name(self.eps),
+                    dy=name(self.dy), y=name(self.y), train_step=name(self.train_step),
+                    gradients=[name(t) for t in self.gradients],
+                    assign={k: [ph.name, getattr(op, "op", op).name] for k, (ph, op) in self.assign.items()},
+                    running=[v.op.name for v in self.running], fused=self.fused)
+
+    @classmethod
+    def imported(cls, graph, handles: dict) -> "BuiltGraph":
+        """The BuiltGraph of `graph`, an imported copy of a built one, from its `handles`, with a new Session."""
+        get = lambda n: None if n is None else graph.as_graph_element(n)  # noqa: E731
+        with graph.as_default():
+            variables = {v.op.name: v for v in tf.compat.v1.global_variables()}
+            init = tf.compat.v1.global_variables_initializer()
+        h = handles
+        return cls(session=_session(graph, init), x=get(h["x"]), training=get(h["training"]),
+                   momentum=get(h["momentum"]), eps=get(h["eps"]), dy=get(h["dy"]), y=get(h["y"]),
+                   train_step=get(h["train_step"]), gradients=tuple(get(n) for n in h["gradients"]),
+                   assign={k: (get(ph), graph.get_operation_by_name(op)) for k, (ph, op) in h["assign"].items()},
+                   running=tuple(variables[n] for n in h["running"]), fused=h["fused"])
+
 
 def _assigner(var):
     """A placeholder and the op that assigns it to `var`."""
@@ -111,17 +136,32 @@ def _gradients(y, x, gamma, beta, dy):
     return dx, None if gamma is None else next(grads), None if beta is None else next(grads)
 
 
-class GraphCache:
-    """A bounded LRU of BuiltGraphs; evicted Sessions are closed. `builds` counts graphs built."""
+SOURCES = (__file__, tfc.__file__)  # bnconf's files that build the graphs: part of every on-disk key
 
-    def __init__(self, build, maxsize: int = GRAPH_CACHE_SIZE):
+
+class GraphCache:
+    """A bounded LRU of BuiltGraphs (evicted Sessions are closed) in front of the graphs saved on disk
+    (adapters/tf_graph_cache.py): a signature met neither here nor there is built, then saved. `builds` counts the
+    graphs made (built or imported), `imported` those of them imported from disk. `program` names the backend in
+    the on-disk key (its class and name)."""
+
+    def __init__(self, build, program: tuple = (), maxsize: int = GRAPH_CACHE_SIZE):
         self._build, self._maxsize, self._graphs, self.builds = build, maxsize, OrderedDict(), 0
+        self.program, self.imported = program, 0
 
     def __call__(self, key) -> BuiltGraph:
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return self._graphs[key]
-        built = self._build(*key)
+        program = (*self.program, key)
+        saved = tf_graph_cache.load(program, SOURCES) if self.program else None
+        if saved is not None:
+            built = BuiltGraph.imported(*saved)
+            self.imported += 1
+        else:
+            built = self._build(*key)
+            if self.program:
+                tf_graph_cache.save(program, SOURCES, built.session.graph, built.handles())
         self.builds += 1
         self._graphs[key] = built
         if len(self._graphs) > self._maxsize:
@@ -146,7 +186,7 @@ class _GraphBackend:
     channel_axes = (-1, 1)
 
     def __init__(self):
-        self.graphs = GraphCache(self._build)
+        self.graphs = GraphCache(self._build, (type(self).__name__, self.name))
 
     def versions(self) -> dict[str, str]:
         import tf_keras
