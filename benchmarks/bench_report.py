@@ -7,7 +7,7 @@ A script, not a test:
     python benchmarks/bench_report.py                      # runs the default `bnconf report` in a temporary folder
     python benchmarks/bench_report.py --from-json reports/cpu.json   # the figures of a report already made
     python benchmarks/bench_report.py -- --examples 8      # arguments after -- go to `bnconf report`
-    python benchmarks/bench_report.py --backend bnconf.adapters.jax_batchnorm:BACKENDS --jax-cache fresh --warm-up 1
+    python benchmarks/bench_report.py --backend bnconf.adapters.jax_batchnorm:BACKENDS --cache fresh --warm-up 1
     python benchmarks/bench_report.py --in-memory bnconf.adapters.jax_batchnorm:BACKENDS
 
 Per backend: cells run, examples judged (those with a judged element), the battery seconds of its cells
@@ -17,10 +17,11 @@ start, Keras's, and first imports); then the report's wall time (when this scrip
 and the load average, since other work on the machine slows every figure.
 
 "After warm-up": `--warm-up N` runs the same report N times first, so that the measured run finds every program
-its JAX-based backends compile in the cache of compiled programs (adapters/jax_cache.py; the same seed draws
-the same shapes); the first run's figures are printed too, and whether its results equal the measured run's
-(timings aside: a warm cache changes nothing else). `--jax-cache fresh` gives the whole benchmark an
-empty cache of its own (so the first run is cold; your cache is untouched), `--jax-cache off` none.
+its JAX-based backends compile and every graph its TF1 graph-mode backends build in the caches on disk
+(adapters/jax_cache.py, adapters/tf_graph_cache.py; the same seed draws the same shapes); the first run's figures
+are printed too, and whether its results equal the measured run's (timings aside: a warm cache changes nothing
+else). `--cache fresh` gives the whole benchmark empty caches of its own (so the first run is cold; yours are
+untouched), `--cache off` none.
 `--in-memory TARGET` measures instead, in this process, each backend of TARGET running its cells twice with
 the same seed: the second pass finds every program compiled in memory (what a long run reaches once it meets
 its shapes again), the judged examples per second of the harness and the backend's execution alone.
@@ -80,6 +81,7 @@ def run_report(extra: list[str], env: dict[str, str], keep: Path | None = None) 
         wall = time.perf_counter() - start
         text = (Path(out) / "bench.json").read_text().replace(json.dumps(out)[1:-1], "<out>")  # replay folders
         if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
             keep.write_text(text)
         return json.loads(text), wall
 
@@ -128,11 +130,18 @@ def print_rows(title: str, rows: dict[str, dict]) -> None:
         print(f"{name:{width}}  {r['cells']:5}  {r['judged']:6}  {r['seconds']:9.1f}  {rate:>8}  {rest:>12}{mark}")
 
 
-def jax_cache_env(choice: str | None, scratch: Path) -> dict[str, str]:
-    """BNCONF_JAX_CACHE for the runs: unchanged (None), an empty folder of this benchmark ("fresh"), "off"."""
+CACHES = {"BNCONF_JAX_CACHE": "jax", "BNCONF_TF_CACHE": "tf-graphs"}  # adapters/jax_cache.py, adapters/tf_graph_cache.py
+
+
+def cache_env(choice: str | None, scratch: Path) -> dict[str, str]:
+    """The caches of compiled JAX programs and built TF graphs for the runs: unchanged (None), empty folders of this
+    benchmark ("fresh"), "off", or folders under DIR."""
     if choice is None:
         return {}
-    return {"BNCONF_JAX_CACHE": str(scratch / "jax-cache") if choice == "fresh" else choice}
+    if choice == "off":
+        return {env: "off" for env in CACHES}
+    base = scratch if choice == "fresh" else Path(choice)
+    return {env: str(base / name) for env, name in CACHES.items()}
 
 
 def main(argv=None) -> int:
@@ -145,8 +154,9 @@ def main(argv=None) -> int:
                         help="only these backends (passed to bnconf report; repeatable)")
     parser.add_argument("--warm-up", type=int, default=0, metavar="N",
                         help="run the report N times before the measured run (fills the JAX compilation cache)")
-    parser.add_argument("--jax-cache", metavar="fresh|off|DIR",
-                        help="the JAX compilation cache of the runs (default: bnconf's own, ~/.cache/bnconf/jax)")
+    parser.add_argument("--cache", metavar="fresh|off|DIR",
+                        help="the caches of compiled JAX programs and built TF graphs of the runs (default: bnconf's "
+                             "own, ~/.cache/bnconf/jax and tf-graphs; fresh: empty ones of this benchmark)")
     parser.add_argument("--in-memory", metavar="TARGET", help="measure TARGET's cells twice in this process instead")
     parser.add_argument("--examples", type=int, default=5, help="with --in-memory: examples per cell (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="with --in-memory: the seed (default 0)")
@@ -158,12 +168,12 @@ def main(argv=None) -> int:
     common = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
               "load_average_before": round(load_before, 2)}
     with tempfile.TemporaryDirectory() as scratch:
-        env = jax_cache_env(args.jax_cache, Path(scratch))
+        env = cache_env(args.cache, Path(scratch))
         os.environ.update(env)  # --in-memory runs here
         if args.in_memory:
             rows = in_memory(args.in_memory, args.examples, args.seed)
             result = {"source": f"in memory: {args.in_memory}, {args.examples} examples per cell, seed {args.seed}",
-                      "jax_cache": args.jax_cache, **common, "load_average_after": round(os.getloadavg()[0], 2),
+                      "cache": args.cache, **common, "load_average_after": round(os.getloadavg()[0], 2),
                       "backends": rows}
             _write(args.json, result)
             return 0
@@ -193,7 +203,7 @@ def main(argv=None) -> int:
     result = {
         "source": str(args.from_json) if args.from_json else "bnconf report " + " ".join(extra),
         "examples_per_cell": report.get("examples"), "wall_s": None if wall is None else round(wall, 1),
-        "warm_up_runs": args.warm_up, "jax_cache": args.jax_cache, **common,
+        "warm_up_runs": args.warm_up, "cache": args.cache, **common,
         "load_average_after": round(os.getloadavg()[0], 2), "backends": rows,
         "distributed_cells": len(replicas),
     }

@@ -229,7 +229,7 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None,
     None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
     a CellStatus: CRASHED (a signal, an exit code, or an exit without "done"), TIMED_OUT, OUT_OF_MEMORY."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
-        worker = pool.take(job.get("target")) if pool is not None else _Worker()
+        worker = pool.take(job.get("affinity") or job.get("target")) if pool is not None else _Worker()
         worker.submit({**job, "scratch": tmp}, last=pool is None)
         case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
@@ -309,6 +309,27 @@ def units_of(cells, per_device: bool = False) -> list[Unit]:
         out.append(Unit(cells[indices[0]][0], devices, tuple(indices), key[0] not in seen))
         seen.add(key[0])
     return out
+
+
+def affinity(backend) -> str | None:
+    """What a worker that ran `backend` holds that another backend can reuse: for a backend served by a child
+    process (adapters/subprocess_backend.py: the Keras backends, one child per Keras backend setting) its target
+    and environment, the same for every backend that child serves; None for the others."""
+    child = getattr(backend, "_child", None)
+    if child is None:
+        return None
+    return f"{child.target}|" + ",".join(f"{k}={v}" for k, v in sorted(child.env.items()))
+
+
+def chains_of(units: list[Unit]) -> list[list[Unit]]:
+    """The units as chains that run one after another on one worker: the units of the backends one child process
+    serves (same `affinity`) in one chain, so that its child starts once per run (a Keras child imports the
+    framework and Keras: about 5 s) rather than once per worker that meets it; every other unit alone. In the
+    units' order (a chain where its first unit is); results never depend on it."""
+    chains: dict = {}
+    for u in units:
+        chains.setdefault(affinity(u.backend) or id(u), []).append(u)
+    return list(chains.values())
 
 
 class Stopped(Exception):
@@ -436,7 +457,8 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
             with lock:
                 edge_done = [[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])
                              if r["device"] in unit.devices]
-            job = dict(kind="battery", target=target, backend=backend.name, examples=examples, seed=seed, **wanted,
+            job = dict(kind="battery", target=target, affinity=affinity(backend), backend=backend.name,
+                       examples=examples, seed=seed, **wanted,
                        pair_examples=pair_examples, device=unit.device,
                        records=job_records([backend]),  # the records files attached to it, attached there too
                        cases_dir=None if cases_dir is None else str(cases_dir),
@@ -473,13 +495,20 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                                                      kind, reason))
                     todo = [i for i in todo if results[i] is None]
 
+    def run_chain(chain: list[Unit], stop) -> None:
+        for u in chain:
+            if stop.is_set():
+                return
+            run_unit(u, stop)
+
     units = units_of(cells, per_device)
     local = [u for u in units if origin(u.backend) is None]  # in this process: one at a time, after the others
     pool = WorkerPool(jobs) if supervise is _supervise else None  # a cluster's task starts its own worker
     if pool is not None:
         supervise = functools.partial(_supervise, pool=pool)
     try:
-        run_concurrently([functools.partial(run_unit, u) for u in units if origin(u.backend) is not None], jobs)
+        run_concurrently([functools.partial(run_chain, chain) for chain in chains_of(
+            [u for u in units if origin(u.backend) is not None])], jobs)
     finally:
         if pool is not None:
             pool.close()

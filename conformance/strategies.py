@@ -6,6 +6,8 @@ Values are drawn per channel as x = mean + std * z, with the conditioning |mean|
 cheap while the parameters that matter (shape, mean, std, eps, momentum) shrink to simple values.
 """
 
+import functools
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -71,8 +73,8 @@ def vocabulary_shapes(draw, ranks=(2, 3, 4, 5), max_size: int = 2048, max_reduct
     `max_reduction` > `max_size`, one draw in eight a long reduction of `max_size` < n <= `max_reduction`
     values per channel from `LONG_REDUCTIONS` over one or two channels (where summation error grows with n and
     blocked or pairwise orders start to matter), as `shapes` draws them."""
-    rank = draw(st.sampled_from(ranks))
-    lengths = [n for n in LONG_REDUCTIONS if max_size < n <= max_reduction]
+    rank = draw(st.sampled_from(tuple(ranks)))
+    lengths = tuple(n for n in LONG_REDUCTIONS if max_size < n <= max_reduction)
     if lengths and draw(st.integers(0, 7)) == 7:
         length, c = draw(st.sampled_from(lengths)), draw(st.integers(1, 2))
         if rank == 2:
@@ -80,8 +82,15 @@ def vocabulary_shapes(draw, ranks=(2, 3, 4, 5), max_size: int = 2048, max_reduct
         n = draw(st.sampled_from(LONG_BATCHES))
         spatial = -(-length // n) if n * -(-length // n) <= max_reduction else length // n
         return (n, c, spatial, *[1] * (rank - 3))
-    fitting = [s for s in SHAPE_VOCABULARY[rank] if int(np.prod(s)) <= max_size] or [SHAPE_VOCABULARY[rank][0]]
-    return draw(st.sampled_from(fitting))
+    return draw(_fitting(rank, max_size))
+
+
+@functools.lru_cache(maxsize=None)
+def _fitting(rank: int, max_size: int):
+    """The vocabulary's shapes of `rank` of at most `max_size` values (the simplest when none is), as one strategy:
+    strategies are built once per argument, not per draw (what Hypothesis validates on first use)."""
+    return st.sampled_from(tuple(s for s in SHAPE_VOCABULARY[rank] if int(np.prod(s)) <= max_size)
+                           or (SHAPE_VOCABULARY[rank][0],))
 
 
 def channel_last(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -92,7 +101,7 @@ def channel_last(shape: tuple[int, ...]) -> tuple[int, ...]:
 @st.composite
 def layouts(draw, shape: tuple[int, ...]):
     """(shape, axis): the channel axis at 1 (NCHW), last (NHWC), or anywhere else."""
-    kind = draw(st.sampled_from(["first", "last", "other"]))
+    kind = draw(_LAYOUT_KINDS)
     if kind == "first" or len(shape) == 2:
         return shape, 1
     if kind == "last":
@@ -109,11 +118,11 @@ def channel_moments(draw, channels: int, max_log10_condition: float = 4.0, allow
     means, stds = [], []
     for _ in range(channels):
         std = 10.0 ** draw(st.floats(-3, 3))
-        kind = draw(st.sampled_from(["unit", "offset", "constant"] if allow_constant else ["unit", "offset"]))
+        kind = draw(_MOMENT_KINDS if allow_constant else _NONCONSTANT_KINDS)
         if kind == "unit":
             mean = draw(st.floats(-1, 1)) * std
         else:
-            mean = draw(st.sampled_from([-1.0, 1.0])) * std * 10.0 ** draw(st.floats(0, max_log10_condition))
+            mean = draw(_SIGNS) * std * 10.0 ** draw(st.floats(0, max_log10_condition))
         means.append(mean)
         stds.append(0.0 if kind == "constant" else std)
     return np.array(means), np.array(stds)
@@ -131,28 +140,38 @@ def batches(draw, shape, axis: int, dtype: str = "float64", max_log10_condition:
     return values_with_moments(shape, axis, means * scale, stds * scale, seed, dtype)
 
 
+# Strategies without arguments are built once, here: one built per draw is validated again on each (a tenth of a
+# draw's cost), and the draws are the same either way.
+_LAYOUT_KINDS = st.sampled_from(("first", "last", "other"))
+_MOMENT_KINDS, _NONCONSTANT_KINDS = st.sampled_from(("unit", "offset", "constant")), st.sampled_from(("unit", "offset"))
+_SIGNS = st.sampled_from((-1.0, 1.0))
+_EPS = st.one_of(st.sampled_from((1e-5, 1e-3)), st.floats(-8, -1).map(lambda e: 10.0**e))
+_MOMENTA = st.one_of(st.sampled_from((0.0, 0.1, 0.9, 0.99, 1.0)), st.floats(0, 1))
+_AFFINE_ELEMENT = st.one_of(st.just(0.0), st.just(1.0), st.floats(-10, 10, allow_subnormal=False))
+_RUNNING_MEAN, _RUNNING_VAR = st.floats(-100, 100), st.floats(-4, 4).map(lambda e: 10.0**e)
+
+
 def eps_values():
     """eps: the frameworks' defaults, and a log-uniform range around them."""
-    return st.one_of(st.sampled_from([1e-5, 1e-3]), st.floats(-8, -1).map(lambda e: 10.0**e))
+    return _EPS
 
 
 def momenta():
     """A momentum in [0, 1], in either convention (the convention decides what it weights)."""
-    return st.one_of(st.sampled_from([0.0, 0.1, 0.9, 0.99, 1.0]), st.floats(0, 1))
+    return _MOMENTA
 
 
 @st.composite
 def affine_params(draw, channels: int):
     """(gamma, beta) with zeros, negatives and a range of scales."""
-    element = st.one_of(st.just(0.0), st.just(1.0), st.floats(-10, 10, allow_subnormal=False))
-    gamma = np.array(draw(st.lists(element, min_size=channels, max_size=channels)))
-    beta = np.array(draw(st.lists(element, min_size=channels, max_size=channels)))
+    gamma = np.array(draw(st.lists(_AFFINE_ELEMENT, min_size=channels, max_size=channels)))
+    beta = np.array(draw(st.lists(_AFFINE_ELEMENT, min_size=channels, max_size=channels)))
     return gamma, beta
 
 
 @st.composite
 def running_stats_values(draw, channels: int):
     """Running (mean, variance) vectors: near the initial (0, 1) and arbitrary positive ones."""
-    mean = np.array(draw(st.lists(st.floats(-100, 100), min_size=channels, max_size=channels)))
-    var = np.array(draw(st.lists(st.floats(-4, 4).map(lambda e: 10.0**e), min_size=channels, max_size=channels)))
+    mean = np.array(draw(st.lists(_RUNNING_MEAN, min_size=channels, max_size=channels)))
+    var = np.array(draw(st.lists(_RUNNING_VAR, min_size=channels, max_size=channels)))
     return mean, var

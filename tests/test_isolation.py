@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bnconf.conformance.ideal import IdealBackend
-from bnconf.conformance.isolation import Limits, run_isolated, units_of
+from bnconf.conformance.isolation import Limits, Unit, affinity, chains_of, run_isolated, units_of
 from bnconf.conformance.repro import load_case
 from bnconf.reports.cli import main
 from bnconf.spec import CONVENTIONS, Mode
@@ -181,3 +181,23 @@ def test_a_worker_is_kept_for_the_next_unit_of_its_target_but_never_after_a_fail
     assert len(third) == 1 and not third & first  # which crashed there: never used again
     assert cells["second of a target, segfaults", "train_forward"]["status"] == "crashed"
     assert all(c["status"] == "ran" for key, c in cells.items() if key != ("second of a target, segfaults", "train_forward"))
+
+
+def test_the_units_one_child_process_serves_are_one_chain_so_that_the_child_starts_once():
+    """Backends served by one child process (same target and environment: a Keras backend and its mixed-precision
+    variants) run one after another on one worker; every other unit is a chain of its own, in the units' order."""
+    class Child:
+        def __init__(self, env):
+            self.target, self.env = "pkg.keras_like:LAYERS", env
+
+    class Backend:
+        def __init__(self, name, env=None):
+            self.name = name
+            if env is not None:
+                self._child = Child(env)
+
+    backends = [Backend("a", {"KERAS_BACKEND": "tensorflow"}), Backend("b"), Backend("c", {"KERAS_BACKEND": "jax"}),
+                Backend("d", {"KERAS_BACKEND": "tensorflow"}), Backend("e"), Backend("f", {"KERAS_BACKEND": "jax"})]
+    units = [Unit(b, ("cpu",), (i,), True) for i, b in enumerate(backends)]
+    assert [[u.backend.name for u in chain] for chain in chains_of(units)] == [["a", "d"], ["b"], ["c", "f"], ["e"]]
+    assert affinity(backends[0]) == affinity(backends[3]) != affinity(backends[2]) and affinity(backends[1]) is None
