@@ -57,8 +57,12 @@ def forget() -> None:
     signed_store.secret.cache_clear()
 
 
-def call(jitted, args: tuple, program: Program, device):
-    """`jitted(*args)`, through the cache of compiled executables when it is on and `device` is a CPU."""
+COUNTS = {"compiled": 0, "loaded": 0}  # executables compiled, and loaded from the folder, by this process
+
+
+def call(jitted, args: tuple, program: Program, device, devices=None):
+    """`jitted(*args)`, through the cache of compiled executables when it is on and `device` is a CPU; `devices`:
+    the devices a multi-device program (a shard_map over a mesh) runs on, in the mesh's order (default [device])."""
     folder = cache_dir()
     if folder is None or device.platform != "cpu":
         return jitted(*args)
@@ -70,10 +74,12 @@ def call(jitted, args: tuple, program: Program, device):
     executable = _LOADED.pop(digest, None)
     from_disk = False
     if executable is None:
-        executable = _read(folder, text, device, key)
+        executable = _read(folder, text, device, key, list(devices) if devices is not None else [device])
         from_disk = executable is not None
+        COUNTS["loaded"] += from_disk
         if executable is None:
             executable = jitted.lower(*args).compile()  # the backend's own errors (tracing) are raised here
+            COUNTS["compiled"] += 1
             _write(folder, text, executable, key)
     _LOADED[digest] = executable
     while len(_LOADED) > IN_MEMORY:
@@ -117,8 +123,8 @@ def fingerprint(packages: tuple[str, ...], sources: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def _read(folder: Path, text: str, device, key: bytes):
-    """The entry's executable loaded onto `device`, None when there is none, it is not this user's alone or not
+def _read(folder: Path, text: str, device, key: bytes, devices: list):
+    """The entry's executable loaded onto `devices`, None when there is none, it is not this user's alone or not
     signed under `key` (signed_store.read: nothing of it is unpickled then), or it cannot be loaded (removed)."""
     parts = signed_store.read(folder, text, key)
     if parts is None:
@@ -130,7 +136,7 @@ def _read(folder: Path, text: str, device, key: bytes):
         in_tree, out_tree, blob = parts
         trees = [jax.tree_util.PyTreeDef.deserialize_using_proto(jax.tree_util.default_registry, t) for t in (in_tree, out_tree)]
         return serialize_executable.deserialize_and_load(blob, *trees, backend=device.client,
-                                                         execution_devices=[device])
+                                                         execution_devices=devices)
     except Exception:  # noqa: BLE001 - truncated, corrupt or from another jax: compile instead
         signed_store.remove(folder / "programs" / signed_store.digest_of(text))
         return None

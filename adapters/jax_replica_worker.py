@@ -28,8 +28,9 @@ replica's contribution. The worker returns replica 0's dgamma/dbeta; every repli
 
 Unequal shards and an empty shard (Flax only, which has `mask`): every shard is padded with zero rows to the
 largest and the padding masked out; equal shards run without a mask, as a user would call the layer.
-Programs are cached per (library, world size, dtype, axis, affine, tracked, backward, masked) and jit
-compiles each once per shape: a later call of the same shape reuses the compiled step.
+Programs are cached per (library, world size, dtype, axis, affine, tracked, backward, masked) and compiled once
+per shape: a later call of the same shape reuses the compiled step, and a later process loads it from the on-disk
+cache of compiled programs (adapters/jax_cache.py, as the single-process JAX adapters do).
 """
 
 import functools
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from . import jax_cache
 from .jax_common import JAX_DTYPES, wide, x64
 
 AXIS = "replica"  # the mesh axis: one replica per device
@@ -238,6 +240,18 @@ def program(key):
     return jax.jit(sharded)
 
 
+PACKAGES = {"linen": ("flax",), "nnx": ("flax",), "haiku": ("haiku",), "equinox": ("equinox",)}
+
+
+def cached_program(key) -> jax_cache.Program:
+    """`program(key)`'s identity in the on-disk cache of compiled programs (adapters/jax_cache.py): the key, the
+    library it calls, and this file and jax_common's, which write it (the mesh's size is in the key and in
+    XLA_FLAGS, part of every entry's fingerprint)."""
+    from . import jax_common
+
+    return jax_cache.Program(("replica step", *key), PACKAGES[key[0]], (__file__, jax_common.__file__))
+
+
 def _padded(shards, rows: int, dtype):
     """(W, rows, ...) with each shard's rows first and zeros after."""
     out = np.zeros((len(shards), rows, *np.shape(shards[0])[1:]), dtype=np.float64)
@@ -277,9 +291,10 @@ def step(payload: dict) -> dict:
             float(payload["eps"]), float(payload.get("momentum") or 0.0),
             _padded(payload["dys"], most, data) if backward else None,
         )
-        before = TRACES["count"]
+        before, traced = dict(jax_cache.COUNTS), TRACES["count"]
         started = time.perf_counter()
-        out = jax.device_get(program(key)(*args))
+        cpu = mesh(world).devices.flat
+        out = jax.device_get(jax_cache.call(program(key), args, cached_program(key), cpu[0], devices=list(cpu)))
         seconds = time.perf_counter() - started
     result = {k: np.asarray(v).astype(np.float64) for k, v in out.items()}
     for k in ("y", "dx"):
@@ -289,7 +304,10 @@ def step(payload: dict) -> dict:
         if k in result:  # every replica holds the psum'd gradient; replica 0's is returned, the spread reported
             result[f"{k}_spread"] = float(np.max(np.abs(result[k] - result[k][0]))) if world else 0.0
             result[k] = result[k][0]
-    result["_info"] = {"compiled": TRACES["count"] > before, "seconds": seconds, "key": key}
+    # "compiled": a program new to this process (compiled, or loaded from the on-disk cache: "loaded")
+    loaded = jax_cache.COUNTS["loaded"] > before["loaded"]
+    new = loaded or jax_cache.COUNTS["compiled"] > before["compiled"] or TRACES["count"] > traced
+    result["_info"] = {"compiled": new, "loaded": loaded, "seconds": seconds, "key": key}
     return result
 
 

@@ -262,3 +262,29 @@ def test_the_shared_worker_restarts_after_it_was_stopped():
     out = backend.step(sharded_request(sharded, "float32"))  # a fresh process: compiles again, same answer
     assert backend.last_step["compiled"]
     assert all(v is Verdict.CONFORMS for v in _verdicts(backend, sharded, out, "float32").values())
+
+
+@pytest.mark.parametrize("library, rows", [("linen", (4, 2, 3)), ("equinox", (3, 3))])
+def test_a_replica_step_loaded_from_the_program_cache_gives_what_the_compiled_one_gives(library, rows, tmp_path,
+                                                                                     monkeypatch):
+    """A fresh worker process loads the sharded step a previous one compiled (adapters/jax_cache.py, over the
+    mesh's devices): the same outputs bit for bit, unequal shards (masked) and the backward included."""
+    from bnconf.adapters import jax_cache
+
+    monkeypatch.setenv(jax_cache.ENV, str(tmp_path))
+    backend = BY_LIBRARY[library]
+    sharded = _inputs(rows, seed=11)
+    outputs = []
+    for _ in range(2):
+        jax_replicas.close()  # a fresh worker process, with the cache folder in its environment
+        out = backend.step(sharded_request(sharded, "float32"))
+        outputs.append((out, dict(backend.last_step)))
+    jax_replicas.close()
+    (first, made), (second, loaded) = outputs
+    assert made["compiled"] and not made["loaded"] and loaded["compiled"] and loaded["loaded"]
+    for name in ("y", "dx", "running_mean", "running_var", "dgamma", "dbeta"):
+        a, b = getattr(first, name), getattr(second, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            for u, v in zip(a if isinstance(a, (list, tuple)) else [a], b if isinstance(b, (list, tuple)) else [b]):
+                np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
