@@ -157,7 +157,7 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
 
     An isolated run with more than one job runs the distributed part on a thread of its own beside the battery
     (`Beside`): its replica groups wait on each other for a good part of their time, which the battery's workers
-    fill (the default report: 239 s -> see benchmarks/results/report.json). Every change to `state` and every
+    fill: run after the battery, it kept the 2-core machine 40% idle for a minute of the default report). Every change to `state` and every
     callback happens under one lock, so `on_change` always sees a consistent state."""
     lock = threading.RLock()
     changed = _locked(on_change or (lambda: None), lock)
