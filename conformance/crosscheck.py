@@ -30,7 +30,7 @@ from ..adapters.protocol import channel_axes, declared_precision, unavailable
 from ..spec import Inputs, Mode, expected, translate
 from ..spec.conventions import new_batch_weight
 from ..spec.oracle import channel_axis
-from .battery import describe, import_independent_draws
+from .battery import describe, run_seeded
 from .cases import case_inputs
 from .discrepancies import covering
 from .engine import prepare, request
@@ -230,8 +230,7 @@ def run_pair(a, b, mode: Mode, examples: int, run_seed: int, device: str = "cpu"
                       {q: moved_expected(e, axis_b, axis_a, rank) for q, e in eb.items()}, rb)
         judge_case(rows, mode.value, Side(a.name, oa, ea, ra), side_b, t, *case_size(i), describe(i))
 
-    with import_independent_draws():
-        explore()
+    run_seeded(explore)
     result.rows = sorted(rows.values(), key=lambda r: r.quantity)
     if errors:
         result.status, result.reason = "error", f"{len(errors)} case(s) raised; first: {errors[0]}"

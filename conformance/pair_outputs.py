@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from ..adapters.protocol import declared_precision
 from ..spec import CONVENTIONS, Inputs, Mode, convention, precision_for, translate
 from ..spec.oracle import channel_axis
-from .battery import describe, import_independent_draws
+from .battery import describe, run_seeded
 from .cases import case_inputs
 from .crosscheck import (MODES, PairResult, PairRow, Side, _expected, _target_inputs, _View, case_size,
                          judge_case, moved, moved_expected)
@@ -117,8 +117,7 @@ def canonical_cases(mode: Mode, dtype: str, rank: int, examples: int, run_seed: 
         i = prepare(i, precision_for(dtype))
         found.append(replace(i, eps=as_attribute(i.eps), momentum=as_attribute(i.momentum)))
 
-    with import_independent_draws():
-        draw()
+    run_seeded(draw)
     return found
 
 
