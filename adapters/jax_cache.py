@@ -22,8 +22,6 @@ folder's private key is never unpickled), bounded (least recently used removed f
 """
 
 import functools
-import hashlib
-import os
 import platform
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -63,12 +61,10 @@ COUNTS = {"compiled": 0, "loaded": 0}  # executables compiled, and loaded from t
 def call(jitted, args: tuple, program: Program, device, devices=None):
     """`jitted(*args)`, through the cache of compiled executables when it is on and `device` is a CPU; `devices`:
     the devices a multi-device program (a shard_map over a mesh) runs on, in the mesh's order (default [device])."""
-    folder = cache_dir()
-    if folder is None or device.platform != "cpu":
+    store = signed_store.opened(cache_dir(), "JAX program", ENV) if device.platform == "cpu" else None
+    if store is None:
         return jitted(*args)
-    key = signed_store.secret(folder, "JAX program", ENV)
-    if key is None:
-        return jitted(*args)
+    folder, key = store
     text = _key_text(program, args, device)
     digest = signed_store.digest_of(text)
     executable = _LOADED.pop(digest, None)
@@ -90,7 +86,7 @@ def call(jitted, args: tuple, program: Program, device, devices=None):
         return executable(*args)
     except Exception:  # noqa: BLE001 - a bad entry: drop it, jit decides (and raises what the backend raises)
         _LOADED.pop(digest, None)
-        signed_store.remove(folder / "programs" / digest)
+        signed_store.discard(folder, text)
         return jitted(*args)
 
 
@@ -113,14 +109,9 @@ def fingerprint(packages: tuple[str, ...], sources: tuple[str, ...]) -> str:
     import jax
     import jaxlib
 
-    h = hashlib.sha256()
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_")) and k != ENV)
-    h.update(repr((jax.__version__, jaxlib.__version__, platform.machine(), signed_store.cpu_flags(), env,
-                   jax.devices("cpu")[0].client.platform_version)).encode())
-    h.update(signed_store.installed_files({"jax", "jaxlib", "ml_dtypes", *packages}).encode())
-    for source in sources:
-        h.update(Path(source).read_bytes())
-    return h.hexdigest()
+    facts = (jax.__version__, jaxlib.__version__, platform.machine(), signed_store.cpu_flags(),
+             jax.devices("cpu")[0].client.platform_version)
+    return signed_store.fingerprint(facts, {"jax", "jaxlib", "ml_dtypes", *packages}, sources, ("JAX_", "XLA_"), ENV)
 
 
 def _read(folder: Path, text: str, device, key: bytes, devices: list):
@@ -138,7 +129,7 @@ def _read(folder: Path, text: str, device, key: bytes, devices: list):
         return serialize_executable.deserialize_and_load(blob, *trees, backend=device.client,
                                                          execution_devices=devices)
     except Exception:  # noqa: BLE001 - truncated, corrupt or from another jax: compile instead
-        signed_store.remove(folder / "programs" / signed_store.digest_of(text))
+        signed_store.discard(folder, text)
         return None
 
 

@@ -83,6 +83,15 @@ def secret(folder: Path, what: str, env: str) -> bytes | None:
         return None
 
 
+def opened(folder: Path | None, what: str, env: str) -> tuple[Path, bytes] | None:
+    """(folder, its private key) when the store is on (`folder` not None) and safely this user's (`secret`), else
+    None."""
+    if folder is None:
+        return None
+    key = secret(folder, what, env)
+    return None if key is None else (folder, key)
+
+
 def join(*parts: bytes) -> bytes:
     """Byte strings as one, each behind its length."""
     return b"".join(struct.pack("<Q", len(p)) + p for p in parts)
@@ -103,10 +112,20 @@ def digest_of(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def entry_path(folder: Path, text: str) -> Path:
+    """Where the entry of the key `text` is kept."""
+    return folder / "programs" / digest_of(text)
+
+
+def discard(folder: Path, text: str) -> None:
+    """Remove the entry of the key `text` (one that was read but cannot be used), if there is one."""
+    remove(entry_path(folder, text))
+
+
 def read(folder: Path, text: str, key: bytes) -> list[bytes] | None:
     """The parts stored under the key `text`, None when there is no such entry, it is not this user's alone, its
     HMAC under `key` does not match (then removed, nothing of it parsed) or it holds another key text."""
-    path = folder / "programs" / digest_of(text)
+    path = entry_path(folder, text)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         with os.fdopen(fd, "rb") as f:
@@ -176,6 +195,18 @@ def remove(path: Path) -> None:
         path.unlink()
     except OSError:
         pass
+
+
+def fingerprint(facts: tuple, packages, sources, env_prefixes: tuple[str, ...], env_except: str) -> str:
+    """A digest of what a stored entry depends on beyond its key: `facts` (versions, the machine), the installed
+    files of `packages` (`installed_files`), bnconf's `sources` (by content) and the environment variables starting
+    with `env_prefixes` (but `env_except`, the store's own)."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(env_prefixes) and k != env_except)
+    h = hashlib.sha256(repr((facts, env)).encode())
+    h.update(installed_files(packages).encode())
+    for source in sources:
+        h.update(Path(source).read_bytes())
+    return h.hexdigest()
 
 
 def installed_files(names) -> str:

@@ -16,9 +16,7 @@ user's alone). Nothing here imports TensorFlow at import time.
 """
 
 import functools
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from . import signed_store
@@ -38,13 +36,8 @@ def fingerprint(sources: tuple[str, ...]) -> str:
     files, bnconf's `sources` and the TF_* environment."""
     import tensorflow as tf
 
-    h = hashlib.sha256()
-    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("TF_") and k != ENV)
-    h.update(repr((tf.version.VERSION, tf.version.GIT_VERSION, env)).encode())
-    h.update(signed_store.installed_files({"tf_keras"}).encode())
-    for source in sources:
-        h.update(Path(source).read_bytes())
-    return h.hexdigest()
+    facts = (tf.version.VERSION, tf.version.GIT_VERSION)
+    return signed_store.fingerprint(facts, {"tf_keras"}, sources, ("TF_",), ENV)
 
 
 def key_text(program: tuple, sources: tuple[str, ...]) -> str:
@@ -54,11 +47,7 @@ def key_text(program: tuple, sources: tuple[str, ...]) -> str:
 
 def _store():
     """(folder, key) when the cache is on and safely this user's, else None."""
-    folder = cache_dir()
-    if folder is None:
-        return None
-    key = signed_store.secret(folder, "TensorFlow graph", ENV)
-    return None if key is None else (folder, key)
+    return signed_store.opened(cache_dir(), "TensorFlow graph", ENV)
 
 
 def load(program: tuple, sources: tuple[str, ...]):
@@ -81,7 +70,7 @@ def load(program: tuple, sources: tuple[str, ...]):
             tf.compat.v1.train.import_meta_graph(tf.compat.v1.MetaGraphDef.FromString(meta))
         return graph, json.loads(handles)
     except Exception:  # noqa: BLE001 - from another TensorFlow, or damaged: built afresh
-        signed_store.remove(folder / "programs" / signed_store.digest_of(text))
+        signed_store.discard(folder, text)
         return None
 
 

@@ -130,18 +130,18 @@ def print_rows(title: str, rows: dict[str, dict]) -> None:
         print(f"{name:{width}}  {r['cells']:5}  {r['judged']:6}  {r['seconds']:9.1f}  {rate:>8}  {rest:>12}{mark}")
 
 
-CACHES = {"BNCONF_JAX_CACHE": "jax", "BNCONF_TF_CACHE": "tf-graphs"}  # adapters/jax_cache.py, adapters/tf_graph_cache.py
-
-
 def cache_env(choice: str | None, scratch: Path) -> dict[str, str]:
     """The caches of compiled JAX programs and built TF graphs for the runs: unchanged (None), empty folders of this
     benchmark ("fresh"), "off", or folders under DIR."""
+    from bnconf.adapters import jax_cache, tf_graph_cache  # neither imports a framework
+
     if choice is None:
         return {}
+    folders = {jax_cache.ENV: "jax", tf_graph_cache.ENV: "tf-graphs"}
     if choice == "off":
-        return {env: "off" for env in CACHES}
+        return {env: "off" for env in folders}
     base = scratch if choice == "fresh" else Path(choice)
-    return {env: str(base / name) for env, name in CACHES.items()}
+    return {env: str(base / name) for env, name in folders.items()}
 
 
 def main(argv=None) -> int:
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", action="append", default=[], metavar="TARGET",
                         help="only these backends (passed to bnconf report; repeatable)")
     parser.add_argument("--warm-up", type=int, default=0, metavar="N",
-                        help="run the report N times before the measured run (fills the JAX compilation cache)")
+                        help="run the report N times before the measured run (fills the caches of JAX programs and TF graphs)")
     parser.add_argument("--cache", metavar="fresh|off|DIR",
                         help="the caches of compiled JAX programs and built TF graphs of the runs (default: bnconf's "
                              "own, ~/.cache/bnconf/jax and tf-graphs; fresh: empty ones of this benchmark)")
@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     }
     if first is not None:
         result["first_run"] = {"wall_s": round(first[1], 1), "backends": first[0]}
-        result["cells_differing_from_first_run"] = same_results(first[2], report)
+        result["cells_differing_from_first_run"] = differ
     _write(args.json, result)
     return 0
 

@@ -115,7 +115,7 @@ class _Worker:
     """One worker process, fed one job (a JSON line) at a time on its stdin, and the events it sends back."""
 
     def __init__(self, key=None):
-        self.key = key  # what it has loaded (its jobs' target): a kept worker takes only jobs of the same key
+        self.key = key  # what it has loaded (its jobs' target or affinity): a kept worker takes only those jobs
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - read back when a job fails
         read, write = os.pipe()
         self.proc = subprocess.Popen(
@@ -168,9 +168,10 @@ class _Worker:
 
 
 class WorkerPool:
-    """Finished battery workers kept for the next unit of the same target, so that one local run starts a
-    framework's worker (and imports it, 2 to 10 s) about once per concurrent job rather than once per backend;
-    a Keras target's backend processes are kept with them. A worker that failed (crash, time-out, memory) is
+    """Finished battery workers kept for the next unit of the same key (its target, or for a backend served by a
+    child process its `affinity`), so that one local run starts a framework's worker (and imports it, 2 to 10 s)
+    about once per concurrent job rather than once per backend; a Keras target's backend processes are kept with
+    them. A worker that failed (crash, time-out, memory) is
     never kept; at most `size` are kept, the oldest closed first; `close()` ends them all. A reused worker's
     memory limit counts what its earlier units left resident. Thread-safe."""
 

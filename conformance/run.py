@@ -157,8 +157,8 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
 
     An isolated run with more than one job runs the distributed part on a thread of its own beside the battery
     (`Beside`): its replica groups wait on each other for a good part of their time, which the battery's workers
-    fill: run after the battery, it kept the 2-core machine 40% idle for a minute of the default report). Every change to `state` and every
-    callback happens under one lock, so `on_change` always sees a consistent state."""
+    fill (run after the battery, it kept the 2-core machine 40% idle for a minute of the default report). Every
+    change to `state` and every callback happens under one lock, so `on_change` always sees a consistent state."""
     lock = threading.RLock()
     changed = _locked(on_change or (lambda: None), lock)
     progress = _locked(progress, lock) if progress else None
@@ -181,7 +181,10 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         if options.replicas:
             with lock:
                 state.phase = Phase.REPLICAS
-            distributed.wait() if distributed else run_replica_part()
+            if distributed:
+                distributed.wait()
+            else:
+                run_replica_part()
     finally:
         if distributed:
             distributed.stop()
@@ -286,8 +289,7 @@ def run_distributed(options: RunOptions, state: RunState, cases_dir: Path, progr
     changed = changed or (lambda: None)
     lock = lock or threading.RLock()
     if replica_backends is None:
-        found, missing = discover_replicas()
-        replica_backends = found
+        replica_backends, missing = discover_replicas()
         with lock:
             state.replica_unavailable = missing
     if progress:

@@ -70,9 +70,11 @@ def _group(item) -> str | None:
     backend = params.get("backend")
     if backend is None:
         return None
-    child = getattr(backend, "_child", None)  # adapters/subprocess_backend.py's proxy
+    from bnconf.conformance.isolation import affinity  # here: imports NumPy, after the thread limits are set
+
+    child = affinity(backend)  # the child process of adapters/subprocess_backend.py's proxy: target and environment
     if child is not None:
-        group = f"child-{child.target}-" + "-".join(f"{k}={v}" for k, v in sorted(child.env.items()))
+        group = f"child-{child}"
     elif item.originalname in ("test_edge_case", "test_edge_records"):
         group = f"edge-{backend.name}-{params.get('device')}"
     else:
