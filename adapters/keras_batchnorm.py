@@ -125,13 +125,35 @@ class KerasBatchNorm:
         layer = self._layers.pop(key, None)
         if layer is None:
             layer = keras.layers.BatchNormalization(
-                axis=r.axis, center=r.gamma is not None, scale=r.gamma is not None, dtype=policy
+                axis=r.axis, center=r.gamma is not None, scale=r.gamma is not None, dtype=policy,
+                **(_HOST_INITIALIZERS if self.keras_backend == "jax" else {}),
             )
             layer.build(r.x.shape)
         _remember(self._layers, key, layer)
         layer.momentum = 0.0 if r.momentum is None else float(r.momentum)
         layer.epsilon = float(r.eps)
         return layer
+
+
+class _HostFill:
+    """A variable initializer that fills a NumPy array on the host and puts it on the device as it is: under JAX,
+    Keras's own ("zeros", "ones") run jnp.zeros / jnp.ones eagerly, and a bfloat16 NumPy value is cast by
+    jnp.astype, each compiling a program for every new channel count (27 of 53 layer builds in a fresh child,
+    0.4 s of a 2.3 s battery); the values are the same."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        import jax
+        import jax.numpy as jnp  # jnp.dtype: the NumPy dtype of a Keras dtype name, bfloat16 included (ml_dtypes)
+
+        return jax.device_put(np.full(shape, self.value, dtype=jnp.dtype(dtype)))
+
+
+# the layer's defaults (gamma 1, beta 0, moving mean 0, moving variance 1), filled on the host
+_HOST_INITIALIZERS = {"gamma_initializer": _HostFill(1.0), "beta_initializer": _HostFill(0.0),
+                      "moving_mean_initializer": _HostFill(0.0), "moving_variance_initializer": _HostFill(1.0)}
 
 
 def _remember(cache: OrderedDict, key, value) -> None:

@@ -9,7 +9,7 @@ variance, so that tests can check the error model tells them from rounding noise
 
 import numpy as np
 
-from .arrays import round_to
+from .arrays import numpy_format, round_to
 
 
 def _rows(a, axis):
@@ -20,15 +20,6 @@ def _b(v, ndim, axis):
     shape = [1] * ndim
     shape[axis % ndim] = -1
     return v.reshape(shape)
-
-
-def _dtype(name: str) -> np.dtype:
-    """A NumPy dtype by name, bfloat16 included (ml_dtypes registers it)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def _mean(rows, at: np.dtype, ct: np.dtype):
@@ -57,8 +48,8 @@ def train(
 ):
     """Training forward in `compute`, sums in `accumulate`; returns a dict of the quantities a framework would
     return (saved_var: the variance normalized with)."""
-    ct = _dtype(compute)
-    at = _dtype(accumulate or compute)
+    ct = numpy_format(compute)
+    at = numpy_format(accumulate or compute)
     xc = np.asarray(x).astype(ct)
     rows = _rows(xc, axis)
     n = ct.type(rows.shape[1])
@@ -93,8 +84,8 @@ def backward(dy, x, gamma, *, axis, eps, compute="float32", accumulate=None, dga
     """Training backward in `compute`, sums in `accumulate`: dx = gamma s (dy - mean(dy) - z mean(dy z)),
     dgamma = sum(dy z), dbeta = sum(dy). Known mistakes: dgamma = sum(dy (x - mean)), forgetting the 1/std
     factor; dx without its mean(dy) term; dbeta = mean(dy)."""
-    ct = _dtype(compute)
-    at = _dtype(accumulate or compute)
+    ct = numpy_format(compute)
+    at = numpy_format(accumulate or compute)
     xc, gc = np.asarray(x).astype(ct), np.asarray(dy).astype(ct)
     rows = _rows(xc, axis)
     n = ct.type(rows.shape[1])
@@ -118,7 +109,7 @@ def backward(dy, x, gamma, *, axis, eps, compute="float32", accumulate=None, dga
 @np.errstate(all="ignore")  # overflow and NaN are part of what the tests probe
 def evaluate(x, gamma, beta, running_mean, running_var, *, axis, eps, compute="float32"):
     """Eval forward in `compute`, folded as x * a + (beta - mean * a) like tf.nn.batch_normalization."""
-    ct = _dtype(compute)
+    ct = numpy_format(compute)
     xc = np.asarray(x).astype(ct)
     a = np.asarray(gamma).astype(ct) / np.sqrt(np.asarray(running_var).astype(ct) + ct.type(eps))
     shift = np.asarray(beta).astype(ct) - np.asarray(running_mean).astype(ct) * a
