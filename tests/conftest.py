@@ -60,13 +60,24 @@ def pytest_addoption(parser, pluginmanager):
         add_options(parser)
 
 
+# Adapter modules that keep one worker (a group of replica processes) per test process, started by the first test
+# that needs it (torch's four gloo processes take about 15 s on 2 cores): every test that uses one runs in the same
+# xdist worker, in the group named after the module; a test file that uses one declares it with
+# `pytestmark = pytest.mark.xdist_group("<module>")`, a test parametrized by its `target` gets it here.
+SHARED_WORKERS = ("bnconf.adapters.torch_replicas", "bnconf.adapters.jax_replicas", "bnconf.adapters.keras_replicas")
+
+
 def _group(item) -> str | None:
-    """The xdist group of a test of a selected backend (the installed suite's tests, collected here): its child
+    """The xdist group of a test parametrized by a `target` with a shared worker (SHARED_WORKERS): the module;
+    of a test of a selected backend (the installed suite's tests, collected here): its child
     process where the backend runs in one (the Keras backends: one child per Keras backend, a few seconds to
     start), else, for an edge-case test, the backend (its edge cases run once per process, when its first test
     needs them); None otherwise. Only word characters, '.', ':' and '-': xdist finds the group after the last '@'
     of the node id, and only when no ']' follows it."""
     params = getattr(getattr(item, "callspec", None), "params", {})
+    target = params.get("target")
+    if isinstance(target, str) and target.partition(":")[0] in SHARED_WORKERS:
+        return target.partition(":")[0]
     backend = params.get("backend")
     if backend is None:
         return None
@@ -92,3 +103,12 @@ def pytest_collection_modifyitems(config, items):
         group = _group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    _long_running_first(items)
+
+
+def _long_running_first(items) -> None:
+    """The test files that hold a test marked `slow` first, each file's tests in their order (a stable sort):
+    xdist hands tests out in this order, and a long test handed out last keeps one worker busy while the other
+    has nothing left (the last 3% of the suite took a fifth of its time). Longest first, the short ones fill in."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

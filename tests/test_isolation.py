@@ -28,6 +28,7 @@ def report(tmp_path, *targets, limits=()):
     return code, {(c["backend"], c["mode"]): c for c in cells}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "3"])
 def test_a_segfault_and_a_hang_are_reported_with_their_input_and_every_other_result_is_kept(tmp_path, jobs):
     """One worker at a time, or all three backends' workers at once (--jobs 3): the same outcome."""

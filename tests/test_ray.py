@@ -31,6 +31,9 @@ EXAMPLE = "bnconf.adapters.example_numpy:BACKEND"
 WAIT = 300  # seconds: only a failing test waits this long
 MIB = 2**20
 
+# long; and the module's Ray cluster (the `cluster` fixture, about 8 s to start) once: the file in one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-cluster")]
+
 
 @pytest.fixture(scope="module")
 def cluster():

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from bnconf.reports.cli import main
 
 EXAMPLE = "bnconf.adapters.example_numpy:BACKEND"
@@ -27,6 +29,7 @@ def test_a_conforming_backend_gives_exit_0_and_all_four_files(tmp_path, capsys):
     assert "conforms" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_report_but_for_timings(tmp_path):
     """Run isolated in one worker at a time, in two workers at once (the backends and the pair batches
     concurrently), and in this process, battery and cross-framework table: identical JSON but for timings;
@@ -60,8 +63,6 @@ def test_an_unwritable_report_folder_is_a_one_line_error_with_exit_2(tmp_path, c
     err = capsys.readouterr().err
     assert "cannot create the folder" in err and "pick another folder with --out" in err and err.count("\n") == 1
 
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize(

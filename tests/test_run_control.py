@@ -141,6 +141,7 @@ def _json(path):
         return None
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_pairs_keeps_the_finished_pairs_and_a_second_ctrl_c_exits_at_once(tmp_path):
     proc = _start(tmp_path, "report", "--backend", f"{CONTROL}:KERAS_IDEAL", "--backend", f"{CONTROL}:PAIR_HANG",
                   "--dtype", "float32", "--examples", "1", "--pair-examples", "1", "--no-edge-cases",

@@ -27,6 +27,9 @@ from bnconf.spec import InputError, Mode, RunningStats, Verdict, compare, expect
 from bnconf.spec.replicas import Combine, ShardedInputs, combined_stats, partial_stats, split_rows  # noqa: E402
 from bnconf.spec.verdict import quantity_format  # noqa: E402
 
+# long, and one shared worker for the whole file (tests/conftest.py: SHARED_WORKERS)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(jax_replicas.__name__)]
+
 BY_LIBRARY = {b.library: b for b in jax_replicas.BACKENDS}
 FLAX = [BY_LIBRARY["linen"], BY_LIBRARY["nnx"]]
 UNMASKED = [BY_LIBRARY["haiku"], BY_LIBRARY["equinox"]]

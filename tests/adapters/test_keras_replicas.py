@@ -18,6 +18,9 @@ from bnconf.spec import Expected, InputError, RunningStats, Verdict, compare  # 
 from bnconf.spec.replicas import ShardedInputs, expected_step, split_rows  # noqa: E402
 from bnconf.spec.verdict import quantity_format  # noqa: E402
 
+# long, and one shared worker for the whole file (tests/conftest.py: SHARED_WORKERS)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bnconf.adapters.keras_replicas")]
+
 BY_KIND = {b.kind: b for b in BACKENDS}
 C = 3
 

@@ -24,6 +24,9 @@ from bnconf.spec.oracle import RunningStats  # noqa: E402
 from bnconf.spec.replica_diagnosis import judge_step  # noqa: E402
 from bnconf.spec.replicas import ShardedInputs, partial_stats, split_rows  # noqa: E402
 
+# long, and one shared worker for the whole file (tests/conftest.py: SHARED_WORKERS)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(torch_replicas.__name__)]
+
 DDP, NAIVE, SYNC = torch_replicas.BACKENDS
 CHANNELS = 3
 
