@@ -75,9 +75,9 @@ def _group(item) -> str | None:
     needs them); None otherwise. Only word characters, '.', ':' and '-': xdist finds the group after the last '@'
     of the node id, and only when no ']' follows it."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    target = params.get("target")
-    if isinstance(target, str) and target.partition(":")[0] in SHARED_WORKERS:
-        return target.partition(":")[0]
+    module = params["target"].partition(":")[0] if isinstance(params.get("target"), str) else None
+    if module in SHARED_WORKERS:
+        return module
     backend = params.get("backend")
     if backend is None:
         return None

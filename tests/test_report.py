@@ -64,7 +64,6 @@ def test_an_unwritable_report_folder_is_a_one_line_error_with_exit_2(tmp_path, c
     assert "cannot create the folder" in err and "pick another folder with --out" in err and err.count("\n") == 1
 
 
-
 @pytest.mark.parametrize(
     "args, message",
     [
