@@ -103,9 +103,11 @@ def kind_of(process: Process, suite_pid: int) -> str:
 
 
 def descends_from(process: Process, root: int, seen: dict[int, Process]) -> bool:
+    visited = set()
     while process.parent != root:
+        visited.add(process.pid)
         process = seen.get(process.parent)
-        if process is None:
+        if process is None or process.pid in visited:  # not the suite's, or a loop of reused pids
             return False
     return True
 
@@ -136,7 +138,8 @@ def main() -> None:
     kinds: dict[str, Kind] = {}
     for process in seen.values():
         if process.pid != suite.pid and descends_from(process, suite.pid, seen):
-            kind = kinds.setdefault(kind_of(process, suite.pid), Kind(kind_of(process, suite.pid)))
+            name = kind_of(process, suite.pid)
+            kind = kinds.setdefault(name, Kind(name))
             kind.processes += 1
             kind.cpu_s += process.cpu_s
             kind.largest = sorted(kind.largest + [(round(process.cpu_s, 1), process.command[:160])], reverse=True)[:5]
