@@ -150,7 +150,8 @@ def main() -> None:
               "summary": (out.strip().splitlines() or [""])[-1], "wall_s": round(wall, 1),
               "cpu_s": round(total, 1), "cpu_floor_s": round(total / cores, 1),
               "busy": round(total / cores / wall, 2), "pytest_main_cpu_s": round(own.cpu_s, 1) if own else None,
-              "kinds": [dict(asdict(k), cpu_s=round(k.cpu_s, 1)) for k in sorted(kinds.values(), key=lambda k: -k.cpu_s)]}
+              "kinds": [dict(asdict(kind), cpu_s=round(kind.cpu_s, 1))
+                        for kind in sorted(kinds.values(), key=lambda kind: -kind.cpu_s)]}
     print(f"{result['summary']}\nwall {result['wall_s']} s, CPU {result['cpu_s']} s on {cores} cores: "
           f"floor {result['cpu_floor_s']} s, busy {result['busy']:.0%}")
     for kind in result["kinds"]:
