@@ -441,12 +441,16 @@ def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool, 
         selector = selectors.DefaultSelector()
         proc = None
         try:
+            # Ctrl-C is held while the child starts, and delivered once `proc` names it, so that the `finally` below
+            # stops it: raised inside Popen (the child forked, not yet exec'd), it left the child running unnamed
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 proc = subprocess.Popen([sys.executable, "-m", "bnconf.conformance.replay_worker", str(write)],
                                         stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write,),
                                         start_new_session=True)  # Ctrl-C reaches only this process, which stops it
             finally:
                 os.close(write)
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             try:
                 job = {"folder": str(case.folder.resolve()), "target": target, "exact": exact,
                        "records": [[_where(t), t] for t in records]}  # loadable from the child's directory

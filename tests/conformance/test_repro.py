@@ -3,6 +3,7 @@ received folder runs no code of its sender's without consent; hostile names, cor
 backends give one-line outcomes."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -183,6 +184,27 @@ def test_ctrl_c_during_replay_ends_with_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, (out, err)
     assert err.strip() == "bnconf replay: interrupted; the case was not finished", err
     assert not Path(f"/proc/{worker}").exists()  # the worker was stopped and reaped
+
+
+def test_ctrl_c_while_the_worker_starts_stops_it_too(tmp_path, monkeypatch):
+    """The Ctrl-C arrives inside Popen (the worker forked, Popen not returned yet): the worker is stopped and
+    reaped all the same. Before, the KeyboardInterrupt left Popen with the worker running and unnamed."""
+    folder, popen, started = saved(tmp_path, "HANGS"), subprocess.Popen, []
+
+    def interrupted_while_starting(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)  # as the user's Ctrl-C, before Popen returns
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", interrupted_while_starting)
+    try:
+        assert replay(folder, target("HANGS"), LIMIT) == 130
+        assert started and started[0].returncode == -signal.SIGKILL  # stopped and reaped, not left running
+    finally:
+        for worker in started:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
 
 
 def write_npz(path: Path, members: dict[str, bytes]) -> None:
