@@ -96,7 +96,6 @@ def _die_with_the_parent() -> None:
 
 
 def main(fd: int) -> int:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # inherited from the replay, held while it starts us
     job = json.loads(sys.stdin.read())
     out = os.fdopen(fd, "w", buffering=1)
 

@@ -19,6 +19,7 @@ The case runs in a child process (`python -m bnconf.conformance.replay_worker`) 
 backend that raises, crashes or hangs is the replay's finding (exit status 1), never bnconf's failure.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -429,10 +430,41 @@ def _bad_input(kind: str, message: str) -> Exception:
         kind, CaseError)(message)
 
 
-def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool, records=()) -> int:
+class _CtrlC:
+    """The SIGINT handler of a replay: the first Ctrl-C raises KeyboardInterrupt, later ones (while the child is
+    being stopped) change nothing; one that comes while `held` is raised when that ends."""
+
+    def __init__(self):
+        self.caught = self.holding = self.pending = False
+
+    def __call__(self, signum, frame):
+        if self.caught:
+            return
+        self.caught = True
+        if self.holding:
+            self.pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self):
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+            if self.pending:
+                raise KeyboardInterrupt
+
+
+def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool, records=(),
+                  ctrl_c: _CtrlC | None = None) -> int:
     """Run the case in a child on `target`'s backend (`select_backend`), print what it sends; the replay's
-    exit status."""
+    exit status. A Ctrl-C (`ctrl_c`, the replay's handler) while the child starts is held until Popen has
+    named it, so that it is stopped and reaped."""
     from .user_records import _where
+
+    ctrl_c = ctrl_c or _CtrlC()
 
     label = f"{shown(case.backend, 100)} {case.device} {case.dtype} {case.mode.value}"
     with tempfile.TemporaryFile() as log:
@@ -441,16 +473,13 @@ def _run_in_child(case: SavedCase, target: str, time_limit: float, exact: bool, 
         selector = selectors.DefaultSelector()
         proc = None
         try:
-            # Ctrl-C is held while the child starts, and delivered once `proc` names it, so that the `finally` below
-            # stops it: raised inside Popen (the child forked, not yet exec'd), it left the child running unnamed
-            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                proc = subprocess.Popen([sys.executable, "-m", "bnconf.conformance.replay_worker", str(write)],
-                                        stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write,),
-                                        start_new_session=True)  # Ctrl-C reaches only this process, which stops it
+                with ctrl_c.held():  # raised inside Popen, it would leave the child running unnamed
+                    proc = subprocess.Popen([sys.executable, "-m", "bnconf.conformance.replay_worker", str(write)],
+                                            stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write,),
+                                            start_new_session=True)  # Ctrl-C reaches only this process: it stops it
             finally:
                 os.close(write)
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             try:
                 job = {"folder": str(case.folder.resolve()), "target": target, "exact": exact,
                        "records": [[_where(t), t] for t in records]}  # loadable from the child's directory
@@ -521,26 +550,21 @@ def replay(folder, backend_target: str | None, time_limit: float, trust_folder_t
     that do not load or hold, InputError for a bad `time_limit` or `records`."""
     if not _is_number(time_limit) or not time_limit > 0 or not math.isfinite(time_limit):
         raise InputError(f"time_limit: expected a number of seconds > 0, got {time_limit!r}")
-    interrupted = []
-
-    def first_ctrl_c_only(signum, frame):  # a second Ctrl-C while the child is being stopped changes nothing
-        if not interrupted:
-            interrupted.append(signum)
-            raise KeyboardInterrupt
-
+    ctrl_c = _CtrlC()
     previous = signal.getsignal(signal.SIGINT)
     if previous is signal.SIG_IGN:  # started with Ctrl-C ignored (a background job of a script): keep it so
         previous = None
     else:
         try:
-            signal.signal(signal.SIGINT, first_ctrl_c_only)
+            signal.signal(signal.SIGINT, ctrl_c)
         except ValueError:  # not the main thread: Ctrl-C is not delivered here anyway
             previous = None
     try:
         case = read_case(folder)
         target = _choose_target(case, backend_target, trust_folder_target)
         chosen = _choose_records(case, records, trust_folder_target)
-        return _run_in_child(case, target, float(time_limit), exact=backend_target is None, records=chosen)
+        return _run_in_child(case, target, float(time_limit), exact=backend_target is None, records=chosen,
+                             ctrl_c=ctrl_c)
     except KeyboardInterrupt:
         print("bnconf replay: interrupted; the case was not finished", file=sys.stderr)
         return 130
