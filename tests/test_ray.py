@@ -109,21 +109,34 @@ def test_a_crash_on_a_node_is_a_crashed_cell_with_its_case_saved_on_the_driver(c
     assert all(cell["status"] == "ran" for m, cell in cells.items() if m != "train_forward")
 
 
-def test_a_node_that_dies_mid_unit_is_a_crashed_cell_with_its_input_and_the_run_finishes(cluster, tmp_path):
+def test_a_node_that_dies_mid_unit_is_a_crashed_cell_with_its_input_and_the_run_finishes(cluster, tmp_path,
+                                                                                      monkeypatch):
     """A node advertising `bnconf_ray-doomed` takes the doomed backend's unit; the test removes the node while
-    the training forward runs there. That cell is crashed (the node died) with its input saved on the driver,
-    the backend's other cells run in a fresh task on the head node, the other backend is untouched, and
-    the worker that ran on the dead node is gone."""
+    the training forward runs there, once the driver has that case's event (streamed from the node, it may
+    arrive after the backend started sleeping). That cell is crashed (the node died) with its input saved on
+    the driver, the backend's other cells run in a fresh task on the head node, the other backend is
+    untouched, and the worker that ran on the dead node is gone."""
+    from bnconf.conformance.ray_cluster import RaySupervisor
+
     c, _ = cluster
     marker = tmp_path / "sleeping.pid"
     node = c.add_node(num_cpus=1, resources={"bnconf_ray-doomed": 1}, object_store_memory=80 * MIB,
                       env_vars={"BNCONF_TEST_RAY_MARKER": str(marker)})
-    removed = threading.Event()
+    removed, case_arrived = threading.Event(), threading.Event()
+    driver_event = RaySupervisor._event
+
+    def event_seen_by_the_driver(self, e, attempt, handle):
+        driver_event(self, e, attempt, handle)
+        if e.get("event") == "case" and e.get("folder") and "train_forward" in e.get("input", ""):
+            case_arrived.set()
+
+    monkeypatch.setattr(RaySupervisor, "_event", event_seen_by_the_driver)
 
     def remove_when_it_sleeps() -> None:
         deadline = time.monotonic() + WAIT
         while not marker.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        case_arrived.wait(max(0.0, deadline - time.monotonic()))
         c.remove_node(node, allow_graceful=False)
         removed.set()
 
@@ -135,6 +148,7 @@ def test_a_node_that_dies_mid_unit_is_a_crashed_cell_with_its_input_and_the_run_
     finally:
         remover.join(WAIT)
     assert removed.is_set() and marker.exists(), "the doomed backend should have run on the added node"
+    assert case_arrived.is_set(), "the driver should have had the training forward's case event"
     cells = {(cell["backend"], cell["mode"]): cell for cell in doc["cells"]}
     died = cells["ray-doomed", "train_forward"]
     assert code == 1 and died["status"] == "crashed", died
