@@ -197,10 +197,13 @@ def test_ctrl_c_while_the_worker_starts_stops_it_too(tmp_path, monkeypatch):
         return started[-1]
 
     monkeypatch.setattr(subprocess, "Popen", interrupted_while_starting)
+    # as at a terminal: pytest may run as a script's background job, with SIGINT ignored (replay keeps that)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert replay(folder, target("HANGS"), LIMIT) == 130
         assert started and started[0].returncode == -signal.SIGKILL  # stopped and reaped, not left running
     finally:
+        signal.signal(signal.SIGINT, previous)
         for worker in started:
             if worker.poll() is None:
                 worker.kill()
