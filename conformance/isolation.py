@@ -15,7 +15,8 @@ on stdin, and reads one JSON line per event from a pipe:
 A unit of work is one backend's cells (with its edge cases; on a cluster, those on one device); `--jobs N`
 runs N units at once, each from its own driver thread (`run_concurrently`), and how many run at once never
 changes a result. A local run keeps a worker that finished its unit for the next unit of the same target
-(`WorkerPool`: a framework is imported about once per job, not once per backend); one that failed is never
+(`WorkerPool`: a framework is imported about once per job, not once per backend), and a batch of the
+cross-framework table takes a kept worker that holds one of its backends' targets; one that failed is never
 reused.
 Each attempt at a unit goes through a `supervise` function: `_supervise` (a local worker, below) or a Ray
 task (conformance/ray_cluster.py) that runs `_supervise` on a cluster node.
@@ -173,24 +174,28 @@ class WorkerPool:
     about once per concurrent job rather than once per backend; a Keras target's backend processes are kept with
     them. A worker that failed (crash, time-out, memory) is
     never kept; at most `size` are kept, the oldest closed first; `close()` ends them all. A reused worker's
-    memory limit counts what its earlier units left resident. Thread-safe."""
+    memory limit counts what its earlier units left resident. Thread-safe. Its workers are started from a thread
+    of its own that lives as long as it does: a worker dies with the thread that started it (PR_SET_PDEATHSIG
+    follows the parent thread), and a unit's thread ends with its part of the run."""
 
     def __init__(self, size: int):
         import threading
+        from concurrent.futures import ThreadPoolExecutor
 
         self.size, self.idle, self.lock = max(1, size), [], threading.Lock()
+        self.starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bnconf-worker-starter")
 
-    def take(self, key) -> "_Worker":
-        """A live kept worker for `key`, else a new one."""
+    def take(self, keys: list) -> "_Worker":
+        """A live kept worker holding one of `keys` (what the job loads), else a new one holding the first."""
         with self.lock:
             for w in list(self.idle):
                 if not w.alive():
                     self.idle.remove(w)
                     w.close()
-                elif w.key == key:
+                elif w.key in keys:
                     self.idle.remove(w)
                     return w
-        return _Worker(key)
+        return self.starter.submit(_Worker, keys[0] if keys else None).result()
 
     def keep(self, worker: "_Worker") -> None:
         with self.lock:
@@ -205,6 +210,13 @@ class WorkerPool:
             idle, self.idle = self.idle, []
         for w in idle:
             w.close()
+        self.starter.shutdown(wait=True)
+
+
+def _worker_keys(job: dict) -> list:
+    """What a kept worker may hold to take `job`: a battery unit's affinity or target; for a batch of the
+    cross-framework table, any of its backends' (`keys`, set by the parent): it loads the others."""
+    return job.get("keys") or [job.get("affinity") or job.get("target")]
 
 
 def _failure(what: str, case: dict | None, crash_dir: Path, done: int, target: str | None) -> str:
@@ -230,7 +242,7 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None,
     None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
     a CellStatus: CRASHED (a signal, an exit code, or an exit without "done"), TIMED_OUT, OUT_OF_MEMORY."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
-        worker = pool.take(job.get("affinity") or job.get("target")) if pool is not None else _Worker()
+        worker = pool.take(_worker_keys(job)) if pool is not None else _Worker()
         worker.submit({**job, "scratch": tmp}, last=pool is None)
         case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
@@ -383,7 +395,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
                  progress=None, on_cell=None, infer: bool = False, edge: bool = False,
                  extras: dict | None = None, on_idle=None, cases_dir=None, jobs: int = 1, supervise=None,
                  pair_examples: int = 0, outputs_for=(), per_device: bool = False,
-                 lock=None) -> tuple[list[CellResult], dict]:
+                 lock=None, pool: "WorkerPool | None" = None) -> tuple[list[CellResult], dict]:
     """The battery over `cells` ((backend, device, dtype, mode) tuples), one worker per unit (`units_of`: a
     backend's cells, on one device each with `per_device`), `jobs` workers at once, and per backend the convention inference (`infer`),
     the edge cases (`edge`) on the cells' devices and dtypes, and with `pair_examples`, for the backends named
@@ -400,7 +412,8 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
     its case there (battery.run_cell, inference.report_rows), written by the worker itself. `supervise` runs one
     attempt at a unit (default `_supervise`: a local worker process; conformance/ray_cluster.py: a Ray task).
     `lock` (an RLock the caller shares with other threads that change the same state) is held around every
-    callback and every change to `extras`."""
+    callback and every change to `extras`. `pool`: the local workers' `WorkerPool`, when the caller keeps its
+    workers for later work (the cross-framework table) and closes it; by default one of this run's own."""
     import threading
 
     from ..adapters.registry import origin
@@ -504,15 +517,16 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
 
     units = units_of(cells, per_device)
     local = [u for u in units if origin(u.backend) is None]  # in this process: one at a time, after the others
-    pool = WorkerPool(jobs) if supervise is _supervise else None  # a cluster's task starts its own worker
-    if pool is not None:
-        supervise = functools.partial(_supervise, pool=pool)
+    local_workers = supervise is _supervise  # a cluster's task starts its own worker
+    own = WorkerPool(jobs) if local_workers and pool is None else None
+    if local_workers:
+        supervise = functools.partial(_supervise, pool=pool or own)
     try:
         run_concurrently([functools.partial(run_chain, chain) for chain in chains_of(
             [u for u in units if origin(u.backend) is not None])], jobs)
     finally:
-        if pool is not None:
-            pool.close()
+        if own is not None:
+            own.close()
     for u in local:
         run_unit(u, threading.Event())
     _in_order(extras, units)
@@ -543,11 +557,12 @@ def _in_order(extras: dict, units) -> None:
 
 def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Limits(), device: str = "cpu",
                         progress=None, slots: list | None = None, on_pair=None, on_idle=None, jobs: int = 1,
-                        supervise=None, lock=None) -> list[PairResult]:
+                        supervise=None, lock=None, pool: "WorkerPool | None" = None) -> list[PairResult]:
     """The cross-framework table (crosscheck.run_matrix) in worker processes: the pairs split into `jobs`
     batches of consecutive pairs, one worker each, `jobs` at once (a pair's result depends on the seed alone,
-    never on its batch); a pair that crashes, hangs or runs out of memory is that pair's result, and the pairs
-    after it run in a fresh worker.
+    never on its batch; with `pool`, a batch takes a kept worker holding one of its backends' targets, which
+    then need not import that framework again); a pair that crashes, hangs or runs out of memory is that pair's
+    result, and the pairs after it run in another worker.
 
     `slots` (a list the caller keeps) is filled in place, one entry per (pair, mode), None until it finishes,
     so that an interrupted run keeps the finished pairs; `on_pair()` is called after each, under `lock` (an RLock
@@ -557,6 +572,8 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
     from ..adapters.registry import origin
 
     supervise = supervise or _supervise
+    if supervise is _supervise and pool is not None:
+        supervise = functools.partial(_supervise, pool=pool)
     reps = [b for b in representatives(backends, device) if origin(b) is not None]
     pairs = [(a, b, mode) for k, a in enumerate(reps) for b in reps[k + 1:] for mode in MODES]
     results = [] if slots is None else slots
@@ -581,6 +598,7 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
             used = [b for b in reps if any(b in pairs[k][:2] for k in todo)]
             job = dict(kind="matrix", examples=examples, seed=seed, device=device, records=job_records(used),
                        backends=[[origin(b), b.name] for b in used],
+                       keys=list(dict.fromkeys(affinity(b) or origin(b) for b in used)),
                        pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
             try:
                 failure = supervise(job, limits, Path(tempfile.gettempdir()), handle, idle)

@@ -163,7 +163,19 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
     changed = _locked(on_change or (lambda: None), lock)
     progress = _locked(progress, lock) if progress else None
     cases_dir = Path(cases_dir)
+    # local workers kept from the battery for the cross-framework table, which loads the same targets
+    pool = isolation.WorkerPool(options.jobs) if options.isolated and options.supervise is None else None
+    try:
+        _execute(backends, cells, options, state, crash_dir, cases_dir, progress, changed, on_idle, replica_backends,
+                 lock, pool)
+    finally:
+        if pool is not None:
+            pool.close()
 
+
+def _execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path, progress,
+             changed, on_idle, replica_backends, lock, pool) -> None:
+    """`execute`'s parts, in order, with its lock and `changed`, and `pool` (None: no local workers to keep)."""
     def arrived(cell) -> None:
         with lock:
             state.results.append(cell)
@@ -177,7 +189,7 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
             distributed = Beside(run_replica_part)
     try:
         run_battery_part(backends, cells, options, state, crash_dir, cases_dir, progress, arrived, changed,
-                         on_idle, lock)
+                         on_idle, lock, pool)
         if options.replicas:
             with lock:
                 state.phase = Phase.REPLICAS
@@ -196,7 +208,7 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
         if options.isolated:
             isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
                                           progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle,
-                                          jobs=options.jobs, supervise=options.supervise, lock=lock)
+                                          jobs=options.jobs, supervise=options.supervise, lock=lock, pool=pool)
         else:
             crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
                                   on_pair=lambda p: (state.pair_slots.append(p), changed()))
@@ -212,8 +224,9 @@ def _locked(callback, lock):
 
 
 def run_battery_part(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path,
-                     progress, arrived, changed, on_idle, lock) -> None:
-    """The battery's cells and, per backend, its extras (edge cases, inference, saved outputs) into `state`."""
+                     progress, arrived, changed, on_idle, lock, pool=None) -> None:
+    """The battery's cells and, per backend, its extras (edge cases, inference, saved outputs) into `state`;
+    isolated, its local workers kept in `pool` when given (isolation.run_isolated)."""
     outputs_for = saved_outputs(backends, options)
     if options.isolated:
         results, _ = isolation.run_isolated(
@@ -222,7 +235,7 @@ def run_battery_part(backends, cells, options: RunOptions, state: RunState, cras
             on_idle=on_idle, cases_dir=cases_dir, jobs=options.jobs, supervise=options.supervise,
             pair_examples=options.pair_examples, outputs_for=outputs_for,
             per_device=options.supervise is not None,  # a cluster's units: one per device (a GPU unit, a GPU node)
-            lock=lock)
+            lock=lock, pool=pool)
         with lock:
             state.results[:] = [r for r in results if r is not None]  # the cells' order, however many ran at once
         return

@@ -184,6 +184,23 @@ def test_a_worker_is_kept_for_the_next_unit_of_its_target_but_never_after_a_fail
     assert all(c["status"] == "ran" for key, c in cells.items() if key != ("second of a target, segfaults", "train_forward"))
 
 
+def test_the_cross_framework_pairs_take_the_worker_the_battery_kept(tmp_path, monkeypatch):
+    """The pairs of two backends of one target run in the worker their battery ran in (their framework is not
+    imported again); the table is the one fresh workers give."""
+    log = tmp_path / "pids.txt"
+    monkeypatch.setenv("BNCONF_TEST_PID_LOG", str(log))
+    pairs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs-{jobs}"
+        code = main(["report", "--backend", f"{FIXTURE}:PAIRED_TARGET", "--examples", "2", "--pair-examples", "2",
+                     "--no-edge-cases", "--jobs", jobs, "--out", str(out)])
+        assert code == 0
+        pairs[jobs] = json.loads((out / "report.json").read_text())["pairs"]
+        if jobs == "1":
+            assert len({line.rsplit(" ", 1)[1] for line in log.read_text().splitlines()}) == 1
+    assert pairs["1"] == pairs["2"] and {p["status"] for p in pairs["1"]} == {"ran"}
+
+
 def test_the_units_one_child_process_serves_are_one_chain_so_that_the_child_starts_once():
     """Backends served by one child process (same target and environment: a Keras backend and its mixed-precision
     variants) run one after another on one worker; every other unit is a chain of its own, in the units' order."""
