@@ -195,7 +195,7 @@ class WorkerPool:
                 elif w.key in keys:
                     self.idle.remove(w)
                     return w
-        return self.starter.submit(_Worker, keys[0] if keys else None).result()
+        return self.starter.submit(_Worker, keys[0]).result()
 
     def keep(self, worker: "_Worker") -> None:
         with self.lock:
@@ -212,11 +212,11 @@ class WorkerPool:
             w.close()
         self.starter.shutdown(wait=True)
 
+    def __enter__(self) -> "WorkerPool":
+        return self
 
-def _worker_keys(job: dict) -> list:
-    """What a kept worker may hold to take `job`: a battery unit's affinity or target; for a batch of the
-    cross-framework table, any of its backends' (`keys`, set by the parent): it loads the others."""
-    return job.get("keys") or [job.get("affinity") or job.get("target")]
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _failure(what: str, case: dict | None, crash_dir: Path, done: int, target: str | None) -> str:
@@ -242,7 +242,7 @@ def _supervise(job: dict, limits: Limits, crash_dir: Path, handle, on_idle=None,
     None when the worker says it is done; else (kind, reason, the "case" event it was running or None), kind
     a CellStatus: CRASHED (a signal, an exit code, or an exit without "done"), TIMED_OUT, OUT_OF_MEMORY."""
     with tempfile.TemporaryDirectory(prefix="bnconf-worker-") as tmp:
-        worker = pool.take(_worker_keys(job)) if pool is not None else _Worker()
+        worker = pool.take(job["keys"]) if pool is not None else _Worker()
         worker.submit({**job, "scratch": tmp}, last=pool is None)
         case, started, done, finished, failure = None, time.monotonic(), 0, False, None
         try:
@@ -332,6 +332,14 @@ def affinity(backend) -> str | None:
     if child is None:
         return None
     return f"{child.target}|" + ",".join(f"{k}={v}" for k, v in sorted(child.env.items()))
+
+
+def _worker_key(backend) -> str:
+    """What a worker that loaded `backend` holds for a later job (`WorkerPool.take`): the child process that
+    serves it (`affinity`), else its target."""
+    from ..adapters.registry import origin
+
+    return affinity(backend) or origin(backend)
 
 
 def chains_of(units: list[Unit]) -> list[list[Unit]]:
@@ -471,7 +479,7 @@ def run_isolated(cells, examples: int, seed: int, limits: Limits = Limits(), cra
             with lock:
                 edge_done = [[r[k] for k in EDGE_KEY] for r in extras["edge"].get(backend.name, [])
                              if r["device"] in unit.devices]
-            job = dict(kind="battery", target=target, affinity=affinity(backend), backend=backend.name,
+            job = dict(kind="battery", target=target, keys=[_worker_key(backend)], backend=backend.name,
                        examples=examples, seed=seed, **wanted,
                        pair_examples=pair_examples, device=unit.device,
                        records=job_records([backend]),  # the records files attached to it, attached there too
@@ -598,7 +606,7 @@ def run_matrix_isolated(backends, examples: int, seed: int, limits: Limits = Lim
             used = [b for b in reps if any(b in pairs[k][:2] for k in todo)]
             job = dict(kind="matrix", examples=examples, seed=seed, device=device, records=job_records(used),
                        backends=[[origin(b), b.name] for b in used],
-                       keys=list(dict.fromkeys(affinity(b) or origin(b) for b in used)),
+                       keys=list(dict.fromkeys(_worker_key(b) for b in used)),  # it loads the others
                        pairs=[[k, pairs[k][0].name, pairs[k][1].name, pairs[k][2].value] for k in todo])
             try:
                 failure = supervise(job, limits, Path(tempfile.gettempdir()), handle, idle)

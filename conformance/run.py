@@ -10,6 +10,7 @@ table; isolated in worker processes (conformance/isolation.py) unless asked othe
 A run conforms when `failures(state)` is empty: every rule that can fail it is one function below.
 """
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from enum import Enum
@@ -163,55 +164,47 @@ def execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Pa
     changed = _locked(on_change or (lambda: None), lock)
     progress = _locked(progress, lock) if progress else None
     cases_dir = Path(cases_dir)
-    # local workers kept from the battery for the cross-framework table, which loads the same targets
-    pool = isolation.WorkerPool(options.jobs) if options.isolated and options.supervise is None else None
-    try:
-        _execute(backends, cells, options, state, crash_dir, cases_dir, progress, changed, on_idle, replica_backends,
-                 lock, pool)
-    finally:
-        if pool is not None:
-            pool.close()
 
-
-def _execute(backends, cells, options: RunOptions, state: RunState, crash_dir: Path, cases_dir: Path, progress,
-             changed, on_idle, replica_backends, lock, pool) -> None:
-    """`execute`'s parts, in order, with its lock and `changed`, and `pool` (None: no local workers to keep)."""
     def arrived(cell) -> None:
         with lock:
             state.results.append(cell)
             changed()
 
-    distributed = None
-    if options.replicas:
-        def run_replica_part(stop=None) -> None:
-            run_distributed(options, state, cases_dir, progress, changed, replica_backends, lock=lock, stop=stop)
-        if options.isolated and options.jobs > 1:
-            distributed = Beside(run_replica_part)
-    try:
-        run_battery_part(backends, cells, options, state, crash_dir, cases_dir, progress, arrived, changed,
-                         on_idle, lock, pool)
+    # local workers kept from the battery for the cross-framework table, which loads the same targets
+    pool = isolation.WorkerPool(options.jobs) if options.isolated and options.supervise is None else None
+    with pool or contextlib.nullcontext():
+        distributed = None
         if options.replicas:
-            with lock:
-                state.phase = Phase.REPLICAS
+            def run_replica_part(stop=None) -> None:
+                run_distributed(options, state, cases_dir, progress, changed, replica_backends, lock=lock, stop=stop)
+            if options.isolated and options.jobs > 1:
+                distributed = Beside(run_replica_part)
+        try:
+            run_battery_part(backends, cells, options, state, crash_dir, cases_dir, progress, arrived, changed,
+                             on_idle, lock, pool)
+            if options.replicas:
+                with lock:
+                    state.phase = Phase.REPLICAS
+                if distributed:
+                    distributed.wait()
+                else:
+                    run_replica_part()
+        finally:
             if distributed:
-                distributed.wait()
+                distributed.stop()
+        if options.pair_examples:
+            with lock:
+                state.phase = Phase.PAIRS
+            failed = {c.backend for c in state.results if c.status.failed}
+            usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
+            if options.isolated:
+                isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
+                                              progress=progress, slots=state.pair_slots, on_pair=changed,
+                                              on_idle=on_idle, jobs=options.jobs, supervise=options.supervise,
+                                              lock=lock, pool=pool)
             else:
-                run_replica_part()
-    finally:
-        if distributed:
-            distributed.stop()
-    if options.pair_examples:
-        with lock:
-            state.phase = Phase.PAIRS
-        failed = {c.backend for c in state.results if c.status.failed}
-        usable = [b for b in backends if b.name not in failed]  # a backend that crashed is not run again here
-        if options.isolated:
-            isolation.run_matrix_isolated(usable, options.pair_examples, options.seed, options.limits,
-                                          progress=progress, slots=state.pair_slots, on_pair=changed, on_idle=on_idle,
-                                          jobs=options.jobs, supervise=options.supervise, lock=lock, pool=pool)
-        else:
-            crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
-                                  on_pair=lambda p: (state.pair_slots.append(p), changed()))
+                crosscheck.run_matrix(usable, options.pair_examples, options.seed, progress=progress,
+                                      on_pair=lambda p: (state.pair_slots.append(p), changed()))
     state.phase = Phase.DONE
 
 
